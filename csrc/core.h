@@ -1,0 +1,29 @@
+/* core.h — internal C++ interface of the core (used by the C API and the Python bindings).
+ * Kernels here are multi-threaded on the global pool; results never depend on the thread
+ * count because each value is a pure function of (seed, global index). */
+#ifndef EDGETUNE_CORE_H
+#define EDGETUNE_CORE_H
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace et {
+
+enum Dist { GAUSSIAN = 0, RADEMACHER = 1 };
+
+uint64_t derive_seed(uint64_t run_seed, uint64_t step, uint64_t query);
+void noise_fill(uint64_t seed, uint64_t offset, size_t count, int dist, float *out);
+void perturb(float *buf, size_t n, uint64_t seed, float scale, int dist, uint64_t offset);
+void combine(float *buf, size_t n, float decay, const uint64_t *seeds, const float *coefs, size_t k,
+             int dist, uint64_t offset);
+
+void set_num_threads(int n);   // n <= 0: hardware threads
+int get_num_threads();
+
+const char *simd_level();                 // active ISA
+std::vector<std::string> available_isas();  // compiled and supported by this CPU, scalar first
+bool set_isa(const std::string &name);    // "auto" restores the best; false if unavailable
+
+}  // namespace et
+#endif
