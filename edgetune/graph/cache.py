@@ -1,0 +1,112 @@
+"""Preparing a model in a child process and caching the result on disk.
+
+Graph surgery holds the model as Python protobuf objects, several copies of the weights at once.
+Doing it in the tuning process would raise that process's *peak* memory far above inference, which is
+the one number an on-device tuner must not exceed. So a short-lived child prepares the graphs and
+writes them to a cache directory keyed by the model's digest and the options; the tuning process
+only loads the finished graphs into ONNX Runtime, exactly as inference would, and the next run with
+the same model and slice starts at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from edgetune import errors
+from edgetune.graph.blocks import Param
+from edgetune.graph.lift import save_model
+from edgetune.graph.model import ModelInfo
+from edgetune.graph.prepare import PreparedModel, prepare
+
+FORMAT_VERSION = 1
+
+
+def default_cache_root() -> Path:
+    base = os.environ.get("EDGETUNE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgetune"
+    return Path(base) / "prepared"
+
+
+def prepare_cached(path: str | Path, trainable: str, model_digest: str, task: str | None = None,
+                   split: bool = True, cache_root: str | Path | None = None) -> PreparedModel:
+    """Like :func:`prepare`, with the graphs as files in the cache (prefix/suffix are paths)."""
+    key = hashlib.sha256(json.dumps([FORMAT_VERSION, model_digest, trainable, task, split]).encode()).hexdigest()[:24]
+    directory = Path(cache_root or default_cache_root()) / key
+    if not (directory / "manifest.json").is_file():
+        _run_child([str(path), trainable, task, split, str(directory)])
+    return _load(directory, Path(path))
+
+
+def _run_child(args: list) -> None:
+    """Run :func:`_prepare_into` in a fresh interpreter; re-raise its user-facing error here."""
+    package_root = str(Path(errors.__file__).resolve().parent.parent)  # the same edgetune as ours
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-m", "edgetune.graph.cache", json.dumps(args)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode == 0:
+        return
+    try:
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        lines = proc.stderr.strip().splitlines()
+        raise errors.ModelError(f"preparing {args[0]} failed ({lines[-1] if lines else proc.returncode})") from None
+    raise getattr(errors, report["kind"], errors.ModelError)(report["message"])
+
+
+def _prepare_into(path: str, trainable: str, task: str | None, split: bool, directory: str) -> None:
+    target = Path(directory)
+    staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    prepared = prepare(path, trainable, task=task, split=split)
+    if prepared.prefix is not None:
+        save_model(prepared.prefix, staging / "prefix.onnx")
+    save_model(prepared.suffix, staging / "suffix.onnx")
+    save_file(prepared.initial, str(staging / "initial.safetensors"))
+    info = asdict(prepared.info)
+    info["path"] = str(info["path"])
+    manifest = {
+        "info": info,
+        "params": [asdict(p) for p in prepared.params],
+        "boundary": prepared.boundary,
+        "total_params": prepared.total_params,
+        "has_prefix": prepared.prefix is not None,
+    }
+    (staging / "manifest.json").write_text(json.dumps(manifest))
+    try:
+        staging.rename(target)
+    except OSError:  # another process prepared the same thing first; theirs is as good as ours
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _load(directory: Path, model_path: Path) -> PreparedModel:
+    manifest = json.loads((directory / "manifest.json").read_text())
+    info = ModelInfo(**{**manifest["info"], "path": model_path})
+    params = [Param(**{**p, "shape": tuple(p["shape"])}) for p in manifest["params"]]
+    initial = {name: np.asarray(v) for name, v in load_file(str(directory / "initial.safetensors")).items()}
+    return PreparedModel(
+        info=info,
+        params=params,
+        initial=initial,
+        prefix=str(directory / "prefix.onnx") if manifest["has_prefix"] else None,
+        suffix=str(directory / "suffix.onnx"),
+        boundary=manifest["boundary"],
+        total_params=manifest["total_params"],
+    )
+
+
+if __name__ == "__main__":
+    try:
+        _prepare_into(*json.loads(sys.argv[1]))
+    except errors.EdgetuneError as exc:
+        print(json.dumps({"kind": type(exc).__name__, "message": str(exc)}))
+        sys.exit(2)

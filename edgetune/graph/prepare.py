@@ -1,0 +1,72 @@
+"""From a user's ONNX model to the graphs the engine runs.
+
+load → inspect I/O → place weights in blocks → select the trainable slice → add the per-example
+loss → lift the slice into inputs → split off the frozen prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgetune.graph.blocks import Param, find_params
+from edgetune.graph.lift import lift_to_inputs
+from edgetune.graph.loss import LOSS_OUTPUT, add_loss
+from edgetune.graph.model import ModelInfo, inspect_model, load_model
+from edgetune.graph.select import select_params
+from edgetune.graph.split import split_graph
+
+
+@dataclass
+class PreparedModel:
+    info: ModelInfo
+    params: list[Param]  # the trainable slice, in arena order
+    initial: dict[str, np.ndarray]  # their pretrained values
+    prefix: onnx.ModelProto | str | None  # a graph, or the path of one prepared in the cache
+    suffix: onnx.ModelProto | str
+    boundary: list[str]
+    total_params: int  # every weight of the model, for reporting
+
+
+def prepare(path: str | Path, trainable: str | None, task: str | None = None, split: bool = True) -> PreparedModel:
+    """``trainable=None`` prepares for evaluation only: the loss is added, nothing is lifted."""
+    path = Path(path)
+    model = load_model(path)
+    info = inspect_model(model, path, task)
+    all_params = find_params(model)
+    selected = sorted(select_params(all_params, trainable), key=_arena_order) if trainable else []
+    add_loss(model, info.task)
+    initial = lift_to_inputs(model, [p.name for p in selected])
+    outputs = [LOSS_OUTPUT, "logits"]
+    if split and selected:
+        parts = split_graph(model, initial.keys(), outputs)
+        prefix, suffix, boundary = parts.prefix, parts.suffix, parts.boundary
+    else:
+        prefix, suffix, boundary = None, model, []
+    return PreparedModel(
+        info=info,
+        params=selected,
+        initial=initial,
+        prefix=prefix,
+        suffix=suffix,
+        boundary=boundary,
+        total_params=sum(p.size for p in all_params),
+    )
+
+
+def _arena_order(param: Param) -> tuple[int, int]:
+    """Embeddings, then blocks in order, then the head: a layer group is one contiguous range."""
+    rank = {"embeddings": -1, "head": 1 << 30}.get(param.region, param.block)
+    return (rank if rank is not None else 0, param.first_use)
+
+
+def arena_group(param: Param) -> int:
+    """Layer-group id in the arena: 0 embeddings, b+1 block b, a large id for the head."""
+    if param.region == "embeddings":
+        return 0
+    if param.region == "head":
+        return 1 << 20
+    return int(param.block) + 1
