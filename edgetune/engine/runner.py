@@ -1,0 +1,78 @@
+"""Running the prepared graphs with the trainable slice bound zero-copy to the arena.
+
+The arena views are bound once with IOBinding; the core perturbs the arena in place between runs and
+ORT reads the new values on the next run, with no re-binding and no session rebuild.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from edgetune.data.batching import Batch
+from edgetune.engine.session import create_session
+from edgetune.graph.loss import LABELS_INPUT, LOSS_OUTPUT
+
+_NUMPY_TYPES = {onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32}
+
+
+class LossEngine:
+    """Per-example loss (and logits) of the prepared model at the arena's current weights."""
+
+    def __init__(self, prepared, tensors: dict[str, np.ndarray], threads: int | None, providers: Sequence[str] | None):
+        self._input_types = {name: _NUMPY_TYPES.get(t, np.int64) for name, t in prepared.info.input_types.items()}
+        self.boundary = list(prepared.boundary)
+        self.prefix = create_session(prepared.prefix, threads, providers) if prepared.prefix is not None else None
+        self.suffix = create_session(prepared.suffix, threads, providers)
+        self._prefix_inputs = {i.name for i in self.prefix.get_inputs()} if self.prefix else set()
+        self._suffix_inputs = {i.name for i in self.suffix.get_inputs()}
+        self._binding = self.suffix.io_binding()
+        self._tensors = tensors  # arena views; must outlive the binding
+        for name, view in tensors.items():
+            self._binding.bind_input(name, "cpu", 0, np.float32, list(view.shape), view.ctypes.data)
+        self._binding.bind_output(LOSS_OUTPUT, "cpu")
+        self._batch_arrays: list[np.ndarray] = []
+        self._boundary_values: list[ort.OrtValue] = []
+
+    def set_batch(self, batch: Batch) -> None:
+        """Bind ``batch``; runs the frozen prefix once so every later ``loss()`` only runs the suffix."""
+        feeds = self._feeds(batch)
+        if self.prefix is not None:
+            prefix_feeds = {k: v for k, v in feeds.items() if k in self._prefix_inputs}
+            values = self.prefix.run_with_ort_values(self.boundary, _as_ort_values(prefix_feeds))
+            self._boundary_values = list(values)
+            for name, value in zip(self.boundary, self._boundary_values):
+                self._binding.bind_ortvalue_input(name, value)
+        self._batch_arrays = []
+        for name, array in feeds.items():
+            if name in self._suffix_inputs:
+                array = np.ascontiguousarray(array)
+                self._batch_arrays.append(array)  # bind_cpu_input does not own the memory
+                self._binding.bind_cpu_input(name, array)
+
+    def loss(self) -> np.ndarray:
+        self.suffix.run_with_iobinding(self._binding)
+        return self._binding.copy_outputs_to_cpu()[0]
+
+    def loss_and_logits(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """Evaluation path: plain ``run`` with numpy feeds (not the hot loop)."""
+        feeds = self._feeds(batch)
+        if self.prefix is not None:
+            prefix_feeds = {k: v for k, v in feeds.items() if k in self._prefix_inputs}
+            feeds.update(zip(self.boundary, self.prefix.run(self.boundary, prefix_feeds)))
+        feeds.update(self._tensors)
+        feeds = {k: v for k, v in feeds.items() if k in self._suffix_inputs}
+        loss, logits = self.suffix.run([LOSS_OUTPUT, "logits"], feeds)
+        return loss, logits
+
+    def _feeds(self, batch: Batch) -> dict[str, np.ndarray]:
+        feeds = {name: array.astype(self._input_types.get(name, np.int64), copy=False) for name, array in batch.inputs.items()}
+        feeds[LABELS_INPUT] = batch.labels
+        return feeds
+
+
+def _as_ort_values(feeds: dict[str, np.ndarray]) -> dict[str, ort.OrtValue]:
+    return {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array)) for name, array in feeds.items()}

@@ -1,0 +1,89 @@
+"""ZO-SGD: the SPSA / MeZO estimator with q queries per step.
+
+For step t and query i the core draws z = noise(derive_seed(seed, t, i)) over the whole arena and
+
+    θ + εz → L+,   θ − εz → L−,   g = (L+ − L−) / 2ε,   θ ← decay·θ − (lr/q)·g·z
+
+The restore, the update and the next query's perturbation are one fused pass (``combine``), so a
+step costs 2q + 1 passes over the arena and z is never stored. The arithmetic is float32 in the
+order of the C API's tuner (``edgetune.h``), so an app embedding the C core gets the same weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgetune import _core
+from edgetune.errors import TrainingError
+from edgetune.zo.schedules import Schedule
+
+
+@dataclass
+class StepRecord:
+    """Everything needed to replay a step: its seeds, projected gradients, lr and ε."""
+
+    step: int
+    seeds: list[int]
+    grads: list[float]
+    lr: float
+    eps: float
+    loss: float  # mean of L+ and L− over the queries: the training loss at θ, for logs
+
+    def to_json(self) -> dict:
+        return {"step": self.step, "seeds": self.seeds, "grads": self.grads, "lr": self.lr, "eps": self.eps,
+                "loss": self.loss}
+
+
+class ZOSGD:
+    """Strategy object: one call to :meth:`step` is one optimisation step on the arena buffer."""
+
+    name = "zo-sgd"
+    forwards_per_query = 2
+
+    def __init__(
+        self,
+        buffer: np.ndarray,
+        seed: int,
+        lr: Schedule,
+        eps: Schedule,
+        queries: int = 1,
+        weight_decay: float = 0.0,
+        noise: str = "gaussian",
+    ):
+        if queries < 1:
+            raise ValueError("queries must be >= 1")
+        self.buffer = buffer
+        self.seed = seed
+        self.lr = lr
+        self.eps = eps
+        self.queries = queries
+        self.weight_decay = weight_decay
+        self.noise = noise
+
+    def step(self, t: int, loss_fn: Callable[[], float]) -> StepRecord:
+        q = self.queries
+        f32 = np.float32
+        lr, eps, wd = f32(self.lr(t)), f32(self.eps(t)), f32(self.weight_decay)
+        seeds = [_core.derive_seed(self.seed, t, i) for i in range(q)]
+        grads, losses = [], []
+        _core.perturb(self.buffer, seeds[0], float(eps), self.noise)
+        for i, seed in enumerate(seeds):
+            loss_plus = f32(loss_fn())
+            _core.perturb(self.buffer, seed, float(f32(-2) * eps), self.noise)
+            loss_minus = f32(loss_fn())
+            if not (np.isfinite(loss_plus) and np.isfinite(loss_minus)):
+                _core.perturb(self.buffer, seed, float(eps), self.noise)  # back to θ before raising
+                raise TrainingError(f"non-finite loss at step {t} (L+={loss_plus}, L-={loss_minus})")
+            g = (loss_plus - loss_minus) / (f32(2) * eps)
+            decay = f32(1) - lr * wd if i == q - 1 else f32(1)
+            c_cur = decay * eps - (lr / f32(q)) * g
+            if i + 1 < q:
+                _core.combine(self.buffer, float(decay), [seed, seeds[i + 1]], [float(c_cur), float(eps)], self.noise)
+            else:
+                _core.combine(self.buffer, float(decay), [seed], [float(c_cur)], self.noise)
+            grads.append(float(g))
+            losses += [float(loss_plus), float(loss_minus)]
+        return StepRecord(t, seeds, grads, float(lr), float(eps), float(np.mean(losses)))
