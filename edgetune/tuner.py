@@ -1,0 +1,289 @@
+"""The embedding API: ``Tuner.from_onnx(...).fit(...)`` then ``save``. The CLI is a thin layer on it."""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgetune import _core
+from edgetune.checkpoint import file_digest, load_checkpoint, save_checkpoint
+from edgetune.config import DEFAULT_TRAINABLE, TrainConfig
+from edgetune.data import BatchStream, LabelSet, TokenizedSet, load_tokenizer, read_examples
+from edgetune.data.jsonl import TASK_CLASSIFICATION
+from edgetune.data.tokenizer import check_vocabulary
+from edgetune.engine import LossEngine, check_engine
+from edgetune.errors import EdgetuneError, ModelError, TrainingError
+from edgetune.graph import prepare
+from edgetune.graph.cache import prepare_cached
+from edgetune.graph.lift import fold_weights, save_model
+from edgetune.graph.model import LABELS_KEY, TASK_KEY, load_model
+from edgetune.graph.prepare import arena_group
+from edgetune.io import atomic_write_text
+from edgetune.runlog import JsonlLog
+from edgetune.zo import ZOSGD, Schedule, StepRecord
+
+CHECKPOINT = "checkpoint.safetensors"
+# Fields that change the trajectory: a resumed run must use the same values.
+_TRAJECTORY_KEYS = ("batch_size", "lr", "eps", "queries", "schedule", "warmup", "weight_decay", "noise", "seed")
+
+
+class Progress(Protocol):
+    def on_start(self, start: int, total: int) -> None: ...
+    def on_step(self, record: StepRecord) -> None: ...
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None: ...
+
+
+@dataclass
+class FitResult:
+    before: dict[str, float] | None
+    after: dict[str, float] | None
+    steps: int
+    seconds: float
+    forward_passes: int
+    peak_rss_mb: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+class Tuner:
+    """A model prepared for forward-only tuning, with its trainable slice in the core's arena."""
+
+    def __init__(self, prepared, tokenizer, tokenizer_path: Path, max_length: int, threads: int | None, providers):
+        self.info = prepared.info
+        self.model_path = prepared.info.path
+        self.tokenizer = tokenizer
+        self.tokenizer_path = tokenizer_path
+        self.max_length = max_length
+        self.params = prepared.params
+        self.total_params = prepared.total_params
+        self.split = prepared.prefix is not None
+        self.arena = _core.Arena()
+        for param in prepared.params:
+            self.arena.add(param.name, param.shape, arena_group(param))
+        self.arena.finalize()
+        self.weights: dict[str, np.ndarray] = {p.name: self.arena.tensor(p.name) for p in prepared.params}
+        for name, value in prepared.initial.items():
+            self.weights[name][...] = value
+        prepared.initial.clear()
+        self.engine = LossEngine(prepared, self.weights, threads, providers)
+        self.labels = LabelSet(self.info.labels) if self.info.labels else None
+
+    @classmethod
+    def from_onnx(
+        cls,
+        onnx_path: str | Path,
+        trainable: str | None = DEFAULT_TRAINABLE,
+        tokenizer: str | Path | None = None,
+        task: str | None = None,
+        max_length: int = 128,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        split: bool = True,
+    ) -> Tuner:
+        """Prepare ``onnx_path`` for tuning the weights selected by ``trainable`` (see ``graph.select``).
+
+        ``trainable=None`` prepares the model for evaluation only.
+        """
+        onnx_path = Path(onnx_path)
+        if not onnx_path.is_file():
+            raise ModelError(f"{onnx_path}: model not found")
+        tokenizer_path = Path(tokenizer) if tokenizer else onnx_path.parent / "tokenizer.json"
+        tok = load_tokenizer(tokenizer_path)
+        if threads:
+            _core.set_num_threads(threads)
+        if trainable is None:
+            prepared = prepare(onnx_path, None, task=task)
+        else:
+            prepared = prepare_cached(onnx_path, trainable, file_digest(onnx_path), task=task, split=split)
+        check_vocabulary(tok, tokenizer_path, prepared.info.embedding_rows, onnx_path)
+        return cls(prepared, tok, tokenizer_path, max_length, threads, providers)
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(p.size for p in self.params)
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def load_data(self, path: str | Path) -> TokenizedSet:
+        examples = read_examples(path, self.info.task)
+        if self.info.task == TASK_CLASSIFICATION and self.labels is None:
+            self.labels = LabelSet.from_examples(examples, self.info.num_classes)
+        return TokenizedSet(examples, self.tokenizer, self.max_length, self.info.task, self.labels)
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    def evaluate(self, data: str | Path | TokenizedSet, batch_size: int = 64) -> dict[str, float]:
+        """Mean loss, and accuracy (classification) or perplexity (language modelling)."""
+        dataset = data if isinstance(data, TokenizedSet) else self.load_data(data)
+        losses, correct = [], 0
+        for batch in dataset.batches(batch_size, self.info.data_inputs):
+            loss, logits = self.engine.loss_and_logits(batch)
+            losses.append(loss)
+            if self.info.task == TASK_CLASSIFICATION:
+                correct += int(np.sum(np.argmax(logits, axis=-1) == batch.labels))
+        mean_loss = float(np.mean(np.concatenate(losses)))
+        metrics = {"loss": mean_loss, "examples": len(dataset)}
+        if self.info.task == TASK_CLASSIFICATION:
+            metrics["accuracy"] = correct / len(dataset)
+        else:
+            metrics["perplexity"] = math.exp(min(mean_loss, 700.0))
+        return metrics
+
+    # -- tuning -------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        data: str | Path,
+        eval_data: str | Path | None = None,
+        output_dir: str | Path | None = None,
+        resume: bool = False,
+        progress: Progress | None = None,
+        **options: Any,
+    ) -> FitResult:
+        """Tune on ``data``; ``options`` are :class:`TrainConfig` fields (steps, lr, eps, ...)."""
+        config = TrainConfig(**options)
+        config.validate()
+        if not self.weights:
+            raise EdgetuneError("nothing to tune: the tuner was created with trainable=None")
+        out = Path(output_dir) if output_dir else None
+        train = self.load_data(data)
+        dev = self.load_data(eval_data) if eval_data else None
+        fingerprint = self._fingerprint(config, data)
+
+        start, history, before = 0, [], None
+        if resume:
+            if out is None:
+                raise EdgetuneError("--resume needs --output-dir (where the checkpoint is)")
+            start, history, before = self._restore(out / CHECKPOINT, fingerprint, config)
+        elif dev is not None:
+            before = self.evaluate(dev, config.eval_batch_size)
+        if progress:
+            progress.on_start(start, config.steps)
+            if before is not None and not resume:
+                progress.on_eval(0, before)
+
+        optimizer = ZOSGD(
+            self.arena.buffer(),
+            seed=config.seed,
+            lr=Schedule(config.lr, config.schedule, config.steps, config.warmup),
+            eps=Schedule(config.eps),
+            queries=config.queries,
+            weight_decay=config.weight_decay,
+            noise=config.noise,
+        )
+        stream = BatchStream(len(train), config.batch_size, config.seed)
+        steplog = JsonlLog(out / "steps.jsonl" if out else None, start)
+        began = time.perf_counter()
+        checked = False
+
+        def save(step: int) -> None:
+            state = {"step": step, "history": history, "before": before, "fingerprint": fingerprint}
+            steplog.sync()
+            save_checkpoint(out / CHECKPOINT, self.weights, state)
+
+        try:
+            for t in range(start, config.steps):
+                indices = stream.indices(t)
+                self.engine.set_batch(train.batch(indices, self.info.data_inputs))
+                if not checked:
+                    check_engine(self.engine, self.arena.buffer())
+                    checked = True
+                try:
+                    record = optimizer.step(t, lambda: np.mean(self.engine.loss()))
+                except TrainingError as exc:
+                    lines = ", ".join(sorted({train.where[int(i)] for i in indices}))
+                    kept = f"; last checkpoint kept in {out / CHECKPOINT}" if out and (out / CHECKPOINT).exists() else ""
+                    raise TrainingError(f"{exc} on examples {lines}{kept}") from None
+                steplog.append(record.to_json())
+                if progress:
+                    progress.on_step(record)
+                done = t + 1
+                if dev is not None and config.eval_every and done % config.eval_every == 0 and done < config.steps:
+                    metrics = self.evaluate(dev, config.eval_batch_size)
+                    history.append({"step": done, **metrics})
+                    if progress:
+                        progress.on_eval(done, metrics)
+                if out and config.save_every and done % config.save_every == 0:
+                    save(done)
+            after = self.evaluate(dev, config.eval_batch_size) if dev is not None else None
+            if after is not None:
+                history.append({"step": config.steps, **after})
+                if progress:
+                    progress.on_eval(config.steps, after)
+            if out:
+                save(config.steps)
+        finally:
+            steplog.close()
+        return FitResult(
+            before=before,
+            after=after,
+            steps=config.steps - start,
+            seconds=time.perf_counter() - began,
+            forward_passes=(config.steps - start) * 2 * config.queries,
+            peak_rss_mb=peak_rss_mb(),
+            history=history,
+        )
+
+    def _fingerprint(self, config: TrainConfig, data: str | Path) -> dict[str, Any]:
+        # A decaying schedule depends on the total, so only a constant one may be extended on resume.
+        keys = _TRAJECTORY_KEYS + (("steps",) if config.schedule != "constant" else ())
+        return {
+            **{k: getattr(config, k) for k in keys},
+            "trainable": [p.name for p in self.params],
+            "max_length": self.max_length,
+            "data": file_digest(data),
+            "model": file_digest(self.model_path),
+        }
+
+    def _restore(self, path: Path, fingerprint: dict[str, Any], config: TrainConfig):
+        tensors, state = load_checkpoint(path)
+        saved = state.get("fingerprint", {})
+        for key, value in fingerprint.items():
+            if saved.get(key) != value:
+                what = "file contents" if key in ("data", "model") else f"value {saved.get(key)!r}"
+                raise EdgetuneError(f"{path}: cannot resume, '{key}' differs from the checkpoint ({what})")
+        if set(tensors) != set(self.weights):
+            raise EdgetuneError(f"{path}: checkpoint holds different trainable tensors than --trainable selects")
+        for name, value in tensors.items():
+            self.weights[name][...] = value
+        step = int(state["step"])
+        if step > config.steps:
+            raise EdgetuneError(f"{path}: checkpoint is at step {step}, beyond --steps {config.steps}")
+        history = [h for h in state.get("history", []) if h["step"] <= step]
+        return step, history, state.get("before")
+
+    # -- output -------------------------------------------------------------------------------
+
+    def save(self, output_dir: str | Path, summary: dict[str, Any] | None = None) -> Path:
+        """Write ``model.onnx`` (tuned weights folded in; plain ORT runs it), tokenizer and tuned slice."""
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        metadata = {TASK_KEY: self.info.task}
+        if self.labels is not None:
+            metadata[LABELS_KEY] = json.dumps(self.labels.names)
+        model = fold_weights(load_model(self.model_path), self.weights, metadata)
+        try:
+            save_model(model, out / "model.onnx")
+            save_checkpoint(out / "trainable.safetensors", self.weights, {"step": -1, "summary": summary or {}})
+            if self.tokenizer_path.resolve() != (out / "tokenizer.json").resolve():
+                shutil.copyfile(self.tokenizer_path, out / "tokenizer.json")
+            if summary is not None:
+                atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        except OSError as exc:
+            raise EdgetuneError(f"{out}: could not write the tuned model ({exc.strerror})") from None
+        return out / "model.onnx"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
