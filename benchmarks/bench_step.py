@@ -1,0 +1,133 @@
+"""ZO step time ÷ one inference forward, and tuning peak RSS ÷ inference peak RSS, in one run.
+
+    python benchmarks/bench_step.py [--onnx model.onnx --data train.jsonl] [--batch-size 8 --tokens 128]
+
+Without --onnx it uses the README's default (all-MiniLM-L6-v2 + Rotten Tomatoes; needs the export
+extra the first time). Timings alternate between the configurations so drift hits all of them.
+Writes benchmarks/results/step.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import demo_model, long_texts_jsonl, machine, median_time, write_results  # noqa: E402
+
+from edgetune import Tuner  # noqa: E402
+from edgetune.engine.session import session_options  # noqa: E402
+from edgetune.zo import ZOSGD, Schedule  # noqa: E402
+
+CONFIGS = [("all", "all", True), ("last:2 + split", "last:2", True), ("last:2, no split", "last:2", False)]
+
+
+def build(model, trainable, split, args):
+    tuner = Tuner.from_onnx(model, trainable=trainable, max_length=args.tokens, threads=args.threads, split=split)
+    data = tuner.load_data(args.data_long)
+    batch = data.batch(range(args.batch_size), tuner.info.data_inputs)
+    optimizer = ZOSGD(tuner.arena.buffer(), seed=0, lr=Schedule(1e-7), eps=Schedule(1e-3))
+    state = {"t": 0}
+
+    def step():
+        tuner.engine.set_batch(batch)
+        optimizer.step(state["t"], lambda: np.mean(tuner.engine.loss()))
+        state["t"] += 1
+
+    return tuner, batch, step
+
+
+def rss_child(mode: str, args) -> float:
+    """Peak RSS (MB) of a fresh process doing only inference or only tuning."""
+    code = f"""
+import resource, sys, numpy as np
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import bench_step as b
+args = b.parse_args({json.dumps(args.argv)})
+b.prepare_data(args)
+b.child_{mode}(args)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def child_inference(args):
+    tuner = Tuner.from_onnx(args.onnx, trainable=None, max_length=args.tokens, threads=args.threads)
+    batch = tuner.load_data(args.data_long).batch(range(args.batch_size), tuner.info.data_inputs)
+    del tuner
+    session = ort.InferenceSession(str(args.onnx), session_options(args.threads), providers=["CPUExecutionProvider"])
+    for _ in range(5):
+        session.run(["logits"], batch.inputs)
+
+
+def child_tune(args):
+    _, _, step = build(args.onnx, args.rss_trainable, True, args)
+    for _ in range(5):
+        step()
+
+
+def prepare_data(args):
+    if args.onnx is None:
+        args.onnx, args.data, _ = demo_model()
+    args.data_long = long_texts_jsonl(Path(args.data), Path(tempfile.gettempdir()) / "edgetune_bench_long.jsonl",
+                                      words=args.tokens)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--onnx", type=Path)
+    parser.add_argument("--data", type=Path)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--rss-trainable", default="all")
+    args = parser.parse_args(argv)
+    args.argv = argv
+    return args
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    prepare_data(args)
+    forward_session = ort.InferenceSession(str(args.onnx), session_options(args.threads),
+                                           providers=["CPUExecutionProvider"])
+    built = {name: build(args.onnx, trainable, split, args) for name, trainable, split in CONFIGS}
+    batch = next(iter(built.values()))[1]
+    forward = lambda: forward_session.run(["logits"], batch.inputs)  # noqa: E731
+    forward()
+    times = {name: [] for name in built} | {"forward": []}
+    for _ in range(args.rounds):  # interleaved so that machine drift hits every configuration
+        times["forward"].append(median_time(forward, args.repeats))
+        for name, (_, _, step) in built.items():
+            step()
+            times[name].append(median_time(step, args.repeats))
+    fwd = float(np.median(times["forward"]))
+    rows, payload = [], {"machine": machine(), "batch_size": args.batch_size, "tokens": args.tokens,
+                         "threads": args.threads, "forward_ms": fwd * 1e3, "configs": {}}
+    for name, (tuner, _, _) in built.items():
+        step_s = float(np.median(times[name]))
+        payload["configs"][name] = {"step_ms": step_s * 1e3, "ratio": step_s / fwd,
+                                    "trainable_params": tuner.trainable_params}
+        rows.append([name, f"{tuner.trainable_params:,}", f"{step_s * 1e3:.1f}", f"{step_s / fwd:.2f}×"])
+    rows.insert(0, ["inference forward", "-", f"{fwd * 1e3:.1f}", "1.00×"])
+    infer_rss, tune_rss = rss_child("inference", args), rss_child("tune", args)
+    payload["rss_mb"] = {"inference": infer_rss, "tune": tune_rss, "ratio": tune_rss / infer_rss,
+                         "trainable": args.rss_trainable}
+    rows.append([f"peak RSS: tune ({args.rss_trainable}) ÷ inference", "-", f"{tune_rss:.0f} / {infer_rss:.0f} MB",
+                 f"{tune_rss / infer_rss:.2f}×"])
+    write_results("step", payload, ["configuration", "trainable weights", "time per step (ms)", "÷ forward"], rows)
+
+
+if __name__ == "__main__":
+    main()

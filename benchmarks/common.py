@@ -1,0 +1,67 @@
+"""Shared helpers for the benchmark scripts: the real default model, long batches, result tables."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import onnxruntime as ort
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def demo_model(threads: int | None = None) -> tuple[Path, Path, Path]:
+    """The README's default: all-MiniLM-L6-v2 with a fresh 2-label head and Rotten Tomatoes splits."""
+    from edgetune.datasets import write_rotten_tomatoes_splits
+    from edgetune.demo import RECIPE, default_workdir
+    from edgetune.export import export_classifier
+    from edgetune.resources import minilm_dir
+
+    work = default_workdir()
+    model_dir = Path(export_classifier(minilm_dir(), work / "minilm-rt", labels=("negative", "positive"), seed=0))
+    train, dev = write_rotten_tomatoes_splits(work / "rotten_tomatoes", n_train=RECIPE["n_train"],
+                                              n_dev=RECIPE["n_dev"], seed=0)
+    model = model_dir / "model.onnx" if model_dir.is_dir() else model_dir
+    return model, Path(train), Path(dev)
+
+
+def long_texts_jsonl(source: Path, target: Path, words: int) -> Path:
+    """Join snippets until each text has ``words`` words, so batches reach the wanted token length."""
+    rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+    out, i = [], 0
+    while len(out) < 64:
+        text, label = [], rows[i % len(rows)]["label"]
+        while len(text) < words:
+            text += rows[i % len(rows)]["text"].split()
+            i += 1
+        out.append(json.dumps({"text": " ".join(text[:words]), "label": label}))
+    target.write_text("\n".join(out) + "\n")
+    return target
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def machine() -> dict:
+    import os
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "onnxruntime": ort.__version__, "python": platform.python_version()}
+
+
+def write_results(name: str, payload: dict, table_header: list[str], rows: list[list]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    lines = ["| " + " | ".join(table_header) + " |", "|" + "---|" * len(table_header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))

