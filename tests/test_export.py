@@ -104,6 +104,22 @@ def test_onnx_logits_match_pytorch(exported):
     assert np.ptp(got[:, 1] - got[:, 0]) > 0  # the head sees the input
 
 
+def test_mean_pooling_head_classifies_the_sentence_embedding(tmp_path):
+    path = export_classifier(minilm_dir(), tmp_path / "mean", labels=LABELS, seed=0, pooling="mean")
+    graph = onnx.load(str(path)).graph
+    assert not [n for n in graph.node if "pooler" in n.name], "the CLS pooler should be pruned"
+    assert not [i for i in graph.initializer if "pooler" in i.name]
+    feeds = _encode(path.parent / "tokenizer.json", SENTENCES)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], feeds)[0]
+    model = _torch_model(0)
+    with torch.no_grad():
+        hidden = model.bert(**{k: torch.from_numpy(v) for k, v in feeds.items()}).last_hidden_state.numpy()
+        mask = feeds["attention_mask"][..., None]
+        embedding = ((hidden * mask).sum(1) / mask.sum(1)).astype(np.float32)
+        want = model.classifier(torch.from_numpy(embedding)).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
 def test_head_is_seeded(exported):
     path, _ = exported
     weights = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
