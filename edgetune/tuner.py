@@ -183,9 +183,11 @@ class Tuner:
             noise=config.noise,
         )
         stream = BatchStream(len(train), config.batch_size, config.seed)
+        if start < config.steps:
+            self.engine.set_batch(train.batch(stream.indices(start), self.info.data_inputs))
+            check_engine(self.engine, self.arena.buffer())
         steplog = JsonlLog(out / "steps.jsonl" if out else None, start)
         began = time.perf_counter()
-        checked = False
 
         def save(step: int) -> None:
             state = {"step": step, "history": history, "before": before, "fingerprint": fingerprint}
@@ -196,9 +198,6 @@ class Tuner:
             for t in range(start, config.steps):
                 indices = stream.indices(t)
                 self.engine.set_batch(train.batch(indices, self.info.data_inputs))
-                if not checked:
-                    check_engine(self.engine, self.arena.buffer())
-                    checked = True
                 try:
                     record = optimizer.step(t, lambda: np.mean(self.engine.loss()))
                 except TrainingError as exc:

@@ -107,14 +107,14 @@ def test_step_log_replays_the_run_exactly(classifier, tmp_path):
     f32 = np.float32
     for line in (tmp_path / "steps.jsonl").read_text().splitlines():
         rec = json.loads(line)
-        q, lr, eps = len(rec["seeds"]), f32(rec["lr"]), f32(rec["eps"])
-        _core.perturb(replay, rec["seeds"][0], float(eps))
+        q, lr, eps, noise = len(rec["seeds"]), f32(rec["lr"]), f32(rec["eps"]), rec["noise"]
+        _core.perturb(replay, rec["seeds"][0], float(eps), noise)
         for i, (seed, g) in enumerate(zip(rec["seeds"], rec["grads"])):
-            _core.perturb(replay, seed, float(f32(-2) * eps))
-            decay = f32(1) - lr * f32(0.1) if i == q - 1 else f32(1)
+            _core.perturb(replay, seed, float(f32(-2) * eps), noise)
+            decay = f32(1) - lr * f32(rec["weight_decay"]) if i == q - 1 else f32(1)
             coef = decay * eps - (lr / f32(q)) * f32(g)
             seeds, coefs = ([seed, rec["seeds"][i + 1]], [float(coef), float(eps)]) if i + 1 < q else ([seed], [float(coef)])
-            _core.combine(replay, float(decay), seeds, coefs)
+            _core.combine(replay, float(decay), seeds, coefs, noise)
     np.testing.assert_array_equal(replay, tuner.arena.buffer())
 
 

@@ -23,18 +23,19 @@ from edgetune.zo.schedules import Schedule
 
 @dataclass
 class StepRecord:
-    """Everything needed to replay a step: its seeds, projected gradients, lr and ε."""
+    """Everything needed to replay a step: seeds, projected gradients, lr, ε, decay and noise kind."""
 
     step: int
     seeds: list[int]
     grads: list[float]
     lr: float
     eps: float
+    weight_decay: float
+    noise: str
     loss: float  # mean of L+ and L− over the queries: the training loss at θ, for logs
 
     def to_json(self) -> dict:
-        return {"step": self.step, "seeds": self.seeds, "grads": self.grads, "lr": self.lr, "eps": self.eps,
-                "loss": self.loss}
+        return dict(self.__dict__)
 
 
 class ZOSGD:
@@ -86,4 +87,4 @@ class ZOSGD:
                 _core.combine(self.buffer, float(decay), [seed], [float(c_cur)], self.noise)
             grads.append(float(g))
             losses += [float(loss_plus), float(loss_minus)]
-        return StepRecord(t, seeds, grads, float(lr), float(eps), float(np.mean(losses)))
+        return StepRecord(t, seeds, grads, float(lr), float(eps), float(wd), self.noise, float(np.mean(losses)))
