@@ -21,11 +21,11 @@ def demo_model(threads: int | None = None) -> tuple[Path, Path, Path]:
     from edgetune.resources import minilm_dir
 
     work = default_workdir()
-    model_dir = Path(export_classifier(minilm_dir(), work / "minilm-rt", labels=("negative", "positive"), seed=0))
+    model = export_classifier(minilm_dir(), work / "minilm-rt", labels=("negative", "positive"), seed=0,
+                              pooling=RECIPE["pooling"])
     train, dev = write_rotten_tomatoes_splits(work / "rotten_tomatoes", n_train=RECIPE["n_train"],
                                               n_dev=RECIPE["n_dev"], seed=0)
-    model = model_dir / "model.onnx" if model_dir.is_dir() else model_dir
-    return model, Path(train), Path(dev)
+    return Path(model), Path(train), Path(dev)
 
 
 def long_texts_jsonl(source: Path, target: Path, words: int) -> Path:
