@@ -22,7 +22,7 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).parent))
 from common import demo_model, long_texts_jsonl, machine, median_time, write_results  # noqa: E402
 
-from edgetune import Tuner  # noqa: E402
+from edgetune import Tuner, _core  # noqa: E402
 from edgetune.engine.session import session_options  # noqa: E402
 from edgetune.zo import ZOSGD, Schedule  # noqa: E402
 
@@ -44,13 +44,29 @@ def build(model, trainable, split, args):
     return tuner, batch, step
 
 
-def rss_child(mode: str, args) -> float:
-    """Peak RSS (MB) of a fresh process doing only inference or only tuning."""
+def kernel_time(tuner, args) -> float:
+    """The three arena passes a q=1 step makes, timed alone: the share of a step that is ours."""
+    buffer = tuner.arena.buffer()
+
+    def passes():
+        _core.perturb(buffer, 1, 1e-3, "rademacher")
+        _core.perturb(buffer, 1, -2e-3, "rademacher")
+        _core.combine(buffer, 1.0, [1], [1e-3], "rademacher")
+
+    return float(np.median([median_time(passes, args.repeats) for _ in range(args.rounds)]))
+
+
+def rss_child(mode: str, args, trainable: str | None = None) -> float:
+    """Peak RSS (MB) of a fresh process doing only inference or only tuning.
+
+    The child gets the model's path, so it never imports the exporter (torch alone is ~0.5 GB).
+    """
     code = f"""
 import resource, sys, numpy as np
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 import bench_step as b
-args = b.parse_args({json.dumps(args.argv)})
+args = b.parse_args({json.dumps(args.argv + ["--onnx", str(args.onnx), "--data", str(args.data)])})
+args.rss_trainable = {trainable!r}
 b.prepare_data(args)
 b.child_{mode}(args)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -60,12 +76,15 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def child_inference(args):
-    tuner = Tuner.from_onnx(args.onnx, trainable=None, max_length=args.tokens, threads=args.threads)
-    batch = tuner.load_data(args.data_long).batch(range(args.batch_size), tuner.info.data_inputs)
-    del tuner
+    """Only what an app doing inference would have: the session and the tokenised batch."""
+    inputs = dict(np.load(batch_file(args)))
     session = ort.InferenceSession(str(args.onnx), session_options(args.threads), providers=["CPUExecutionProvider"])
     for _ in range(5):
-        session.run(["logits"], batch.inputs)
+        session.run(["logits"], inputs)
+
+
+def batch_file(args) -> Path:
+    return Path(tempfile.gettempdir()) / f"edgetune_bench_batch_{args.batch_size}x{args.tokens}.npz"
 
 
 def child_tune(args):
@@ -90,7 +109,7 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=4)
-    parser.add_argument("--rss-trainable", default="all")
+    parser.add_argument("--rss-trainable", nargs="+", default=["all", "last:2"])
     args = parser.parse_args(argv)
     args.argv = argv
     return args
@@ -112,6 +131,7 @@ def main(argv=None):
         for name, (_, _, step) in built.items():
             step()
             times[name].append(median_time(step, args.repeats))
+    kernel_s = kernel_time(built["all"][0], args)
     fwd = float(np.median(times["forward"]))
     rows, payload = [], {"machine": machine(), "batch_size": args.batch_size, "tokens": args.tokens,
                          "threads": args.threads, "forward_ms": fwd * 1e3, "configs": {}}
@@ -121,11 +141,19 @@ def main(argv=None):
                                     "trainable_params": tuner.trainable_params}
         rows.append([name, f"{tuner.trainable_params:,}", f"{step_s * 1e3:.1f}", f"{step_s / fwd:.2f}×"])
     rows.insert(0, ["inference forward", "-", f"{fwd * 1e3:.1f}", "1.00×"])
-    infer_rss, tune_rss = rss_child("inference", args), rss_child("tune", args)
-    payload["rss_mb"] = {"inference": infer_rss, "tune": tune_rss, "ratio": tune_rss / infer_rss,
-                         "trainable": args.rss_trainable}
-    rows.append([f"peak RSS: tune ({args.rss_trainable}) ÷ inference", "-", f"{tune_rss:.0f} / {infer_rss:.0f} MB",
-                 f"{tune_rss / infer_rss:.2f}×"])
+    all_step = payload["configs"]["all"]["step_ms"] / 1e3
+    payload["kernel_ms_all"] = kernel_s * 1e3
+    payload["kernel_share_all"] = kernel_s / all_step
+    rows.append(["kernel passes of one `all` step (perturb, perturb, combine)", "-", f"{kernel_s * 1e3:.1f}",
+                 f"{kernel_s / fwd:.2f}× ({kernel_s / all_step:.0%} of the step)"])
+    np.savez(batch_file(args), **batch.inputs)
+    infer_rss = rss_child("inference", args)
+    payload["rss_mb"] = {"inference": infer_rss}
+    for trainable in args.rss_trainable:
+        tune_rss = rss_child("tune", args, trainable)
+        payload["rss_mb"][trainable] = {"tune": tune_rss, "ratio": tune_rss / infer_rss}
+        rows.append([f"peak RSS: tune ({trainable}) ÷ inference", "-", f"{tune_rss:.0f} / {infer_rss:.0f} MB",
+                     f"{tune_rss / infer_rss:.2f}×"])
     write_results("step", payload, ["configuration", "trainable weights", "time per step (ms)", "÷ forward"], rows)
 
 

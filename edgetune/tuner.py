@@ -73,9 +73,13 @@ class Tuner:
             self.arena.add(param.name, param.shape, arena_group(param))
         self.arena.finalize()
         self.weights: dict[str, np.ndarray] = {p.name: self.arena.tensor(p.name) for p in prepared.params}
-        for name, value in prepared.initial.items():
-            self.weights[name][...] = value
-        prepared.initial.clear()
+        copy_into = getattr(prepared.initial, "copy_into", None)  # cached: read straight into the arena
+        for name, view in self.weights.items():
+            if copy_into:
+                copy_into(name, view)
+            else:
+                view[...] = prepared.initial[name]
+        prepared.initial = {}
         self.engine = LossEngine(prepared, self.weights, threads, providers)
         self.labels = LabelSet(self.info.labels) if self.info.labels else None
 

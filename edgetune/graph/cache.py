@@ -16,11 +16,12 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from edgetune import errors
 from edgetune.graph.blocks import Param
@@ -92,16 +93,56 @@ def _load(directory: Path, model_path: Path) -> PreparedModel:
     manifest = json.loads((directory / "manifest.json").read_text())
     info = ModelInfo(**{**manifest["info"], "path": model_path})
     params = [Param(**{**p, "shape": tuple(p["shape"])}) for p in manifest["params"]]
-    initial = {name: np.asarray(v) for name, v in load_file(str(directory / "initial.safetensors")).items()}
     return PreparedModel(
         info=info,
         params=params,
-        initial=initial,
+        initial=_SafetensorsFile(directory / "initial.safetensors"),
         prefix=str(directory / "prefix.onnx") if manifest["has_prefix"] else None,
         suffix=str(directory / "suffix.onnx"),
         boundary=manifest["boundary"],
         total_params=manifest["total_params"],
     )
+
+
+class _SafetensorsFile(Mapping):
+    """Tensors of a safetensors file, each read only when asked for.
+
+    The tuner reads them straight into the arena with :meth:`copy_into`. Reading the file through
+    ``safetensors`` would first map or copy it whole, holding the trainable slice twice at start-up,
+    and that transient would be the tuning process's peak memory. The format is a little-endian
+    u64 header length, a JSON header of ``{name: {dtype, shape, data_offsets}}``, then raw bytes.
+    """
+
+    def __init__(self, path: Path):
+        self._path = path
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(header_len))
+        header.pop("__metadata__", None)
+        self._entries = header
+        self._data_start = 8 + header_len
+
+    def copy_into(self, name: str, out: np.ndarray) -> None:
+        entry = self._entries[name]
+        start, end = entry["data_offsets"]
+        if entry["dtype"] != "F32" or tuple(entry["shape"]) != out.shape or not out.flags.c_contiguous:
+            raise errors.ModelError(f"{self._path}: tensor '{name}' does not match its arena view; "
+                                    "delete the cache directory and retry")
+        with open(self._path, "rb") as f:
+            f.seek(self._data_start + start)
+            if f.readinto(memoryview(out).cast("B")) != end - start:
+                raise errors.ModelError(f"{self._path}: truncated; delete the cache directory and retry")
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        out = np.empty(self._entries[name]["shape"], np.float32)
+        self.copy_into(name, out)
+        return out
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 if __name__ == "__main__":

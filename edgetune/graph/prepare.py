@@ -6,6 +6,7 @@ loss → lift the slice into inputs → split off the frozen prefix.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from edgetune.graph.split import split_graph
 class PreparedModel:
     info: ModelInfo
     params: list[Param]  # the trainable slice, in arena order
-    initial: dict[str, np.ndarray]  # their pretrained values
+    initial: Mapping[str, np.ndarray]  # their pretrained values (read lazily from the cache)
     prefix: onnx.ModelProto | str | None  # a graph, or the path of one prepared in the cache
     suffix: onnx.ModelProto | str
     boundary: list[str]
