@@ -44,6 +44,14 @@ def build(model, trainable, split, args):
     return tuner, batch, step
 
 
+def peak_rss_mb() -> float:
+    """VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so a child would report its parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
 def kernel_time(tuner, args) -> float:
     """The three arena passes a q=1 step makes, timed alone: the share of a step that is ours."""
     buffer = tuner.arena.buffer()
@@ -62,14 +70,14 @@ def rss_child(mode: str, args, trainable: str | None = None) -> float:
     The child gets the model's path, so it never imports the exporter (torch alone is ~0.5 GB).
     """
     code = f"""
-import resource, sys, numpy as np
+import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 import bench_step as b
 args = b.parse_args({json.dumps(args.argv + ["--onnx", str(args.onnx), "--data", str(args.data)])})
 args.rss_trainable = {trainable!r}
 b.prepare_data(args)
 b.child_{mode}(args)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(b.peak_rss_mb())
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
