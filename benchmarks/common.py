@@ -17,12 +17,12 @@ def demo_model(threads: int | None = None) -> tuple[Path, Path, Path]:
     """The README's default: all-MiniLM-L6-v2 with a fresh 2-label head and Rotten Tomatoes splits."""
     from edgetune.datasets import write_rotten_tomatoes_splits
     from edgetune.demo import RECIPE, default_workdir
-    from edgetune.export import export_classifier
+    from edgetune.export import export_isolated
     from edgetune.resources import minilm_dir
 
     work = default_workdir()
-    model = export_classifier(minilm_dir(), work / "minilm-rt", labels=("negative", "positive"), seed=0,
-                              pooling=RECIPE["pooling"])
+    model = export_isolated("classification", minilm_dir(), work / "minilm-rt", labels=["negative", "positive"],
+                            seed=0, pooling=RECIPE["pooling"])
     train, dev = write_rotten_tomatoes_splits(work / "rotten_tomatoes", n_train=RECIPE["n_train"],
                                               n_dev=RECIPE["n_dev"], seed=0)
     return Path(model), Path(train), Path(dev)

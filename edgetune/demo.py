@@ -37,14 +37,14 @@ def default_workdir() -> Path:
 def run_demo(steps: int | None = None, workdir: str | None = None, output_dir: str = "out/demo",
              threads: int | None = None) -> int:
     from edgetune.datasets import write_rotten_tomatoes_splits
-    from edgetune.export import export_classifier
+    from edgetune.export import export_isolated
     from edgetune.resources import minilm_dir
     from edgetune.tuner import Tuner
 
     work = Path(workdir) if workdir else default_workdir()
     console.print("[bold]1/3[/] exporting all-MiniLM-L6-v2 with a new 2-label head to ONNX (cached)")
-    model = export_classifier(minilm_dir(), work / "minilm-rt", labels=("negative", "positive"), seed=0,
-                              pooling=RECIPE["pooling"])
+    model = export_isolated("classification", minilm_dir(), work / "minilm-rt", labels=["negative", "positive"],
+                            seed=0, pooling=RECIPE["pooling"])
     console.print("[bold]2/3[/] writing Rotten Tomatoes snippets as JSONL (cached)")
     train, dev = write_rotten_tomatoes_splits(work / "rotten_tomatoes", n_train=RECIPE["n_train"],
                                               n_dev=RECIPE["n_dev"], seed=0)

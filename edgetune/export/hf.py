@@ -4,7 +4,11 @@ Output folder (both functions)::
 
     out_dir/model.onnx              inputs input_ids, attention_mask (+ token_type_ids / position_ids),
                                     output logits; metadata edgetune.task (+ edgetune.labels)
+    out_dir/model_with_past.onnx    causal LMs: the same model with a KV cache, for generation; its
+                                    weights are references into model.onnx (see edgetune.export.shared)
     out_dir/tokenizer.json          the fast tokenizer, padding and truncation switched off
+    out_dir/tokenizer_config.json   bos/eos/pad/unk token strings and the chat template (or null)
+    out_dir/chat_template.jinja     the chat template, when the model has one
     out_dir/edgetune_export.json    manifest: what was exported, how; a matching manifest = cache hit
 
 Exports are atomic: everything is written into a hidden temp folder beside ``out_dir`` and renamed
@@ -26,12 +30,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edgetune.errors import EdgetuneError
+from edgetune.export.shared import WITH_PAST, link_weights
 
 __all__ = ["EXPORT_EXTRA_HINT", "ExportError", "export_causal_lm", "export_classifier", "MANIFEST"]
 
 EXPORT_EXTRA_HINT = "pip install 'edgetune[export]'"
 MANIFEST = "edgetune_export.json"
-_MANIFEST_FORMAT = 1
+_MANIFEST_FORMAT = 2  # 2: tokenizer_config.json, chat_template.jinja, model_with_past.onnx
 _CHECK_TEXTS = (
     "A gripping, beautifully acted film.",
     "Dull, overlong and instantly forgettable.",
@@ -109,10 +114,13 @@ def _cached(out_dir: Path, manifest: dict) -> bool:
         found = json.loads((out_dir / MANIFEST).read_text())
     except (OSError, ValueError):
         return False
+    expected = ["model.onnx", "tokenizer.json", "tokenizer_config.json"]
+    if manifest["key"].get("with_past"):
+        expected.append(WITH_PAST)
     return (
-        found.get("key") == manifest["key"]
-        and (out_dir / "model.onnx").is_file()
-        and (out_dir / "tokenizer.json").is_file()
+        found.get("format") == manifest["format"]
+        and found.get("key") == manifest["key"]
+        and all((out_dir / name).is_file() for name in expected)
     )
 
 
@@ -133,14 +141,32 @@ def _commit(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_tokenizer(tokenizer, tmp: Path) -> None:
-    """Save the fast tokenizer's ``tokenizer.json`` only, with padding/truncation off (edgetune pads per batch)."""
+def _write_tokenizer(tokenizer, tmp: Path, eos_token: str | None = None) -> None:
+    """Save ``tokenizer.json`` (padding/truncation off: edgetune pads per batch) and its special tokens.
+
+    ``tokenizer_config.json`` is a small subset of Hugging Face's file (the token strings and the
+    chat template), enough to render chat data and stop generation without transformers.
+    ``eos_token`` overrides the tokenizer's own (SmolLM2's GGUF names ``<|im_start|>`` as eos).
+    """
     if not getattr(tokenizer, "is_fast", False):
         raise ExportError("the model's tokenizer has no fast (tokenizer.json) version; edgetune needs one")
     backend = tokenizer.backend_tokenizer
     backend.no_padding()
     backend.no_truncation()
     backend.save(str(tmp / "tokenizer.json"))
+    template = tokenizer.chat_template
+    if isinstance(template, dict):  # several named templates: the default one is the chat format
+        template = template.get("default")
+    config = {
+        "bos_token": tokenizer.bos_token,
+        "eos_token": eos_token or tokenizer.eos_token,
+        "pad_token": tokenizer.pad_token,
+        "unk_token": tokenizer.unk_token,
+        "chat_template": template,
+    }
+    (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False) + "\n")
+    if template:
+        (tmp / "chat_template.jinja").write_text(template)
 
 
 def _set_metadata(model_path: Path, items: dict[str, str]) -> None:
@@ -157,9 +183,12 @@ def _set_metadata(model_path: Path, items: dict[str, str]) -> None:
 def _onnx_outputs(model_path: Path, feeds: dict) -> "list":
     import onnxruntime as ort
 
+    from edgetune.generate import empty_past
+
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
     sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    feeds = {**feeds, **empty_past(sess, len(feeds["input_ids"]))}  # a with-past graph, on a fresh sequence
     names = {i.name for i in sess.get_inputs()}
     missing = names - set(feeds)
     if missing:
@@ -315,22 +344,7 @@ def export_classifier(
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     labels = [str(lbl) for lbl in labels]
-    if len(labels) < 2 or len(set(labels)) != len(labels):
-        raise ExportError(f"labels must be at least 2 distinct names, got {labels}")
-    if not (model_dir / "config.json").is_file():
-        raise ExportError(f"{model_dir}: not a Hugging Face model folder (no config.json)")
-    manifest = {
-        "format": _MANIFEST_FORMAT,
-        "key": {
-            "kind": "classifier",
-            **_source_fingerprint(model_dir),
-            "labels": labels,
-            "seed": seed,
-            "opset": opset,
-            "pooling": pooling,
-            "edgetune": _version(),
-        },
-    }
+    manifest = classifier_manifest(model_dir, labels, seed, opset, pooling)
     if _cached(out_dir, manifest):
         return out_dir / "model.onnx"
 
@@ -373,34 +387,22 @@ def export_causal_lm(
     opset: int = 17,
     eos_token: str | None = None,
     atol: float = 1e-3,
+    with_past: bool = True,
 ) -> Path:
-    """Export a causal LM for text generation *without* KV cache (edgetune scores whole sequences).
+    """Export a causal LM: ``model.onnx`` *without* KV cache (edgetune scores whole sequences) and,
+    unless ``with_past=False``, ``model_with_past.onnx`` for generation, sharing ``model.onnx``'s weights.
 
     ``model_dir_or_gguf`` is a Hugging Face folder or a ``.gguf`` file (dequantised to fp32 by
     transformers; needs the ``gguf`` package). ``eos_token`` (e.g. ``"<|im_end|>"`` for SmolLM2
     Instruct) is recorded as metadata ``edgetune.eos_token``. Returns ``out_dir/model.onnx``.
     """
     src, out_dir = Path(model_dir_or_gguf), Path(out_dir)
-    if not src.exists():
-        raise ExportError(f"{src}: not found")
-    gguf = src.is_file() and src.suffix == ".gguf"
-    if not gguf and not (src / "config.json").is_file():
-        raise ExportError(f"{src}: neither a .gguf file nor a Hugging Face model folder (no config.json)")
-    manifest = {
-        "format": _MANIFEST_FORMAT,
-        "key": {
-            "kind": "causal_lm",
-            **_source_fingerprint(src),
-            "opset": opset,
-            "eos_token": eos_token,
-            "edgetune": _version(),
-        },
-    }
+    manifest = causal_lm_manifest(src, opset, eos_token, with_past)
     if _cached(out_dir, manifest):
         return out_dir / "model.onnx"
 
     torch, transformers, onnx_export_from_model = _require_export_stack()
-    if gguf:
+    if src.suffix == ".gguf":
         try:
             import gguf as _gguf  # noqa: F401
         except ImportError:
@@ -423,9 +425,13 @@ def export_causal_lm(
             meta = {"edgetune.task": "lm"}
             if eos_token:
                 meta["edgetune.eos_token"] = eos_token
-            _set_metadata(tmp / "model.onnx", meta)
-            _write_tokenizer(tokenizer, tmp)
+            _set_metadata(tmp / "model.onnx", meta)  # before linking: rewriting model.onnx moves its bytes
+            if with_past:
+                manifest["with_past_inline_bytes"] = _export_with_past(onnx_export_from_model, model, tmp, opset, meta)
+            _write_tokenizer(tokenizer, tmp, eos_token)
             diff = _check_logits(torch, model, tokenizer, tmp / "model.onnx", atol, add_special_tokens=False)
+            if with_past:
+                diff = max(diff, _check_logits(torch, model, tokenizer, tmp / WITH_PAST, atol, add_special_tokens=False))
             manifest["max_abs_logit_diff"] = diff
             manifest["export_seconds"] = round(time.perf_counter() - t0, 2)
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
@@ -434,3 +440,56 @@ def export_causal_lm(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir / "model.onnx"
+
+
+def classifier_manifest(model_dir: Path, labels: list[str], seed: int, opset: int, pooling: str) -> dict:
+    """The manifest an export of ``model_dir`` would have; checks the arguments."""
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise ExportError(f"labels must be at least 2 distinct names, got {labels}")
+    if pooling not in ("cls", "mean"):
+        raise ExportError(f"pooling must be 'cls' or 'mean', got '{pooling}'")
+    if not (model_dir / "config.json").is_file():
+        raise ExportError(f"{model_dir}: not a Hugging Face model folder (no config.json)")
+    key = {"kind": "classifier", **_source_fingerprint(model_dir), "labels": labels, "seed": seed, "opset": opset,
+           "pooling": pooling, "edgetune": _version()}
+    return {"format": _MANIFEST_FORMAT, "key": key}
+
+
+def causal_lm_manifest(src: Path, opset: int, eos_token: str | None, with_past: bool) -> dict:
+    """The manifest an export of ``src`` would have; checks that ``src`` can be exported at all."""
+    if not src.exists():
+        raise ExportError(f"{src}: not found")
+    if not (src.is_file() and src.suffix == ".gguf") and not (src / "config.json").is_file():
+        raise ExportError(f"{src}: neither a .gguf file nor a Hugging Face model folder (no config.json)")
+    key = {"kind": "causal_lm", **_source_fingerprint(src), "opset": opset, "eos_token": eos_token,
+           "with_past": with_past, "edgetune": _version()}
+    return {"format": _MANIFEST_FORMAT, "key": key}
+
+
+def _export_with_past(onnx_export_from_model, model, tmp: Path, opset: int, meta: dict[str, str]) -> int:
+    """Export the KV-cache graph as ``tmp/model_with_past.onnx`` holding references to ``tmp/model.onnx``'s
+    weights; return how many bytes it still holds inline (weights that model.onnx lacks)."""
+    import warnings
+
+    import onnx
+
+    model.config.use_cache = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            onnx_export_from_model(model, output=tmp / "_past", opset=opset, task="text-generation-with-past",
+                                   do_validation=False, device="cpu")
+    finally:
+        model.config.use_cache = False
+    produced = tmp / "_past" / "model.onnx"
+    if not produced.is_file():
+        raise ExportError(f"optimum wrote no with-past model.onnx (found {sorted(p.name for p in produced.parent.iterdir())})")
+    graph = onnx.load(str(produced))
+    inline = link_weights(graph, tmp / "model.onnx")
+    # Not edgetune.task: this graph is for generation only; tuning must never pick it up.
+    for key, value in meta.items():
+        if key != "edgetune.task":
+            graph.metadata_props.add(key=key, value=value)
+    onnx.save(graph, str(tmp / WITH_PAST))
+    shutil.rmtree(tmp / "_past", ignore_errors=True)
+    return inline

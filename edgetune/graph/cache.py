@@ -14,8 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -24,6 +22,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from edgetune import errors
+from edgetune.child import child_main, run_child
 from edgetune.graph.blocks import Param
 from edgetune.graph.lift import save_model
 from edgetune.graph.model import ModelInfo
@@ -43,24 +42,8 @@ def prepare_cached(path: str | Path, trainable: str, model_digest: str, task: st
     key = hashlib.sha256(json.dumps([FORMAT_VERSION, model_digest, trainable, task, split]).encode()).hexdigest()[:24]
     directory = Path(cache_root or default_cache_root()) / key
     if not (directory / "manifest.json").is_file():
-        _run_child([str(path), trainable, task, split, str(directory)])
+        run_child("edgetune.graph.cache", [str(path), trainable, task, split, str(directory)], f"preparing {path}")
     return _load(directory, Path(path))
-
-
-def _run_child(args: list) -> None:
-    """Run :func:`_prepare_into` in a fresh interpreter; re-raise its user-facing error here."""
-    package_root = str(Path(errors.__file__).resolve().parent.parent)  # the same edgetune as ours
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-m", "edgetune.graph.cache", json.dumps(args)],
-                          capture_output=True, text=True, env=env)
-    if proc.returncode == 0:
-        return
-    try:
-        report = json.loads(proc.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        lines = proc.stderr.strip().splitlines()
-        raise errors.ModelError(f"preparing {args[0]} failed ({lines[-1] if lines else proc.returncode})") from None
-    raise getattr(errors, report["kind"], errors.ModelError)(report["message"])
 
 
 def _prepare_into(path: str, trainable: str, task: str | None, split: bool, directory: str) -> None:
@@ -146,8 +129,4 @@ class _SafetensorsFile(Mapping):
 
 
 if __name__ == "__main__":
-    try:
-        _prepare_into(*json.loads(sys.argv[1]))
-    except errors.EdgetuneError as exc:
-        print(json.dumps({"kind": type(exc).__name__, "message": str(exc)}))
-        sys.exit(2)
+    child_main(_prepare_into)
