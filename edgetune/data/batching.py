@@ -13,23 +13,34 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Tokenizer
 
+from edgetune.data.chat import ChatTemplate
+from edgetune.data.encode import IGNORE_INDEX, encode_classification, encode_lm, encode_verbalized
 from edgetune.data.jsonl import TASK_LM, Example, LabelSet
 from edgetune.data.tokenizer import pad_id
+from edgetune.data.verbalizer import Verbalizer
 
-IGNORE_INDEX = -100  # label value that the causal-LM loss skips, as in PyTorch and HF
+__all__ = ["IGNORE_INDEX", "Batch", "BatchStream", "TokenizedSet"]
 
 
 @dataclass
 class Batch:
-    """Model inputs (by ONNX input name) and ``labels`` for one batch."""
+    """Model inputs (by ONNX input name) and ``labels`` for one batch.
+
+    ``classes`` is the class index per row where the labels are token labels of a verbaliser task.
+    """
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray
     size: int
+    classes: np.ndarray | None = None
 
 
 class TokenizedSet:
-    """Examples tokenised once, padded per batch to the longest member."""
+    """Examples tokenised once, padded per batch to the longest member.
+
+    With ``task`` "lm" the labels are per token (language modelling in any record format, or a
+    ``verbalizer`` task); otherwise they are class indices.
+    """
 
     def __init__(
         self,
@@ -38,22 +49,27 @@ class TokenizedSet:
         max_length: int,
         task: str,
         labels: LabelSet | None = None,
+        *,
+        chat: ChatTemplate | None = None,
+        eos_token: str | None = None,
+        verbalizer: Verbalizer | None = None,
     ):
         self.task = task
         self.pad_id = pad_id(tokenizer)
-        self.where = [ex.where for ex in examples]
-        tokenizer.enable_truncation(max_length)
-        try:
-            encodings = tokenizer.encode_batch([ex.text for ex in examples])
-        finally:
-            tokenizer.no_truncation()
-        self.ids = [np.asarray(enc.ids, dtype=np.int64) for enc in encodings]
-        self.type_ids = [np.asarray(enc.type_ids, dtype=np.int64) for enc in encodings]
-        if task == TASK_LM:
-            self.targets = None
+        if verbalizer is not None:
+            assert labels is not None
+            encoded = encode_verbalized(examples, tokenizer, max_length, verbalizer, labels)
+        elif task == TASK_LM:
+            encoded = encode_lm(examples, tokenizer, max_length, chat, eos_token)
         else:
             assert labels is not None
-            self.targets = np.asarray([labels.index(ex) for ex in examples], dtype=np.int64)
+            encoded = encode_classification(examples, tokenizer, max_length, labels)
+        self.where, self.ids, self.type_ids = encoded.where, encoded.ids, encoded.type_ids
+        classes = np.asarray(encoded.classes, dtype=np.int64)
+        # Class labels are the loss's input for a classifier; token labels for a (verbaliser) LM.
+        self.token_labels: list[np.ndarray] | None = encoded.labels if task == TASK_LM else None
+        self.targets: np.ndarray | None = classes if task != TASK_LM else None
+        self.classes: np.ndarray | None = classes if verbalizer is not None else None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -76,16 +92,30 @@ class TokenizedSet:
             "position_ids": np.maximum(np.cumsum(mask, axis=1) - 1, 0),
         }
         inputs = {name: available[name] for name in input_names}
-        if self.targets is None:
-            labels = np.where(mask == 1, ids, IGNORE_INDEX)
-        else:
-            labels = self.targets[rows]
-        return Batch(inputs=inputs, labels=labels, size=len(rows))
+        if self.token_labels is None:
+            return Batch(inputs=inputs, labels=self.targets[rows], size=len(rows))
+        labels = np.full((len(rows), length), IGNORE_INDEX, dtype=np.int64)
+        for r, i in enumerate(rows):
+            labels[r, : len(self.token_labels[i])] = self.token_labels[i]
+        classes = self.classes[rows] if self.classes is not None else None
+        return Batch(inputs=inputs, labels=labels, size=len(rows), classes=classes)
 
-    def batches(self, batch_size: int, input_names: Sequence[str]):
-        """Every example once, in file order (for evaluation)."""
-        for start in range(0, len(self), batch_size):
-            yield self.batch(range(start, min(start + batch_size, len(self))), input_names)
+    def batches(self, batch_size: int, input_names: Sequence[str], max_tokens: int | None = None):
+        """Every example once, in file order (for evaluation).
+
+        ``max_tokens`` caps rows x padded length of a batch (at least one row), which bounds the
+        ``batch x sequence x vocabulary`` logits that a language model's run allocates.
+        """
+        start = 0
+        while start < len(self):
+            end, longest = start, 0
+            while end < len(self) and end - start < batch_size:
+                longest = max(longest, len(self.ids[end]))
+                if max_tokens is not None and end > start and (end - start + 1) * longest > max_tokens:
+                    break
+                end += 1
+            yield self.batch(range(start, end), input_names)
+            start = end
 
 
 class BatchStream:

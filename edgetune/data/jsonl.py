@@ -1,9 +1,14 @@
 """Reading JSONL training data with errors that name the file and line.
 
-Two record shapes are accepted:
+Record shapes, by task:
 
-* classification: ``{"text": str, "label": str | int}``
-* language modelling: ``{"text": str}``
+* classification (and verbaliser classification through a causal LM): ``{"text": str, "label": str | int}``
+* language modelling, one shape per file:
+
+  - ``{"text": str}``: loss on every token;
+  - ``{"prompt": str, "completion": str}``: loss on the completion's tokens only;
+  - ``{"messages": [{"role": "system" | "user" | "assistant", "content": str}, ...]}``: rendered
+    with the model's chat template, loss on the assistant turns only.
 """
 
 from __future__ import annotations
@@ -12,18 +17,33 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgetune.errors import DataError
 
 TASK_CLASSIFICATION = "classification"
 TASK_LM = "lm"
 
+FORMAT_TEXT = "text"
+FORMAT_PROMPT = "prompt/completion"
+FORMAT_MESSAGES = "messages"
+ROLES = ("system", "user", "assistant")
+
 
 @dataclass(frozen=True)
 class Example:
-    text: str
+    text: str | None  # None for prompt/completion and messages records
     label: str | int | None
     where: str  # "file:line", kept so that later errors can point at the record
+    prompt: str | None = None
+    completion: str | None = None
+    messages: tuple[tuple[str, str], ...] | None = None  # (role, content) per turn
+
+    @property
+    def format(self) -> str:
+        if self.messages is not None:
+            return FORMAT_MESSAGES
+        return FORMAT_PROMPT if self.prompt is not None else FORMAT_TEXT
 
 
 def read_examples(path: str | Path, task: str) -> list[Example]:
@@ -41,7 +61,20 @@ def read_examples(path: str | Path, task: str) -> list[Example]:
         line_no = raw[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}:{line_no}: not valid UTF-8") from None
 
-    examples = [_parse_line(path, i, line, task) for i, line in enumerate(lines, start=1) if line.strip()]
+    examples: list[Example] = []
+    first_line = 0
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        example = _parse_line(path, i, line, task)
+        if not examples:
+            first_line = i
+        elif example.format != examples[0].format:
+            raise DataError(
+                f"{path}:{i}: record uses {example.format} but line {first_line} used {examples[0].format}; "
+                "a file must use one format"
+            )
+        examples.append(example)
     if not examples:
         raise DataError(f"{path}: no examples (the file is empty)")
     return examples
@@ -55,20 +88,65 @@ def _parse_line(path: Path, line_no: int, line: str, task: str) -> Example:
         raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    text = record.get("text")
-    if not isinstance(text, str):
-        problem = "missing" if "text" not in record else f"not a string ({type(text).__name__})"
-        raise DataError(f'{where}: field "text" is {problem}')
-    if not text.strip():
-        raise DataError(f'{where}: field "text" is empty')
     if task == TASK_LM:
-        return Example(text=text, label=None, where=where)
+        return _parse_lm(record, where)
+    text = _string_field(record, "text", where)
     if "label" not in record:
         raise DataError(f'{where}: field "label" is missing (classification data needs "text" and "label")')
     label = record["label"]
     if isinstance(label, bool) or not isinstance(label, (str, int)):
         raise DataError(f'{where}: field "label" must be a string or an integer, got {json.dumps(label)}')
     return Example(text=text, label=label, where=where)
+
+
+def _parse_lm(record: dict[str, Any], where: str) -> Example:
+    shapes = [name for name, keys in ((FORMAT_TEXT, ("text",)), (FORMAT_PROMPT, ("prompt", "completion")),
+                                      (FORMAT_MESSAGES, ("messages",))) if any(k in record for k in keys)]
+    if len(shapes) > 1:
+        raise DataError(f"{where}: record has fields of both {shapes[0]} and {shapes[1]}; use one format")
+    if not shapes:
+        raise DataError(f'{where}: no field "text", "prompt"/"completion" or "messages" (language-model data needs one)')
+    if shapes[0] == FORMAT_TEXT:
+        return Example(text=_string_field(record, "text", where), label=None, where=where)
+    if shapes[0] == FORMAT_PROMPT:
+        prompt = _string_field(record, "prompt", where)
+        completion = _string_field(record, "completion", where)
+        return Example(text=None, label=None, where=where, prompt=prompt, completion=completion)
+    return Example(text=None, label=None, where=where, messages=_parse_messages(record["messages"], where))
+
+
+def _string_field(record: dict[str, Any], name: str, where: str) -> str:
+    value = record.get(name)
+    if not isinstance(value, str):
+        problem = "missing" if name not in record else f"not a string ({type(value).__name__})"
+        raise DataError(f'{where}: field "{name}" is {problem}')
+    if not value.strip():
+        raise DataError(f'{where}: field "{name}" is empty')
+    return value
+
+
+def _parse_messages(messages: Any, where: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f'{where}: field "messages" must be a non-empty list of {{"role", "content"}} objects')
+    turns = []
+    for k, message in enumerate(messages):
+        at = f"{where}: messages[{k}]"
+        if not isinstance(message, dict):
+            raise DataError(f'{at} is not an object with "role" and "content"')
+        role = message.get("role")
+        if role not in ROLES:
+            shown = "missing" if "role" not in message else json.dumps(role)
+            raise DataError(f"{at} has role {shown}; use {', '.join(ROLES)}")
+        content = message.get("content")
+        if not isinstance(content, str):
+            problem = "missing" if "content" not in message else f"not a string ({type(content).__name__})"
+            raise DataError(f'{at} field "content" is {problem}')
+        if not content.strip():
+            raise DataError(f'{at} field "content" is empty')
+        turns.append((role, content))
+    if not any(role == "assistant" for role, _ in turns):
+        raise DataError(f"{where}: conversation has no assistant turn (the loss covers assistant turns only)")
+    return tuple(turns)
 
 
 class LabelSet:

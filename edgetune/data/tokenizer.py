@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer
 
@@ -45,3 +47,30 @@ def check_vocabulary(tokenizer: Tokenizer, tokenizer_path: Path, embedding_rows:
             f"{tokenizer_path}: tokenizer has {vocab} tokens but {model_path} embeds only {embedding_rows}; "
             "this tokenizer does not belong to the model"
         )
+
+
+def read_tokenizer_config(tokenizer_path: str | Path) -> dict[str, Any]:
+    """``tokenizer_config.json`` beside ``tokenizer.json`` (special tokens, chat template); {} if absent."""
+    path = Path(tokenizer_path).parent / "tokenizer_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise ModelError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    return config
+
+
+def special_tokens(config: dict[str, Any]) -> dict[str, str]:
+    """``bos_token``, ``eos_token``, ... as strings; transformers saves each as a string or an AddedToken dict."""
+    tokens = {}
+    for key, value in config.items():
+        if not key.endswith("_token"):
+            continue
+        if isinstance(value, dict):
+            value = value.get("content")
+        if isinstance(value, str):
+            tokens[key] = value
+    return tokens

@@ -1,0 +1,154 @@
+"""From validated records to token ids and per-token labels (``IGNORE_INDEX`` where there is no loss).
+
+Which tokens carry the loss is decided on character offsets into the one string that is encoded,
+so the ids that train are exactly the ids of the whole text (no re-tokenisation at a prompt
+boundary). A token that holds any character of a completion or assistant turn is a target.
+
+Truncation to ``max_length`` keeps the start, as for ``{"text"}`` records. An example whose targets
+are all cut off would contribute nothing but a constant to the loss; it is left out with a warning
+that names its line. (HF TRL truncates the same way and keeps such examples silently: with its
+token-averaged loss they add no tokens, so leaving them out trains on what TRL trains on.)
+Verbaliser prompts are the exception: they keep their end, where the template's cue and the label
+word are, as MeZO does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+from edgetune.data.chat import ChatTemplate
+from edgetune.data.jsonl import FORMAT_MESSAGES, FORMAT_PROMPT, Example, LabelSet
+from edgetune.data.verbalizer import Verbalizer
+from edgetune.errors import DataError
+
+IGNORE_INDEX = -100  # label value that the causal-LM loss skips, as in PyTorch and HF
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class Encoded:
+    """Token ids, token type ids and per-token labels of the examples kept, with their "file:line"."""
+
+    ids: list[np.ndarray] = field(default_factory=list)
+    type_ids: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    where: list[str] = field(default_factory=list)
+    classes: list[int] = field(default_factory=list)  # verbaliser mode: the class of each example
+
+    def add(self, encoding_ids, type_ids, labels, where: str) -> None:
+        self.ids.append(np.asarray(encoding_ids, dtype=np.int64))
+        self.type_ids.append(np.asarray(type_ids, dtype=np.int64))
+        self.labels.append(np.asarray(labels, dtype=np.int64))
+        self.where.append(where)
+
+
+def encode_classification(examples: Sequence[Example], tokenizer: Tokenizer, max_length: int,
+                          labels: LabelSet) -> Encoded:
+    """Text with the tokenizer's special tokens, truncated at the end; the class index per example."""
+    tokenizer.enable_truncation(max_length)
+    try:
+        encodings = tokenizer.encode_batch([ex.text for ex in examples])
+    finally:
+        tokenizer.no_truncation()
+    out = Encoded()
+    for ex, enc in zip(examples, encodings):
+        out.add(enc.ids, enc.type_ids, (), ex.where)
+        out.classes.append(labels.index(ex))
+    return out
+
+
+def encode_lm(examples: Sequence[Example], tokenizer: Tokenizer, max_length: int,
+              chat: ChatTemplate | None = None, eos_token: str | None = None) -> Encoded:
+    """Language-model examples of one format; ``eos_token`` ends each completion (as TRL does)."""
+    kind = examples[0].format
+    if kind == FORMAT_MESSAGES:
+        if chat is None:
+            raise DataError(
+                f"{examples[0].where}: \"messages\" need the model's chat template; none beside the tokenizer "
+                "(chat_template.jinja, or \"chat_template\" in tokenizer_config.json)"
+            )
+        rendered = [chat.render_with_spans(ex.messages, ex.where) for ex in examples]
+        texts = [text for text, _ in rendered]
+        spans = [s for _, s in rendered]
+        add_special = False  # the template writes the special tokens itself
+    elif kind == FORMAT_PROMPT:
+        ends = [c if not eos_token or c.endswith(eos_token) else c + eos_token for c in (ex.completion for ex in examples)]
+        texts = [ex.prompt + c for ex, c in zip(examples, ends)]
+        spans = [[(len(ex.prompt), len(text))] for ex, text in zip(examples, texts)]
+        add_special = True  # as {"text"} records: the tokenizer's BOS/CLS and end markers
+    else:
+        texts = [ex.text for ex in examples]
+        spans = None
+        add_special = True
+
+    tokenizer.enable_truncation(max_length)
+    try:
+        encodings = tokenizer.encode_batch(texts, add_special_tokens=add_special)
+    finally:
+        tokenizer.no_truncation()
+
+    out, empty = Encoded(), []
+    for k, (ex, enc) in enumerate(zip(examples, encodings)):
+        if spans is None:
+            labels = enc.ids
+        else:
+            labels = _span_labels(enc, spans[k], tail_is_target=kind == FORMAT_PROMPT)
+            if all(label == IGNORE_INDEX for label in labels):
+                empty.append(ex.where)
+                continue
+        out.add(enc.ids, enc.type_ids, labels, ex.where)
+    if empty:
+        noun = "completion" if kind == FORMAT_PROMPT else "assistant turns"
+        if not out.ids:
+            raise DataError(f"{empty[0]}: {noun} entirely beyond --max-length {max_length}, as in every example; "
+                            "nothing to train on")
+        shown = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+        _LOG.warning("warning: %s: %s entirely beyond --max-length %d; %d example(s) skipped",
+                     shown, noun, max_length, len(empty))
+    return out
+
+
+def _span_labels(enc: Encoding, spans: list[tuple[int, int]], tail_is_target: bool) -> list[int]:
+    """Ids of tokens overlapping ``spans`` (character ranges), IGNORE_INDEX elsewhere.
+
+    With ``tail_is_target`` every token after the first target is one too: the end-of-sequence
+    marker that a tokenizer's post-processor appends (zero-width offsets) belongs to the completion.
+    """
+    labels = [IGNORE_INDEX] * len(enc.ids)
+    started = False
+    for i, (token_id, (start, end)) in enumerate(zip(enc.ids, enc.offsets)):
+        inside = any(start < b and end > a for a, b in spans)
+        started = started or inside
+        if inside or (tail_is_target and started):
+            labels[i] = token_id
+    return labels
+
+
+def encode_verbalized(examples: Sequence[Example], tokenizer: Tokenizer, max_length: int,
+                      verbalizer: Verbalizer, labels: LabelSet) -> Encoded:
+    """``template(text)`` then the label word's token; the word is the only target."""
+    if max_length < 2:
+        raise DataError("--max-length must be at least 2 with a verbaliser (a prompt token and the word)")
+    classes = [labels.index(ex) for ex in examples]
+    prompts = [verbalizer.prompt(ex.text) for ex in examples]
+    encodings = tokenizer.encode_batch([p + " " + verbalizer.words[c] for p, c in zip(prompts, classes)])
+    out = Encoded()
+    for ex, prompt, cls, enc in zip(examples, prompts, classes, encodings):
+        word_id = verbalizer.token_ids[cls]
+        at = next((i for i, (_, end) in enumerate(enc.offsets) if end > len(prompt)), None)
+        if at is None or enc.ids[at] != word_id or at == 0:
+            raise DataError(
+                f'{ex.where}: " {verbalizer.words[cls]}" is not one token after this prompt; '
+                "end --template without a trailing space"
+            )
+        # Tokens after the word cannot change the logits before it (causal attention): cut them.
+        start = max(0, at + 1 - max_length)
+        target = [IGNORE_INDEX] * at + [word_id]
+        out.add(enc.ids[start: at + 1], enc.type_ids[start: at + 1], target[start:], ex.where)
+        out.classes.append(cls)
+    return out
