@@ -42,7 +42,9 @@ class LossEngine:
         feeds = self._feeds(batch)
         if self.prefix is not None:
             prefix_feeds = {k: v for k, v in feeds.items() if k in self._prefix_inputs}
-            values = self.prefix.run_with_ort_values(self.boundary, _as_ort_values(prefix_feeds))
+            arrays = {k: np.ascontiguousarray(v) for k, v in prefix_feeds.items()}  # OrtValues borrow these
+            ort_feeds = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in arrays.items()}
+            values = self.prefix.run_with_ort_values(self.boundary, ort_feeds)
             self._boundary_values = list(values)
             for name, value in zip(self.boundary, self._boundary_values):
                 self._binding.bind_ortvalue_input(name, value)
@@ -73,6 +75,3 @@ class LossEngine:
         feeds[LABELS_INPUT] = batch.labels
         return feeds
 
-
-def _as_ort_values(feeds: dict[str, np.ndarray]) -> dict[str, ort.OrtValue]:
-    return {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array)) for name, array in feeds.items()}

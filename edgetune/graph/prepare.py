@@ -15,9 +15,10 @@ import onnx
 
 from edgetune.graph.blocks import Param, find_params
 from edgetune.graph.lift import lift_to_inputs
+from edgetune.graph.lora import add_lora
 from edgetune.graph.loss import LOSS_OUTPUT, add_loss
 from edgetune.graph.model import ModelInfo, inspect_model, load_model
-from edgetune.graph.select import select_params
+from edgetune.graph.select import select_params, split_lora
 from edgetune.graph.split import split_graph
 
 
@@ -33,12 +34,21 @@ class PreparedModel:
 
 
 def prepare(path: str | Path, trainable: str | None, task: str | None = None, split: bool = True) -> PreparedModel:
-    """``trainable=None`` prepares for evaluation only: the loss is added, nothing is lifted."""
+    """``trainable=None`` prepares for evaluation only: the loss is added, nothing is lifted.
+
+    A ``lora:`` term inserts adapters first; their tensors join the slice in their base layer's block.
+    """
     path = Path(path)
     model = load_model(path)
     info = inspect_model(model, path, task)
     all_params = find_params(model)
-    selected = sorted(select_params(all_params, trainable), key=_arena_order) if trainable else []
+    plain, lora = split_lora(trainable) if trainable else ("", None)
+    selected = select_params(all_params, plain) if trainable and (lora is None or plain.strip(", ")) else []
+    total = sum(p.size for p in all_params)
+    if lora is not None:
+        adapters, added = add_lora(model, lora, all_params, str(path))
+        selected, total = selected + adapters, total + added
+    selected.sort(key=_arena_order)
     add_loss(model, info.task)
     initial = lift_to_inputs(model, [p.name for p in selected])
     outputs = [LOSS_OUTPUT, "logits"]
@@ -54,7 +64,7 @@ def prepare(path: str | Path, trainable: str | None, task: str | None = None, sp
         prefix=prefix,
         suffix=suffix,
         boundary=boundary,
-        total_params=sum(p.size for p in all_params),
+        total_params=total,
     )
 
 

@@ -9,20 +9,100 @@ Terms are separated by commas and their selections are united:
 ``embeddings``     weights before the first block
 ``re:REGEX``       weight names matching a regular expression
 anything else      a glob over weight names (``*.bias``, ``classifier.*``)
+
+``lora:OPTIONS``   low-rank adapters on linear layers (see ``graph.lora``); it must be the last term
+                   because its options are comma-separated too: ``lora:r=8,targets=q,v,alpha=16,fa``.
+                   ``r`` rank (default 8), ``alpha`` scale numerator (default 2r, so alpha/r = 2),
+                   ``targets`` aliases ``q,k,v,o,gate,up,down`` or module-name suffixes (default q,v),
+                   ``fa`` LoRA-FA (A frozen, only B tuned), ``seed`` for A's initialisation (default 0).
+                   ``head,lora:r=4,targets=q,v`` tunes the head weights and adapters on q and v.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
+from dataclasses import dataclass
 
 from edgetune.errors import ModelError
 from edgetune.graph.blocks import EMBEDDINGS, HEAD, Param
 
 DEFAULT_TRAINABLE = "last:1"
+LORA = "lora"
+_LORA_DEFAULT_TARGETS = ("q", "v")
+# Words that start another --trainable term: seen after a lora: term they mean it was not last.
+_TERM_WORDS = ("all", HEAD, EMBEDDINGS, LORA)
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    rank: int = 8
+    alpha: float = 16.0
+    targets: tuple[str, ...] = _LORA_DEFAULT_TARGETS
+    frozen_a: bool = False  # LoRA-FA
+    seed: int = 0
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+def split_lora(spec: str) -> tuple[str, LoraSpec | None]:
+    """Split ``--trainable`` into its plain terms and the trailing ``lora:`` term, if any."""
+    terms = [t.strip() for t in spec.split(",")]
+    at = next((i for i, t in enumerate(terms) if t == LORA or t.startswith(LORA + ":")), None)
+    if at is None:
+        return spec, None
+    head = terms[at][len(LORA) + 1:]
+    return ",".join(terms[:at]), _parse_lora([head, *terms[at + 1:]], spec)
+
+
+def _parse_lora(tokens: list[str], spec: str) -> LoraSpec:
+    def fail(message: str) -> ModelError:
+        return ModelError(f"--trainable '{spec}': {message}")
+
+    options: dict[str, str] = {}
+    targets: list[str] = []
+    frozen_a, in_targets = False, False
+    for token in (t for t in tokens if t):
+        key, eq, value = token.partition("=")
+        if eq:
+            if key not in ("r", "alpha", "targets", "seed"):
+                raise fail(f"unknown lora option '{key}' (options: r, alpha, targets, seed, fa)")
+            if key in options:
+                raise fail(f"lora option '{key}' given twice")
+            options[key] = value
+            in_targets = key == "targets"
+            if in_targets and value:
+                targets.append(value)
+        elif token == "fa":
+            frozen_a, in_targets = True, False
+        elif in_targets and ":" not in token and token not in _TERM_WORDS and not any(c in token for c in "*?["):
+            targets.append(token)
+        else:
+            raise fail(f"'{token}' follows the lora: term, which must come last (its options use commas too)")
+    if "targets" in options and not targets:
+        raise fail("targets= names no layers")
+    rank = _number(options.get("r", "8"), int, "r", fail)
+    alpha = _number(options["alpha"], float, "alpha", fail) if "alpha" in options else 2.0 * rank
+    seed = _number(options.get("seed", "0"), int, "seed", fail, allow_zero=True)
+    return LoraSpec(rank, alpha, tuple(dict.fromkeys(targets)) or _LORA_DEFAULT_TARGETS, frozen_a, seed)
+
+
+def _number(text: str, kind, name: str, fail, allow_zero: bool = False):
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        sign = "non-negative" if allow_zero else "positive"
+        raise fail(f"lora {name} must be a {sign} {'integer' if kind is int else 'number'}, not '{text}'")
+    return value
 
 
 def select_params(params: list[Param], spec: str) -> list[Param]:
+    """Weights the plain terms of ``spec`` select (strip a ``lora:`` term with :func:`split_lora` first)."""
     blocks = sorted({p.block for p in params if p.block is not None})
     chosen: set[str] = set()
     for term in (t.strip() for t in spec.split(",")):
