@@ -27,6 +27,8 @@ _RUN_DEFAULTS: dict[str, Any] = {
     "max_length": 128,
     "threads": None,
     "resume": False,
+    "verbalizer": None,
+    "template": None,
 }
 
 
@@ -36,6 +38,9 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=["classification", "lm"], help="default: from the model")
     parser.add_argument("--max-length", type=int, help="truncate examples to this many tokens (default 128)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime and kernel threads (default: all cores)")
+    parser.add_argument("--verbalizer", help='classify {"text","label"} data with a causal LM by the word it says '
+                        'after the prompt: "negative=terrible,positive=great" (default: from the model\'s metadata)')
+    parser.add_argument("--template", help='prompt for --verbalizer, with {text} where the text goes (default "{text}")')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--data", help="training JSONL")
     tune.add_argument("--eval-data", help="evaluation JSONL (accuracy/loss before, during and after)")
     tune.add_argument("--output-dir", help="where model.onnx, checkpoints and logs go (default out/)")
-    tune.add_argument("--trainable", help=f"weights to tune: all, last:N, blocks:A-B, head, globs (default {DEFAULT_TRAINABLE})")
+    tune.add_argument("--trainable", help=f"weights to tune: all, last:N, blocks:A-B, head, globs, and last "
+                      f"lora:r=8,targets=q,v[,alpha=16][,fa] (default {DEFAULT_TRAINABLE})")
     tune.add_argument("--no-split", dest="split", action="store_const", const=False,
                       help="run the whole graph per evaluation instead of caching the frozen prefix")
     tune.add_argument("--config", help="YAML file whose keys mirror these flags")
@@ -62,12 +68,116 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="evaluation JSONL")
     evaluate.add_argument("--batch-size", type=int, default=64)
 
+    _add_apply_parser(commands)
+    _add_export_parser(commands)
+    _add_generate_parser(commands)
+
     demo = commands.add_parser("demo", help="tune all-MiniLM-L6-v2 on Rotten Tomatoes (needs the export extra)")
     demo.add_argument("--steps", type=int, default=None, help="tuning steps (default from the demo recipe)")
     demo.add_argument("--workdir", default=None, help="cache for the exported model and data")
     demo.add_argument("--output-dir", default="out/demo")
     demo.add_argument("--threads", type=int)
     return parser
+
+
+def _add_apply_parser(commands) -> None:
+    apply = commands.add_parser("apply", help="merge a LoRA adapter into a plain ONNX model")
+    apply.add_argument("--onnx", required=True, help="the base model the adapter was tuned on")
+    apply.add_argument("--adapter", required=True,
+                       help="an .onnx_adapter file, a PEFT folder, or a LoRA run's trainable.safetensors")
+    apply.add_argument("--output", required=True, help="where the merged model.onnx goes")
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from edgetune.adapters import apply_adapter
+
+    path = apply_adapter(args.onnx, args.adapter, args.output)
+    console.print(f"merged {args.adapter} into {args.onnx}: {path}")
+    return 0
+
+
+def _add_export_parser(commands) -> None:
+    export = commands.add_parser("export", help="Hugging Face folder or .gguf -> ONNX (needs the export extra)")
+    export.add_argument("--model", required=True,
+                        help="Hugging Face model folder, .gguf file, or an installed shorthand: minilm, smollm2")
+    export.add_argument("--task", choices=["classification", "causal-lm"], help="required unless --model is a shorthand")
+    export.add_argument("--output", required=True, help="folder for model.onnx, tokenizer.json, ...")
+    export.add_argument("--labels", help="classification: comma-separated label names (default negative,positive)")
+    export.add_argument("--pooling", choices=["cls", "mean"], help="classification: head on the first token or the mean")
+    export.add_argument("--seed", type=int, help="classification: seed of a new head (default 0)")
+    export.add_argument("--eos-token", help="causal-lm: the token that ends a reply (smollm2: <|im_end|>)")
+    export.add_argument("--no-past", dest="with_past", action="store_false",
+                        help="causal-lm: skip model_with_past.onnx (the KV-cache graph for generate)")
+    export.add_argument("--opset", type=int, default=17)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import time
+
+    os.environ["HF_HUB_OFFLINE"] = os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    from edgetune.export import MANIFEST, export_model
+    from edgetune.resources import resolve_model
+
+    source, defaults = resolve_model(args.model)
+    if not source.exists():
+        raise EdgetuneError(f"{source}: not found (give a Hugging Face folder, a .gguf file, minilm or smollm2)")
+    task = args.task or defaults.get("task")
+    if task is None:
+        raise EdgetuneError(f"--task is required for {source} (classification or causal-lm)")
+    not_for = {"classification": {"--eos-token": args.eos_token, "--no-past": not args.with_past},
+               "causal-lm": {"--labels": args.labels, "--pooling": args.pooling, "--seed": args.seed is not None}}
+    wrong = [flag for flag, given in not_for[task].items() if given]
+    if wrong:
+        raise EdgetuneError(f"{wrong[0]} does not apply to --task {task}")
+    if task == "classification":
+        options = {"labels": (args.labels or "negative,positive").split(","), "pooling": args.pooling or "cls",
+                   "seed": args.seed or 0}
+    else:
+        options = {"eos_token": args.eos_token or defaults.get("eos_token"), "with_past": args.with_past}
+    began = time.time()
+    path = export_model(task, source, args.output, opset=args.opset, **options)
+    manifest = json.loads((path.parent / MANIFEST).read_text())
+    cached = (path.parent / MANIFEST).stat().st_mtime < began
+    console.print(f"{'cached export (nothing to do)' if cached else 'exported'} {source} as {task} to {path.parent}/:")
+    for file in sorted(path.parent.iterdir()):
+        console.print(f"  {file.name:<24} {file.stat().st_size / 1e6:10.2f} MB")
+    console.print(f"ONNX vs PyTorch logits: max |diff| {manifest['max_abs_logit_diff']:.2g}; "
+                  f"the export took {manifest['export_seconds']:.1f} s")
+    return 0
+
+
+def _add_generate_parser(commands) -> None:
+    generate = commands.add_parser("generate", help="generate text with a causal LM (exported or tuned)")
+    generate.add_argument("--onnx", required=True, help="model.onnx of an export or a tuning run")
+    generate.add_argument("--tokenizer", help="tokenizer.json (default: beside the model)")
+    generate.add_argument("--prompt", required=True)
+    generate.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat template")
+    generate.add_argument("--max-new-tokens", type=int, default=64)
+    generate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    generate.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0)")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--no-past", dest="use_past", action="store_const", const=False,
+                          help="rerun the whole sequence per token even if a KV-cache graph is there")
+    generate.add_argument("--threads", type=int)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from edgetune.generate import GenerationConfig, Generator, run_generation
+
+    config = GenerationConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    config.validate()  # before the model loads
+    generator = Generator(args.onnx, args.tokenizer, args.threads, use_past=args.use_past)
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    stats = run_generation(generator, args.prompt, args.chat, config, write)
+    print()
+    print(f"{stats['new_tokens']} new tokens after {stats['prompt_tokens']} prompt tokens in {stats['seconds']:.2f} s "
+          f"({stats['tokens_per_second']:.1f} tokens/s, {'KV cache' if generator.uses_past else 'recompute'}: "
+          f"{generator.path.name})", file=sys.stderr)
+    return 0
 
 
 def _resolve_tune_options(args: argparse.Namespace) -> tuple[dict[str, Any], TrainConfig]:
@@ -99,12 +209,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
     tuner = Tuner.from_onnx(
         run["onnx"], trainable=run["trainable"], tokenizer=run["tokenizer"], task=run["task"],
         max_length=run["max_length"], threads=run["threads"], split=run["split"],
+        verbalizer=run["verbalizer"], template=run["template"],
     )
     console.print(
         f"[bold]edgetune[/] {tuner.info.task} model {run['onnx']}: tuning {tuner.trainable_params:,} of "
         f"{tuner.total_params:,} weights ({run['trainable']}), "
         f"{'frozen prefix cached' if tuner.split else 'whole graph per evaluation'}"
     )
+    if tuner.verbalizer is not None:
+        console.print(f"classifying by the next word after {tuner.verbalizer.template!r}: {tuner.verbalizer.describe()}",
+                      markup=False)
     with ConsoleProgress() as progress:
         result = tuner.fit(
             run["data"], eval_data=run["eval_data"], output_dir=run["output_dir"], resume=run["resume"],
@@ -139,6 +253,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     tuner = Tuner.from_onnx(
         args.onnx, trainable=None, tokenizer=args.tokenizer, task=args.task,
         max_length=args.max_length or 128, threads=args.threads,
+        verbalizer=args.verbalizer, template=args.template,
     )
     metrics = tuner.evaluate(args.data, batch_size=args.batch_size)
     print(json.dumps(metrics))
@@ -153,7 +268,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"tune": cmd_tune, "eval": cmd_eval, "demo": cmd_demo}[args.command]
+    handler = {"tune": cmd_tune, "eval": cmd_eval, "demo": cmd_demo, "apply": cmd_apply,
+               "export": cmd_export, "generate": cmd_generate}[args.command]
     try:
         return handler(args)
     except EdgetuneError as exc:

@@ -15,23 +15,30 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgetune import _core
+from edgetune.adapters import save_lora_outputs
 from edgetune.checkpoint import file_digest, load_checkpoint, save_checkpoint
 from edgetune.config import DEFAULT_TRAINABLE, TrainConfig
 from edgetune.data import BatchStream, LabelSet, TokenizedSet, load_tokenizer, read_examples
-from edgetune.data.jsonl import TASK_CLASSIFICATION
-from edgetune.data.tokenizer import check_vocabulary
+from edgetune.data.batching import IGNORE_INDEX
+from edgetune.data.chat import ChatTemplate
+from edgetune.data.jsonl import FORMAT_MESSAGES, FORMAT_PROMPT, TASK_CLASSIFICATION, TASK_LM
+from edgetune.data.tokenizer import check_vocabulary, read_tokenizer_config, special_tokens
+from edgetune.data.verbalizer import TEMPLATE_KEY, VERBALIZER_KEY, Verbalizer
 from edgetune.engine import LossEngine, check_engine
 from edgetune.errors import EdgetuneError, ModelError, TrainingError
+from edgetune.export.shared import Relink
 from edgetune.graph import prepare
 from edgetune.graph.cache import prepare_cached
 from edgetune.graph.lift import fold_weights, save_model
 from edgetune.graph.model import LABELS_KEY, TASK_KEY, load_model
 from edgetune.graph.prepare import arena_group
+from edgetune.graph.select import split_lora
 from edgetune.io import atomic_write_text
 from edgetune.runlog import JsonlLog
 from edgetune.zo import ZOSGD, Schedule, StepRecord
 
 CHECKPOINT = "checkpoint.safetensors"
+_EVAL_LOGITS_BUDGET = 1 << 24  # logits cells per evaluation run: 64 MB per fp32 copy
 # Fields that change the trajectory: a resumed run must use the same values.
 _TRAJECTORY_KEYS = ("batch_size", "lr", "eps", "queries", "schedule", "warmup", "weight_decay", "noise", "seed")
 
@@ -82,6 +89,8 @@ class Tuner:
         prepared.initial = {}
         self.engine = LossEngine(prepared, self.weights, threads, providers)
         self.labels = LabelSet(self.info.labels) if self.info.labels else None
+        self.verbalizer: Verbalizer | None = None  # set by from_onnx: classification through the LM's words
+        self.trainable_spec: str | None = None  # save() writes adapter files when it has a lora: term
 
     @classmethod
     def from_onnx(
@@ -94,10 +103,14 @@ class Tuner:
         threads: int | None = None,
         providers: Sequence[str] | None = None,
         split: bool = True,
+        verbalizer: str | dict[str, str] | None = None,
+        template: str | None = None,
     ) -> Tuner:
         """Prepare ``onnx_path`` for tuning the weights selected by ``trainable`` (see ``graph.select``).
 
-        ``trainable=None`` prepares the model for evaluation only.
+        ``trainable=None`` prepares the model for evaluation only. ``verbalizer`` (``"neg=bad,pos=good"``)
+        with a causal LM classifies ``{"text", "label"}`` data by the word the LM says after
+        ``template`` (default ``"{text}"``); a model tuned that way carries both in its metadata.
         """
         onnx_path = Path(onnx_path)
         if not onnx_path.is_file():
@@ -111,7 +124,28 @@ class Tuner:
         else:
             prepared = prepare_cached(onnx_path, trainable, file_digest(onnx_path), task=task, split=split)
         check_vocabulary(tok, tokenizer_path, prepared.info.embedding_rows, onnx_path)
-        return cls(prepared, tok, tokenizer_path, max_length, threads, providers)
+        tuner = cls(prepared, tok, tokenizer_path, max_length, threads, providers)
+        tuner._set_verbalizer(verbalizer, template)
+        tuner.trainable_spec = trainable
+        return tuner
+
+    def _set_verbalizer(self, spec: str | dict[str, str] | None, template: str | None) -> None:
+        """An explicit verbaliser, else the one in the model's metadata (a template alone overrides its template)."""
+        if spec is None:
+            metadata = dict(self.info.metadata)
+            if template is not None:
+                if VERBALIZER_KEY not in metadata:
+                    raise EdgetuneError("--template needs --verbalizer")
+                metadata[TEMPLATE_KEY] = template
+            verbalizer = Verbalizer.from_metadata(metadata, self.tokenizer, str(self.model_path))
+        else:
+            verbalizer = Verbalizer.create(spec, template, self.tokenizer)
+        if verbalizer is None:
+            return
+        if self.info.task != TASK_LM:
+            raise EdgetuneError(f"--verbalizer needs a causal language model; {self.model_path} is a {self.info.task} model")
+        self.verbalizer = verbalizer
+        self.labels = LabelSet(list(verbalizer.labels))
 
     @property
     def trainable_params(self) -> int:
@@ -120,29 +154,53 @@ class Tuner:
     # -- data ---------------------------------------------------------------------------------
 
     def load_data(self, path: str | Path) -> TokenizedSet:
+        if self.verbalizer is not None:
+            examples = read_examples(path, TASK_CLASSIFICATION)
+            return TokenizedSet(examples, self.tokenizer, self.max_length, TASK_LM, self.labels,
+                                verbalizer=self.verbalizer)
         examples = read_examples(path, self.info.task)
         if self.info.task == TASK_CLASSIFICATION and self.labels is None:
             self.labels = LabelSet.from_examples(examples, self.info.num_classes)
-        return TokenizedSet(examples, self.tokenizer, self.max_length, self.info.task, self.labels)
+        kind = examples[0].format
+        chat = ChatTemplate.beside(self.tokenizer_path) if kind == FORMAT_MESSAGES else None
+        eos = special_tokens(read_tokenizer_config(self.tokenizer_path)).get("eos_token") if kind == FORMAT_PROMPT else None
+        if eos is not None and self.tokenizer.token_to_id(eos) is None:
+            eos = None  # a config naming a token the tokenizer lacks: appending it would add unknown text
+        return TokenizedSet(examples, self.tokenizer, self.max_length, self.info.task, self.labels,
+                            chat=chat, eos_token=eos)
 
     # -- evaluation ---------------------------------------------------------------------------
 
     def evaluate(self, data: str | Path | TokenizedSet, batch_size: int = 64) -> dict[str, float]:
-        """Mean loss, and accuracy (classification) or perplexity (language modelling)."""
+        """Mean loss, and accuracy (classification, verbaliser) or perplexity (language modelling)."""
         dataset = data if isinstance(data, TokenizedSet) else self.load_data(data)
+        verbalized = dataset.classes is not None
+        # A causal LM's run allocates batch x sequence x vocabulary logits several times over (the
+        # output, the loss's shifted copy and log-softmax): cap the tokens per run instead of the rows.
+        vocab = self.info.embedding_rows
+        max_tokens = max(1, _EVAL_LOGITS_BUDGET // vocab) if self.info.task == TASK_LM and vocab else None
         losses, correct = [], 0
-        for batch in dataset.batches(batch_size, self.info.data_inputs):
+        for batch in dataset.batches(batch_size, self.info.data_inputs, max_tokens):
             loss, logits = self.engine.loss_and_logits(batch)
             losses.append(loss)
-            if self.info.task == TASK_CLASSIFICATION:
+            if verbalized:
+                correct += int(np.sum(self._verbalizer_predictions(batch, logits) == batch.classes))
+            elif self.info.task == TASK_CLASSIFICATION:
                 correct += int(np.sum(np.argmax(logits, axis=-1) == batch.labels))
         mean_loss = float(np.mean(np.concatenate(losses)))
         metrics = {"loss": mean_loss, "examples": len(dataset)}
-        if self.info.task == TASK_CLASSIFICATION:
+        if verbalized or self.info.task == TASK_CLASSIFICATION:
             metrics["accuracy"] = correct / len(dataset)
         else:
             metrics["perplexity"] = math.exp(min(mean_loss, 700.0))
         return metrics
+
+    def _verbalizer_predictions(self, batch, logits: np.ndarray) -> np.ndarray:
+        """Argmax over the verbaliser's tokens of the logits at each row's last prompt position."""
+        word_at = np.argmax(batch.labels != IGNORE_INDEX, axis=1)  # the one target per row
+        rows = np.arange(batch.size)
+        scores = logits[rows, word_at - 1][:, list(self.verbalizer.token_ids)]
+        return np.argmax(scores, axis=1)
 
     # -- tuning -------------------------------------------------------------------------------
 
@@ -245,6 +303,9 @@ class Tuner:
             **{k: getattr(config, k) for k in keys},
             "trainable": [p.name for p in self.params],
             "max_length": self.max_length,
+            # the verbaliser's words and template decide the tokens and the target of every example
+            "verbalizer": self.verbalizer.describe() if self.verbalizer else None,
+            "template": self.verbalizer.template if self.verbalizer else None,
             "data": file_digest(data),
             "model": file_digest(self.model_path),
         }
@@ -269,18 +330,34 @@ class Tuner:
     # -- output -------------------------------------------------------------------------------
 
     def save(self, output_dir: str | Path, summary: dict[str, Any] | None = None) -> Path:
-        """Write ``model.onnx`` (tuned weights folded in; plain ORT runs it), tokenizer and tuned slice."""
+        """Write ``model.onnx`` (tuned weights folded in; plain ORT runs it), tokenizer and tuned slice.
+
+        A LoRA slice merges the adapters into ``model.onnx`` and adds the adapter files of
+        :func:`edgetune.adapters.save_lora_outputs`.
+        """
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         metadata = {TASK_KEY: self.info.task}
         if self.labels is not None:
             metadata[LABELS_KEY] = json.dumps(self.labels.names)
-        model = fold_weights(load_model(self.model_path), self.weights, metadata)
+        if self.verbalizer is not None:
+            metadata.update(self.verbalizer.metadata())
+        lora = self.trainable_spec is not None and split_lora(self.trainable_spec)[1] is not None
+        with_past = Relink.read(self.model_path)  # the base's KV-cache graph, read before model.onnx may be replaced
         try:
-            save_model(model, out / "model.onnx")
-            save_checkpoint(out / "trainable.safetensors", self.weights, {"step": -1, "summary": summary or {}})
+            if lora:  # model.onnx gets the adapters merged; adapter files beside it
+                save_lora_outputs(out, self.model_path, self.trainable_spec, self.weights, metadata, self.info.task)
+            else:
+                save_model(fold_weights(load_model(self.model_path), self.weights, metadata), out / "model.onnx")
+            if with_past is not None:  # generation then keeps its KV cache, now over the tuned weights
+                with_past.write(out / "model.onnx")
+            state = {"step": -1, "summary": summary or {}, "trainable": self.trainable_spec}
+            save_checkpoint(out / "trainable.safetensors", self.weights, state)
             if self.tokenizer_path.resolve() != (out / "tokenizer.json").resolve():
                 shutil.copyfile(self.tokenizer_path, out / "tokenizer.json")
+                for sidecar in ("tokenizer_config.json", "chat_template.jinja"):  # chat rendering, eos for generate
+                    if (self.tokenizer_path.parent / sidecar).is_file():
+                        shutil.copyfile(self.tokenizer_path.parent / sidecar, out / sidecar)
             if summary is not None:
                 atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         except OSError as exc:
