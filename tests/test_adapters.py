@@ -137,7 +137,7 @@ def test_peft_folder_loads_in_peft_on_the_hf_model(tmp_path):
     """Tiny random LlamaForCausalLM → edgetune export → LoRA tune → PEFT folder → PeftModel in torch."""
     torch = pytest.importorskip("torch", reason="export extra not installed: pip install 'edgetune[export]'")
     transformers = pytest.importorskip("transformers", reason="export extra not installed")
-    peft = pytest.importorskip("peft", reason="peft not installed")
+    peft = pytest.importorskip("peft", reason="export extra not installed: pip install 'edgetune[export]'")
     from edgetune.export import export_causal_lm
 
     hf = tmp_path / "hf"

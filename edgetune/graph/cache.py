@@ -36,10 +36,19 @@ def default_cache_root() -> Path:
     return Path(base) / "prepared"
 
 
+def _code_digest() -> str:
+    """The graph-surgery code itself: an upgraded edgetune must not reuse graphs an older one prepared."""
+    digest = hashlib.sha256()
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
 def prepare_cached(path: str | Path, trainable: str, model_digest: str, task: str | None = None,
                    split: bool = True, cache_root: str | Path | None = None) -> PreparedModel:
     """Like :func:`prepare`, with the graphs as files in the cache (prefix/suffix are paths)."""
-    key = hashlib.sha256(json.dumps([FORMAT_VERSION, model_digest, trainable, task, split]).encode()).hexdigest()[:24]
+    key = hashlib.sha256(json.dumps([FORMAT_VERSION, _code_digest(), model_digest, trainable, task, split]).encode())
+    key = key.hexdigest()[:24]
     directory = Path(cache_root or default_cache_root()) / key
     if not (directory / "manifest.json").is_file():
         run_child("edgetune.graph.cache", [str(path), trainable, task, split, str(directory)], f"preparing {path}")

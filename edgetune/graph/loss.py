@@ -28,7 +28,7 @@ def add_loss(model: onnx.ModelProto, task: str) -> None:
     if task == TASK_CLASSIFICATION:
         nodes, labels_shape = _classification_nodes()
     else:
-        nodes, labels_shape = _causal_lm_nodes()
+        nodes, labels_shape = _causal_lm_nodes(opset)
     graph.node.extend(nodes)
     graph.input.append(helper.make_tensor_value_info(LABELS_INPUT, TensorProto.INT64, labels_shape))
     graph.output.append(helper.make_tensor_value_info(LOSS_OUTPUT, TensorProto.FLOAT, ["batch_size"]))
@@ -59,26 +59,38 @@ def _classification_nodes():
     return nodes, ["batch_size"]
 
 
-def _causal_lm_nodes():
-    """loss_b = mean over t with labels_b,t+1 != -100 of -log_softmax(logits_b,t)[labels_b,t+1]"""
+def _causal_lm_nodes(opset: int):
+    """loss_b = mean over t with labels_b,t+1 != -100 of logsumexp(logits_b,t) - logits_b,t[labels_b,t+1]
+
+    Labels are shifted rather than logits, and the log-softmax is never materialised: a causal LM's
+    logits are batch x sequence x vocabulary (200 MB for SmolLM2 at 16 x 64), and slicing them and
+    taking LogSoftmax would hold two more copies of that at the step's peak.
+    """
     p = "et_loss_"
+    if opset >= 18:  # ReduceLogSumExp took its axes as an attribute before opset 18
+        logsumexp = _node("ReduceLogSumExp", ["logits", p + "axis2"], [p + "lse"], keepdims=0)
+    else:
+        logsumexp = _node("ReduceLogSumExp", ["logits"], [p + "lse"], axes=[2], keepdims=0)
     nodes = [
         _const(p + "zero", [0]),
         _const(p + "one", [1]),
-        _const(p + "minus_one", [-1]),
         _const(p + "big", [2**62]),
         _const(p + "axis2", [2]),
         _const(p + "ignore", [IGNORE_INDEX]),
-        # logits[:, :-1] predict labels[:, 1:]
-        _node("Slice", ["logits", p + "zero", p + "minus_one", p + "one"], [p + "logits_s"]),
+        # position t predicts labels[:, t+1]; the last position predicts nothing (-100)
         _node("Slice", [LABELS_INPUT, p + "one", p + "big", p + "one"], [p + "labels_s"]),
-        _node("Equal", [p + "labels_s", p + "ignore"], [p + "ignored"]),
+        _node("Slice", [LABELS_INPUT, p + "zero", p + "one", p + "one"], [p + "first_col"]),
+        _node("Mul", [p + "first_col", p + "zero"], [p + "zero_col"]),
+        _node("Add", [p + "zero_col", p + "ignore"], [p + "ignore_col"]),
+        _node("Concat", [p + "labels_s", p + "ignore_col"], [p + "labels_next"], axis=1),
+        _node("Equal", [p + "labels_next", p + "ignore"], [p + "ignored"]),
         _node("Not", [p + "ignored"], [p + "keep"]),
-        _node("Where", [p + "keep", p + "labels_s", p + "zero"], [p + "safe"]),
-        _node("LogSoftmax", [p + "logits_s"], [p + "logp"], axis=-1),
+        _node("Where", [p + "keep", p + "labels_next", p + "zero"], [p + "safe"]),
+        logsumexp,
         _node("Unsqueeze", [p + "safe", p + "axis2"], [p + "safe3d"]),
-        _node("GatherElements", [p + "logp", p + "safe3d"], [p + "picked"], axis=2),
-        _node("Squeeze", [p + "picked", p + "axis2"], [p + "logp_tok"]),
+        _node("GatherElements", ["logits", p + "safe3d"], [p + "picked"], axis=2),
+        _node("Squeeze", [p + "picked", p + "axis2"], [p + "logit_tok"]),
+        _node("Sub", [p + "logit_tok", p + "lse"], [p + "logp_tok"]),
         _node("Cast", [p + "keep"], [p + "keep_f"], to=TensorProto.FLOAT),
         _node("Mul", [p + "logp_tok", p + "keep_f"], [p + "logp_kept"]),
         _node("ReduceSum", [p + "logp_kept", p + "one"], [p + "sum"], keepdims=0),
