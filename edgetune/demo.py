@@ -50,15 +50,42 @@ def run_demo(steps: int | None = None, workdir: str | None = None, output_dir: s
                                               n_dev=RECIPE["n_dev"], seed=0)
     console.print(f"[bold]3/3[/] tuning {RECIPE['trainable']} forward-only")
     tuner = Tuner.from_onnx(model, trainable=RECIPE["trainable"], max_length=RECIPE["max_length"], threads=threads)
+    sample = _Sample(tuner, dev)
     with ConsoleProgress() as progress:
         result = tuner.fit(train, eval_data=dev, output_dir=output_dir, progress=progress,
                            steps=steps or RECIPE["steps"], batch_size=RECIPE["batch_size"], lr=RECIPE["lr"],
                            eps=RECIPE["eps"], queries=RECIPE["queries"],
                            eval_every=max((steps or RECIPE["steps"]) // 5, 1))
     tuner.save(output_dir, {"recipe": RECIPE, "result": result.to_json()})
+    sample.show()
     before, after = result.before["accuracy"], result.after["accuracy"]
     console.print(
         f"[bold]dev accuracy {before:.3f} → {after:.3f}[/] after {result.steps} steps "
         f"({result.seconds:.0f} s, peak RSS {result.peak_rss_mb:.0f} MB); tuned model in {output_dir}/model.onnx"
     )
     return 0
+
+
+class _Sample:
+    """A few dev snippets with the model's label before tuning (taken now) and after (at ``show``)."""
+
+    def __init__(self, tuner, dev: Path, count: int = 5):
+        from edgetune.data.jsonl import TASK_CLASSIFICATION, read_examples
+
+        self.tuner = tuner
+        self.examples = read_examples(dev, TASK_CLASSIFICATION)[:count]
+        self.batch = tuner.load_data(dev).batch(range(len(self.examples)), tuner.info.data_inputs)
+        self.before = self._predict()
+
+    def _predict(self) -> list[str]:
+        _, logits = self.tuner.engine.loss_and_logits(self.batch)
+        return [self.tuner.labels.names[int(i)] for i in logits.argmax(axis=-1)]
+
+    def show(self) -> None:
+        from rich.table import Table
+
+        table = Table("snippet", "label", "before", "after", title="dev sample")
+        for example, before, after in zip(self.examples, self.before, self._predict()):
+            text = example.text if len(example.text) <= 70 else example.text[:67] + "..."
+            table.add_row(text, str(example.label), before, after)
+        console.print(table)
