@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import demo_model, long_texts_jsonl, machine, write_results  # noqa: E402
+from common import demo_model, long_texts_jsonl, machine, peak_rss_mb, write_results  # noqa: E402
 
 from edgetune.plan import Planner  # noqa: E402
 
@@ -38,11 +38,6 @@ SMOLLM2_MODES = ["last:2", LORA]
 TORCH_MODES = ["full", "full + checkpointing", LORA]
 
 
-def vmhwm_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 # -- children: each does one thing and prints its VmHWM -------------------------------------------
@@ -98,7 +93,7 @@ def child_torch(batch: int, length: int, mode: str) -> None:
 
 def measure(kind: str, *args, repeats: int = 1) -> tuple[float, list[float]]:
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_plan as b; "
-            f"b.child_{kind}(*{json.dumps(args)}); print(b.vmhwm_mb())")
+            f"b.child_{kind}(*{json.dumps(args)}); print(b.peak_rss_mb())")
     values = []
     for _ in range(repeats):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

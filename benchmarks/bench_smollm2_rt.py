@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, write_results  # noqa: E402
+from common import machine, peak_rss_mb, write_results  # noqa: E402
 
 from edgetune import Tuner  # noqa: E402
 from edgetune.datasets import write_rotten_tomatoes_splits  # noqa: E402
@@ -64,11 +64,6 @@ def splits(args) -> tuple[Path, Path]:
 
 # -- peak memory, each in a fresh process --------------------------------------------------------
 
-def _vmhwm_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def child_inference(model: str, batch_file: str, threads: int) -> None:
@@ -91,7 +86,7 @@ def child_tune(model: str, train: str, options: dict) -> None:
 
 def rss(mode: str, *call_args) -> float:
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_smollm2_rt as b; "
-            f"b.child_{mode}(*{call_args!r}); print(b._vmhwm_mb())")
+            f"b.child_{mode}(*{call_args!r}); print(b.peak_rss_mb())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(out.stderr.strip().splitlines()[-1])

@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import demo_model, long_texts_jsonl, machine, median_time, write_results  # noqa: E402
+from common import demo_model, long_texts_jsonl, machine, median_time, peak_rss_mb, write_results  # noqa: E402
 
 from edgetune import Tuner, _core  # noqa: E402
 from edgetune.engine.session import session_options  # noqa: E402
@@ -44,12 +44,6 @@ def build(model, trainable, split, args):
     return tuner, batch, step
 
 
-def peak_rss_mb() -> float:
-    """VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so a child would report its parent's peak."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def kernel_time(tuner, args) -> float:

@@ -42,6 +42,15 @@ def long_texts_jsonl(source: Path, target: Path, words: int) -> Path:
     return target
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries it over exec, so a child process
+    would report its parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
 def median_time(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
