@@ -38,7 +38,7 @@ def build(model, trainable, split, args):
 
     def step():
         tuner.engine.set_batch(batch)
-        optimizer.step(state["t"], lambda: np.mean(tuner.engine.loss()))
+        optimizer.step(state["t"], lambda: np.mean(tuner.engine.loss()), chain=True)
         state["t"] += 1
 
     return tuner, batch, step

@@ -18,6 +18,7 @@ class TrainConfig:
     """How to tune. Every field is also a ``tune`` flag (``--batch-size``) and a YAML key (``batch_size``)."""
 
     steps: int = 1000
+    optimizer: str = "zo-sgd"  # see edgetune.zo.OPTIMIZERS
     batch_size: int = 16
     lr: float = 1e-3
     eps: float = 1e-3
@@ -39,6 +40,10 @@ class TrainConfig:
         for name in ("lr", "eps"):
             if not getattr(self, name) > 0:
                 raise EdgetuneError(f"--{name} must be positive")
+        from edgetune.zo import OPTIMIZERS  # config stays importable without the core
+
+        if self.optimizer not in OPTIMIZERS:
+            raise EdgetuneError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not '{self.optimizer}'")
         if self.noise not in ("gaussian", "rademacher"):
             raise EdgetuneError(f"--noise must be gaussian or rademacher, not '{self.noise}'")
         if self.schedule not in ("constant", "linear", "cosine"):

@@ -35,12 +35,12 @@ from edgetune.graph.prepare import arena_group
 from edgetune.graph.select import split_lora
 from edgetune.io import atomic_write_text
 from edgetune.runlog import JsonlLog
-from edgetune.zo import ZOSGD, Schedule, StepRecord
+from edgetune.zo import StepRecord, build_optimizer
 
 CHECKPOINT = "checkpoint.safetensors"
 _EVAL_LOGITS_BUDGET = 1 << 24  # logits cells per evaluation run: 64 MB per fp32 copy
 # Fields that change the trajectory: a resumed run must use the same values.
-_TRAJECTORY_KEYS = ("batch_size", "lr", "eps", "queries", "schedule", "warmup", "weight_decay", "noise", "seed")
+_TRAJECTORY_KEYS = ("optimizer", "batch_size", "lr", "eps", "queries", "schedule", "warmup", "weight_decay", "noise", "seed")
 
 
 class Progress(Protocol):
@@ -227,7 +227,7 @@ class Tuner:
         if resume:
             if out is None:
                 raise EdgetuneError("--resume needs --output-dir (where the checkpoint is)")
-            start, history, before = self._restore(out / CHECKPOINT, fingerprint, config)
+            start, history, before, optimizer_state = self._restore(out / CHECKPOINT, fingerprint, config)
         elif dev is not None:
             before = self.evaluate(dev, config.eval_batch_size)
         if progress:
@@ -235,15 +235,9 @@ class Tuner:
             if before is not None and not resume:
                 progress.on_eval(0, before)
 
-        optimizer = ZOSGD(
-            self.arena.buffer(),
-            seed=config.seed,
-            lr=Schedule(config.lr, config.schedule, config.steps, config.warmup),
-            eps=Schedule(config.eps),
-            queries=config.queries,
-            weight_decay=config.weight_decay,
-            noise=config.noise,
-        )
+        optimizer = build_optimizer(config, self.arena.buffer())
+        if resume:
+            optimizer.load_state_dict(optimizer_state)
         stream = BatchStream(len(train), config.batch_size, config.seed)
         if start < config.steps:
             self.engine.set_batch(train.batch(stream.indices(start), self.info.data_inputs))
@@ -252,16 +246,21 @@ class Tuner:
         began = time.perf_counter()
 
         def save(step: int) -> None:
-            state = {"step": step, "history": history, "before": before, "fingerprint": fingerprint}
+            state = {"step": step, "history": history, "before": before, "fingerprint": fingerprint,
+                     "optimizer": optimizer.state_dict()}
             steplog.sync()
             save_checkpoint(out / CHECKPOINT, self.weights, state)
 
         try:
             for t in range(start, config.steps):
+                done = t + 1
+                eval_now = dev is not None and config.eval_every and done % config.eval_every == 0 and done < config.steps
+                save_now = out and config.save_every and done % config.save_every == 0
                 indices = stream.indices(t)
                 self.engine.set_batch(train.batch(indices, self.info.data_inputs))
                 try:
-                    record = optimizer.step(t, lambda: np.mean(self.engine.loss()))
+                    chain = done < config.steps and not eval_now and not save_now  # θ is read between steps
+                    record = optimizer.step(t, lambda: np.mean(self.engine.loss()), chain=chain)
                 except TrainingError as exc:
                     lines = ", ".join(sorted({train.where[int(i)] for i in indices}))
                     kept = f"; last checkpoint kept in {out / CHECKPOINT}" if out and (out / CHECKPOINT).exists() else ""
@@ -269,13 +268,12 @@ class Tuner:
                 steplog.append(record.to_json())
                 if progress:
                     progress.on_step(record)
-                done = t + 1
-                if dev is not None and config.eval_every and done % config.eval_every == 0 and done < config.steps:
+                if eval_now:
                     metrics = self.evaluate(dev, config.eval_batch_size)
                     history.append({"step": done, **metrics})
                     if progress:
                         progress.on_eval(done, metrics)
-                if out and config.save_every and done % config.save_every == 0:
+                if save_now:
                     save(done)
             after = self.evaluate(dev, config.eval_batch_size) if dev is not None else None
             if after is not None:
@@ -285,6 +283,7 @@ class Tuner:
             if out:
                 save(config.steps)
         finally:
+            optimizer.settle()  # an interrupted chained step must not leave θ perturbed for save()
             steplog.close()
         return FitResult(
             before=before,
@@ -325,7 +324,7 @@ class Tuner:
         if step > config.steps:
             raise EdgetuneError(f"{path}: checkpoint is at step {step}, beyond --steps {config.steps}")
         history = [h for h in state.get("history", []) if h["step"] <= step]
-        return step, history, state.get("before")
+        return step, history, state.get("before"), state.get("optimizer", {})
 
     # -- output -------------------------------------------------------------------------------
 
