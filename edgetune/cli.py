@@ -29,6 +29,7 @@ _RUN_DEFAULTS: dict[str, Any] = {
     "resume": False,
     "verbalizer": None,
     "template": None,
+    "importance_probes": 8,
 }
 
 
@@ -54,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--eval-data", help="evaluation JSONL (accuracy/loss before, during and after)")
     tune.add_argument("--output-dir", help="where model.onnx, checkpoints and logs go (default out/)")
     tune.add_argument("--trainable", help=f"weights to tune: all, last:N, blocks:A-B, head, globs, and last "
-                      f"lora:r=8,targets=q,v[,alpha=16][,fa] (default {DEFAULT_TRAINABLE})")
+                      f"lora:r=8,targets=q,v[,alpha=16][,fa], or importance:K (the K blocks a forward-only "
+                      f"sensitivity probe ranks highest) (default {DEFAULT_TRAINABLE})")
+    tune.add_argument("--importance-probes", type=int, help="probes per block for importance:K (default 8)")
     tune.add_argument("--no-split", dest="split", action="store_const", const=False,
                       help="run the whole graph per evaluation instead of caching the frozen prefix")
     tune.add_argument("--config", help="YAML file whose keys mirror these flags")
@@ -207,6 +210,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from edgetune.tuner import Tuner
 
     run, config = _resolve_tune_options(args)
+    ranking = _rank_blocks_if_asked(run, config)
     tuner = Tuner.from_onnx(
         run["onnx"], trainable=run["trainable"], tokenizer=run["tokenizer"], task=run["task"],
         max_length=run["max_length"], threads=run["threads"], split=run["split"],
@@ -226,9 +230,30 @@ def cmd_tune(args: argparse.Namespace) -> int:
             progress=progress, **config.to_dict(),
         )
     summary = {"config": {**run, **config.to_dict()}, "result": result.to_json()}
+    if ranking is not None:
+        summary["importance"] = [score.to_json() for score in ranking]
     model_path = tuner.save(run["output_dir"], summary)
     _print_summary(result, model_path)
     return 0
+
+
+def _rank_blocks_if_asked(run: dict[str, Any], config: TrainConfig):
+    """Resolve an ``importance:K`` term of --trainable in place; the ranking, or None without one."""
+    from edgetune.zo.importance import importance_count, rank_blocks, resolve_importance
+
+    if importance_count(run["trainable"]) is None:
+        return None
+    ranking = rank_blocks(
+        run["onnx"], run["data"], probes=run["importance_probes"], batch_size=config.batch_size, eps=config.eps,
+        seed=config.seed, noise=config.noise, tokenizer=run["tokenizer"], task=run["task"],
+        max_length=run["max_length"], threads=run["threads"], verbalizer=run["verbalizer"], template=run["template"],
+    )
+    resolved = resolve_importance(run["trainable"], ranking)
+    scores = ", ".join(f"{s.block}: {s.score:.3g}" for s in ranking)
+    console.print(f"block importance (mean g² per weight, {run['importance_probes']} probes): {scores}", markup=False)
+    console.print(f"--trainable {run['trainable']} -> {resolved}", markup=False)
+    run["trainable"] = resolved
+    return ranking
 
 
 def _print_summary(result, model_path: Path) -> None:

@@ -35,7 +35,9 @@ from edgetune.graph.prepare import arena_group
 from edgetune.graph.select import split_lora
 from edgetune.io import atomic_write_text
 from edgetune.runlog import JsonlLog
+from edgetune.trajectory import FILE_NAME as TRAJECTORY, Trajectory
 from edgetune.zo import StepRecord, build_optimizer
+from edgetune.zo.importance import importance_count
 
 CHECKPOINT = "checkpoint.safetensors"
 _EVAL_LOGITS_BUDGET = 1 << 24  # logits cells per evaluation run: 64 MB per fp32 copy
@@ -115,6 +117,9 @@ class Tuner:
         onnx_path = Path(onnx_path)
         if not onnx_path.is_file():
             raise ModelError(f"{onnx_path}: model not found")
+        if importance_count(trainable) is not None:
+            raise EdgetuneError(f"--trainable '{trainable}': importance:K is measured on data; resolve it with "
+                                "edgetune.zo.importance.rank_blocks and resolve_importance first (the CLI does)")
         tokenizer_path = Path(tokenizer) if tokenizer else onnx_path.parent / "tokenizer.json"
         tok = load_tokenizer(tokenizer_path)
         if threads:
