@@ -139,6 +139,67 @@ PYBIND11_MODULE(_core, m) {
        py::arg("offset") = 0,
        "buf[i] = decay*buf[i] + sum_k coefs[k]*z(seeds[k], offset+i), float32, in that order");
 
+    m.def("adam_window", [](py::object buf, py::list seeds, std::vector<float> coefs, std::vector<uint32_t> queries,
+                            std::vector<float> m_weights, std::vector<float> v_weights, float decay, float lr,
+                            float delta, py::object restore, py::object next, const std::string &dist,
+                            py::int_ offset) {
+        size_t n;
+        float *p = checked_buffer(buf, &n, "buf");
+        et::AdamWindow w;
+        for (auto s : seeds) w.seeds.push_back(to_u64(s, "seed"));
+        size_t total = 0;
+        for (uint32_t q : queries) total += q;
+        if (m_weights.size() != queries.size() || v_weights.size() != queries.size())
+            throw py::value_error("queries, m_weights and v_weights need one value per window step");
+        if (w.seeds.size() != coefs.size() || w.seeds.size() != total)
+            throw py::value_error("seeds and coefs need sum(queries) values");
+        w.coefs = std::move(coefs);
+        w.m_weights = std::move(m_weights);
+        w.v_weights = std::move(v_weights);
+        w.queries = queries;
+        w.decay = decay; w.lr = lr; w.delta = delta;
+        if ((w.has_restore = !restore.is_none())) {
+            auto t = restore.cast<py::tuple>();
+            w.restore_seed = to_u64(t[0], "restore seed"); w.restore_scale = t[1].cast<float>();
+        }
+        if ((w.has_next = !next.is_none())) {
+            auto t = next.cast<py::tuple>();
+            w.next_seed = to_u64(t[0], "next seed"); w.next_scale = t[1].cast<float>();
+        }
+        int d = parse_dist(dist);
+        uint64_t o = to_u64(offset, "offset");
+        py::gil_scoped_release nogil;
+        et::adam_window(p, n, w, d, o);
+    }, py::arg("buf"), py::arg("seeds"), py::arg("coefs"), py::arg("queries"), py::arg("m_weights"),
+       py::arg("v_weights"), py::arg("decay"), py::arg("lr"), py::arg("delta"), py::arg("restore") = py::none(),
+       py::arg("next") = py::none(), py::arg("dist") = "gaussian", py::arg("offset") = 0,
+       "ZO-Adam step with moments rebuilt from a window: ghat_s = sum of coefs[k]*z(seeds[k]) over step s's "
+       "queries[s] pairs (steps in turn); "
+       "theta = buf + r*z(restore); m = sum_s m_weights[s]*ghat_s; v = sum_s v_weights[s]*ghat_s^2; "
+       "buf = decay*theta - lr*m/(sqrt(v)+delta) [+ s*z(next)]; restore/next: (seed, scale) or None");
+
+    m.def("perturb_copies", [](py::object src, py::object dst, std::vector<std::pair<size_t, size_t>> segments,
+                               py::list seeds, std::vector<float> scales, const std::string &dist) {
+        size_t n_src, n_dst;
+        const float *s = checked_buffer(src, &n_src, "src");
+        float *d = checked_buffer(dst, &n_dst, "dst");
+        std::vector<uint64_t> sv;
+        for (auto x : seeds) sv.push_back(to_u64(x, "seed"));
+        const size_t k = sv.size();
+        if (k == 0 || scales.size() != k) throw py::value_error("seeds and scales must have the same, non-zero length");
+        for (auto [offset, count] : segments)
+            if (offset + count > n_src || k * (offset + count) > n_dst)
+                throw py::value_error("segment [" + std::to_string(offset) + ", +" + std::to_string(count) +
+                                      ") lies outside src or its copies outside dst");
+        int dd = parse_dist(dist);
+        py::gil_scoped_release nogil;
+        for (auto [offset, count] : segments)
+            et::perturb_copies(s + offset, count, d + k * offset, count, sv.data(), scales.data(), k, dd, offset);
+    }, py::arg("src"), py::arg("dst"), py::arg("segments"), py::arg("seeds"), py::arg("scales"),
+       py::arg("dist") = "gaussian",
+       "for each segment (offset, n) of src and p < k = len(seeds): "
+       "dst[k*offset + p*n + i] = src[offset + i] + scales[p]*z(seeds[p], offset + i); src is not written");
+
     m.def("set_num_threads", [](int n) {
         if (n < 0) throw py::value_error("n must be >= 0 (0 = hardware threads)");
         et::set_num_threads(n);

@@ -89,6 +89,22 @@ void combine(float *buf, size_t n, float decay, const uint64_t *seeds, const flo
     parallel(n, [&](size_t b, size_t e) { t->combine(buf + b, e - b, decay, seeds, coefs, k, dist, offset + b); });
 }
 
+void adam_window(float *buf, size_t n, const AdamWindow &w, int dist, uint64_t offset) {
+    const et_adam_window k{w.seeds.data(), w.coefs.data(), w.m_weights.data(), w.v_weights.data(),
+                           w.queries.data(), w.queries.size(), w.decay, w.lr, w.delta, w.has_restore, w.has_next,
+                           w.restore_seed, w.next_seed, w.restore_scale, w.next_scale};
+    const et_isa_table *t = active().load();
+    parallel(n, [&](size_t b, size_t e) { t->adam_window(buf + b, e - b, &k, dist, offset + b); });
+}
+
+void perturb_copies(const float *src, size_t n, float *dst, size_t stride, const uint64_t *seeds,
+                    const float *scales, size_t k, int dist, uint64_t offset) {
+    const et_isa_table *t = active().load();
+    parallel(n, [&](size_t b, size_t e) {
+        t->perturb_copies(src + b, e - b, dst + b, stride, seeds, scales, k, dist, offset + b);
+    });
+}
+
 void set_num_threads(int n) {
     if (n <= 0) n = (int)std::max(1u, std::thread::hardware_concurrency());
     global_pool().set_threads(std::min(n, 256));

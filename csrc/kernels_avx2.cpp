@@ -91,4 +91,4 @@ static inline void rad_expand(uint32_t word, float *out) {
 #include "kernels_impl.h"
 }  // namespace
 
-extern const et_isa_table et_isa_avx2 = {"avx2", k_fill, k_perturb, k_combine};
+extern const et_isa_table et_isa_avx2 = {"avx2", k_fill, k_perturb, k_combine, k_adam_window, k_perturb_copies};

@@ -92,3 +92,62 @@ static void k_combine(float *buf, size_t n, float decay, const uint64_t *seeds, 
         for (size_t i = 0; i < m; ++i) b[i] = acc[i];
     }
 }
+
+/* ZO-Adam from a window of (seed, g) pairs (see et_adam_window): per chunk, regenerate every
+ * window step's noise, accumulate m and v, update, all in one pass over the parameters.
+ * ghat must be formed per step before squaring: with q > 1 or Gaussian noise, ghat^2 has cross terms. */
+static void k_adam_window(float *buf, size_t n, const et_adam_window *w, int dist, uint64_t offset) {
+    alignas(64) float z[ET_CHUNK];
+    alignas(64) float ghat[ET_CHUNK];
+    alignas(64) float m[ET_CHUNK];
+    alignas(64) float v[ET_CHUNK];
+    for (size_t c = 0; c < n; c += ET_CHUNK) {
+        size_t len = n - c < ET_CHUNK ? n - c : ET_CHUNK;
+        float *b = buf + c;
+        if (w->has_restore) {
+            k_fill(w->restore_seed, offset + c, len, dist, z);
+            const float r = w->restore_scale;
+            for (size_t i = 0; i < len; ++i) b[i] = b[i] + r * z[i];
+        }
+        for (size_t i = 0; i < len; ++i) { m[i] = 0.0f; v[i] = 0.0f; }
+        size_t k = 0;
+        for (size_t s = 0; s < w->steps; ++s) {
+            for (uint32_t q = 0; q < w->queries[s]; ++q, ++k) {
+                k_fill(w->seeds[k], offset + c, len, dist, z);
+                const float cf = w->coefs[k];
+                if (q == 0) for (size_t i = 0; i < len; ++i) ghat[i] = cf * z[i];
+                else for (size_t i = 0; i < len; ++i) ghat[i] = ghat[i] + cf * z[i];
+            }
+            const float wm = w->m_weights[s], wv = w->v_weights[s];
+            for (size_t i = 0; i < len; ++i) {
+                m[i] = m[i] + wm * ghat[i];
+                v[i] = v[i] + wv * (ghat[i] * ghat[i]);
+            }
+        }
+        const float decay = w->decay, lr = w->lr, delta = w->delta;
+        for (size_t i = 0; i < len; ++i) b[i] = decay * b[i] - lr * (m[i] / (__builtin_sqrtf(v[i]) + delta));
+        if (w->has_next) {
+            k_fill(w->next_seed, offset + c, len, dist, z);
+            const float s = w->next_scale;
+            for (size_t i = 0; i < len; ++i) b[i] = b[i] + s * z[i];
+        }
+    }
+}
+
+/* The k perturbed copies of src that P-RGE evaluates in one forward, in one read of src; each copy
+ * holds the values k_perturb would leave in a copy of src. Consecutive copies with the same seed
+ * (a +-eps pair) share one noise fill, so a pair costs one noise pass instead of two. */
+static void k_perturb_copies(const float *src, size_t n, float *dst, size_t stride, const uint64_t *seeds,
+                             const float *scales, size_t k, int dist, uint64_t offset) {
+    alignas(64) float z[ET_CHUNK];
+    for (size_t c = 0; c < n; c += ET_CHUNK) {
+        size_t m = n - c < ET_CHUNK ? n - c : ET_CHUNK;
+        const float *s = src + c;
+        for (size_t p = 0; p < k; ++p) {
+            if (p == 0 || seeds[p] != seeds[p - 1]) k_fill(seeds[p], offset + c, m, dist, z);
+            float *d = dst + p * stride + c;
+            const float sc = scales[p];
+            for (size_t i = 0; i < m; ++i) d[i] = s[i] + sc * z[i];
+        }
+    }
+}

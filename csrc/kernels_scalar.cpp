@@ -11,4 +11,4 @@ static inline void rad_expand(uint32_t word, float *out) {
 #include "kernels_impl.h"
 }  // namespace
 
-extern const et_isa_table et_isa_scalar = {"scalar", k_fill, k_perturb, k_combine};
+extern const et_isa_table et_isa_scalar = {"scalar", k_fill, k_perturb, k_combine, k_adam_window, k_perturb_copies};
