@@ -42,6 +42,9 @@ from edgetune.graph.lora import (
 from edgetune.graph.model import load_model
 from edgetune.graph.select import split_lora
 from edgetune.io import atomic_write_bytes, atomic_write_text
+from edgetune.sparse_diff import apply_sparse_diff
+
+DIFF_SUFFIX = ".etdiff"
 
 ORT_ADAPTER = "adapter.onnx_adapter"
 LORA_GRAPH = "model_lora.onnx"
@@ -205,25 +208,31 @@ def _base_model_name(base_path: Path) -> str | None:
 
 
 def apply_adapter(base_path: str | Path, adapter_path: str | Path, output: str | Path) -> Path:
-    """Merge an ``.onnx_adapter``, a PEFT folder or a LoRA run's ``trainable.safetensors`` into ``base_path``."""
+    """Merge an ``.onnx_adapter``, a PEFT folder, a LoRA run's ``trainable.safetensors`` or a sparse run's
+    ``.etdiff`` into ``base_path``."""
     base_path, adapter_path, output = Path(base_path), Path(adapter_path), Path(output)
     if not adapter_path.exists():
         raise EdgetuneError(f"{adapter_path}: adapter not found")
-    model = load_model(base_path)
-    if adapter_path.is_dir():
-        adapter = read_peft(adapter_path, model)
-    elif adapter_path.suffix == ".onnx_adapter":
-        adapter = read_ort_adapter(adapter_path)
-    elif adapter_path.suffix == ".safetensors":
-        adapter = read_trainable(adapter_path, model)
+    if adapter_path.suffix == DIFF_SUFFIX:
+        model = apply_sparse_diff(base_path, adapter_path)
     else:
-        raise EdgetuneError(f"{adapter_path}: not an .onnx_adapter, a PEFT folder or an edgetune trainable.safetensors")
-    merge_adapter(model, adapter, base_path)
+        model = load_model(base_path)
+        merge_adapter(model, read_adapter(adapter_path, model), base_path)
     try:
         save_model(model, output)
     except OSError as exc:
         raise EdgetuneError(f"{output}: could not write the merged model ({exc.strerror})") from None
     return output
+
+
+def read_adapter(path: Path, model: onnx.ModelProto) -> Adapter:
+    if path.is_dir():
+        return read_peft(path, model)
+    if path.suffix == ".onnx_adapter":
+        return read_ort_adapter(path)
+    if path.suffix == ".safetensors":
+        return read_trainable(path, model)
+    raise EdgetuneError(f"{path}: not an .onnx_adapter, a PEFT folder, an edgetune trainable.safetensors or {DIFF_SUFFIX}")
 
 
 def merge_adapter(model: onnx.ModelProto, adapter: Adapter, where: Path) -> None:

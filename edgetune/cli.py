@@ -55,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--eval-data", help="evaluation JSONL (accuracy/loss before, during and after)")
     tune.add_argument("--output-dir", help="where model.onnx, checkpoints and logs go (default out/)")
     tune.add_argument("--trainable", help=f"weights to tune: all, last:N, blocks:A-B, head, globs, and last "
-                      f"lora:r=8,targets=q,v[,alpha=16][,fa], or importance:K (the K blocks a forward-only "
-                      f"sensitivity probe ranks highest) (default {DEFAULT_TRAINABLE})")
+                      f"lora:r=8,targets=q,v[,alpha=16][,fa] or sparse:density=0.01[,targets=q,v], "
+                      f"or importance:K (the K blocks a forward-only sensitivity probe ranks highest) "
+                      f"(default {DEFAULT_TRAINABLE})")
     tune.add_argument("--importance-probes", type=int, help="probes per block for importance:K (default 8)")
     tune.add_argument("--no-split", dest="split", action="store_const", const=False,
                       help="run the whole graph per evaluation instead of caching the frozen prefix")
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=64)
 
     _add_apply_parser(commands)
+    _add_replay_parser(commands)
     _add_export_parser(commands)
     _add_generate_parser(commands)
     _add_plan_parser(commands)
@@ -85,10 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_apply_parser(commands) -> None:
-    apply = commands.add_parser("apply", help="merge a LoRA adapter into a plain ONNX model")
+    apply = commands.add_parser("apply", help="merge a LoRA adapter or a sparse diff into a plain ONNX model")
     apply.add_argument("--onnx", required=True, help="the base model the adapter was tuned on")
     apply.add_argument("--adapter", required=True,
-                       help="an .onnx_adapter file, a PEFT folder, or a LoRA run's trainable.safetensors")
+                       help="an .onnx_adapter file, a PEFT folder, a LoRA run's trainable.safetensors, "
+                       "or a sparse run's sparse.etdiff")
     apply.add_argument("--output", required=True, help="where the merged model.onnx goes")
 
 
@@ -97,6 +100,23 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     path = apply_adapter(args.onnx, args.adapter, args.output)
     console.print(f"merged {args.adapter} into {args.onnx}: {path}")
+    return 0
+
+
+def _add_replay_parser(commands) -> None:
+    replay = commands.add_parser("replay", help="rebuild a tuned model from its base model and the run's run.etlog")
+    replay.add_argument("--onnx", required=True, help="the base model the run tuned")
+    replay.add_argument("--log", required=True, help="the run's trajectory log (run.etlog in its output dir)")
+    replay.add_argument("--output", required=True, help="folder for the rebuilt model.onnx, tokenizer, ...")
+    replay.add_argument("--tokenizer", help="tokenizer.json (default: beside the base model)")
+    replay.add_argument("--threads", type=int, help="kernel threads (default: all cores)")
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from edgetune.replay import replay_run
+
+    path, log = replay_run(args.onnx, args.log, args.output, tokenizer=args.tokenizer, threads=args.threads)
+    console.print(f"replayed {len(log.records)} steps of {args.log} onto {args.onnx}: {path}", markup=False)
     return 0
 
 
@@ -265,6 +285,8 @@ def _print_summary(result, model_path: Path) -> None:
 
     console.print(f"before: {fmt(result.before)}")
     console.print(f"after:  {fmt(result.after)}")
+    if result.parallel:  # what --parallel auto measured at start-up
+        console.print(result.parallel["choice"], markup=False)
     console.print(
         f"{result.steps} steps ({result.forward_passes} forward passes) in {result.seconds:.1f} s, "
         f"peak RSS {result.peak_rss_mb:.0f} MB; tuned model: {model_path}"
@@ -348,7 +370,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"tune": cmd_tune, "eval": cmd_eval, "demo": cmd_demo, "apply": cmd_apply,
-               "export": cmd_export, "generate": cmd_generate, "plan": cmd_plan}[args.command]
+               "export": cmd_export, "generate": cmd_generate, "plan": cmd_plan,
+               "replay": cmd_replay}[args.command]
     try:
         return handler(args)
     except EdgetuneError as exc:

@@ -22,7 +22,12 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-3
     eps: float = 1e-3
-    queries: int = 1
+    queries: int = 1  # queries per step; the most a step may take under the grow and variance schedules
+    query_schedule: str = "fixed"  # fixed | grow | variance (edgetune.zo.queries)
+    queries_min: int = 1  # grow: queries at step 0; variance: queries before the spread is tested
+    query_threshold: float = 0.5  # variance: query until the relative standard error of mean(g²) is below
+    forward_budget: int = 0  # forward passes after which the run ends (after the step that reaches it); 0: none
+    parallel: str = "off"  # P-RGE, queries as perturbed copies in one forward: off | on | auto (edgetune.zo.prge)
     schedule: str = "constant"  # lr schedule: constant | linear | cosine
     warmup: int = 0
     weight_decay: float = 0.0
@@ -31,21 +36,55 @@ class TrainConfig:
     eval_every: int = 0  # 0: evaluate only before and after
     save_every: int = 0  # 0: checkpoint only at the end
     eval_batch_size: int = 64
+    # DiZO (--optimizer dizo), published defaults: project every κ steps by a ZO search of the per-tensor
+    # scale r of θ − θ0 (iterations, probe ±ε, step, clip to 1 ± τ)
+    dizo_interval: int = 50
+    dizo_iters: int = 10
+    dizo_eps: float = 0.1
+    dizo_step: float = 2.0
+    dizo_tau: float = 0.2
+    # zo-momentum / zo-adam / zo-microadam: moments rebuilt from the last `window` steps (edgetune.zo.window)
+    window: int = 10
+    beta1: float = 0.9
+    beta2: float = 0.99
+    topk_density: float = 0.01  # zo-microadam: fraction of each step's estimate kept in the window
 
     def validate(self) -> None:
-        positive = ("steps", "batch_size", "queries", "eval_batch_size")
+        positive = ("steps", "batch_size", "queries", "eval_batch_size", "dizo_interval", "dizo_iters")
         for name in positive:
             if getattr(self, name) < 1:
                 raise EdgetuneError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("lr", "eps"):
+        for name in ("lr", "eps", "dizo_eps", "dizo_step"):
             if not getattr(self, name) > 0:
-                raise EdgetuneError(f"--{name} must be positive")
+                raise EdgetuneError(f"--{name.replace('_', '-')} must be positive")
+        if not 0 < self.dizo_tau < 1:
+            raise EdgetuneError(f"--dizo-tau must be between 0 and 1, not {self.dizo_tau}")
+        if self.window < 1:
+            raise EdgetuneError("--window must be at least 1")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise EdgetuneError(f"--{name} must be in [0, 1), not {getattr(self, name)}")
+        if not 0 < self.topk_density <= 1:
+            raise EdgetuneError(f"--topk-density must be in (0, 1], not {self.topk_density}")
         from edgetune.zo import OPTIMIZERS  # config stays importable without the core
+        from edgetune.zo.queries import QUERY_SCHEDULES
 
         if self.optimizer not in OPTIMIZERS:
             raise EdgetuneError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not '{self.optimizer}'")
         if self.noise not in ("gaussian", "rademacher"):
             raise EdgetuneError(f"--noise must be gaussian or rademacher, not '{self.noise}'")
+        if self.query_schedule not in QUERY_SCHEDULES:
+            raise EdgetuneError(f"--query-schedule must be one of {', '.join(QUERY_SCHEDULES)}, not '{self.query_schedule}'")
+        if not 1 <= self.queries_min <= self.queries:
+            raise EdgetuneError(f"--queries-min must be between 1 and --queries ({self.queries})")
+        if not self.query_threshold > 0:
+            raise EdgetuneError("--query-threshold must be positive")
+        if self.forward_budget < 0:
+            raise EdgetuneError("--forward-budget must be 0 (none) or positive")
+        if self.parallel not in ("off", "on", "auto"):
+            raise EdgetuneError(f"--parallel must be off, on or auto, not '{self.parallel}'")
+        if self.parallel != "off" and (self.optimizer != "zo-sgd" or self.query_schedule != "fixed"):
+            raise EdgetuneError("--parallel on/auto needs --optimizer zo-sgd with --query-schedule fixed")
         if self.schedule not in ("constant", "linear", "cosine"):
             raise EdgetuneError(f"--schedule must be constant, linear or cosine, not '{self.schedule}'")
 

@@ -1,4 +1,8 @@
-"""Console progress: a live bar on a terminal, periodic lines in logs and CI."""
+"""Console progress: a live bar on a terminal, periodic lines in logs and CI.
+
+Forward passes are the unit of cost (a step's price depends on its queries and optimizer): the bar
+counts the forwards run since this process started tuning, eval lines the run's total.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ class ConsoleProgress:
         self.live = console.is_terminal
         self.log_every = log_every
         self.loss_ema: float | None = None
+        self.forwards = 0
         self._bar = Progress(
             TextColumn("[bold]tune"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             TimeRemainingColumn(), console=console, disable=not self.live,
@@ -41,13 +46,16 @@ class ConsoleProgress:
 
     def on_step(self, record: StepRecord) -> None:
         self.loss_ema = record.loss if self.loss_ema is None else 0.95 * self.loss_ema + 0.05 * record.loss
+        self.forwards += record.forwards
         done = record.step + 1
         rate = (done - self._first) / max(time.perf_counter() - self._started, 1e-9)
-        info = f"loss {self.loss_ema:.4f}  {rate:.2f} steps/s"
+        info = f"loss {self.loss_ema:.4f}  q {len(record.seeds)}  {self.forwards:,} fwd  {rate:.2f} steps/s"
         self._bar.update(self._task, completed=done, info=info)
         if not self.live and done % self.log_every == 0:
             print(f"step {done}: {info}", file=sys.stderr, flush=True)
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
-        parts = [f"{k} {v:.4f}" for k, v in metrics.items() if k != "examples"]
-        console.print(f"eval @ step {step}: " + ", ".join(parts))
+        """``metrics`` as :meth:`Tuner.evaluate` gives them, with the run's ``forwards`` so far when tuning."""
+        parts = [f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("examples", "forwards")]
+        spent = f" ({metrics['forwards']:,} forwards)" if "forwards" in metrics else ""
+        console.print(f"eval @ step {step}{spent}: " + ", ".join(parts))

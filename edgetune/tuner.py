@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import resource
@@ -25,24 +26,32 @@ from edgetune.data.jsonl import FORMAT_MESSAGES, FORMAT_PROMPT, TASK_CLASSIFICAT
 from edgetune.data.tokenizer import check_vocabulary, read_tokenizer_config, special_tokens
 from edgetune.data.verbalizer import TEMPLATE_KEY, VERBALIZER_KEY, Verbalizer
 from edgetune.engine import LossEngine, check_engine
+from edgetune.engine.prge import CopyBatchedEngine, Segment
 from edgetune.errors import EdgetuneError, ModelError, TrainingError
 from edgetune.export.shared import Relink
 from edgetune.graph import prepare
 from edgetune.graph.cache import prepare_cached
 from edgetune.graph.lift import fold_weights, save_model
+from edgetune.graph.prge import copy_batched
 from edgetune.graph.model import LABELS_KEY, TASK_KEY, load_model
 from edgetune.graph.prepare import arena_group
 from edgetune.graph.select import split_lora
+from edgetune.graph.sparse import split_sparse
 from edgetune.io import atomic_write_text
 from edgetune.runlog import JsonlLog
+from edgetune.sparse_diff import save_sparse_outputs
 from edgetune.trajectory import FILE_NAME as TRAJECTORY, Trajectory
-from edgetune.zo import StepRecord, build_optimizer
+from edgetune.zo import Anchors, StepRecord, build_optimizer
 from edgetune.zo.importance import importance_count
+from edgetune.zo.prge import ParallelZO, parallel_strategy
 
 CHECKPOINT = "checkpoint.safetensors"
 _EVAL_LOGITS_BUDGET = 1 << 24  # logits cells per evaluation run: 64 MB per fp32 copy
 # Fields that change the trajectory: a resumed run must use the same values.
-_TRAJECTORY_KEYS = ("optimizer", "batch_size", "lr", "eps", "queries", "schedule", "warmup", "weight_decay", "noise", "seed")
+_TRAJECTORY_KEYS = ("optimizer", "batch_size", "lr", "eps", "queries", "schedule", "warmup", "weight_decay", "noise", "seed",
+                    "query_schedule", "queries_min", "query_threshold",
+                    "dizo_interval", "dizo_iters", "dizo_eps", "dizo_step", "dizo_tau",
+                    "window", "beta1", "beta2", "topk_density", "parallel")
 
 
 class Progress(Protocol):
@@ -57,9 +66,10 @@ class FitResult:
     after: dict[str, float] | None
     steps: int
     seconds: float
-    forward_passes: int
+    forward_passes: int  # the forwards this call ran: its StepRecords' ``forwards`` summed
     peak_rss_mb: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    parallel: dict[str, Any] | None = None  # what --parallel auto measured and chose
 
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -88,8 +98,12 @@ class Tuner:
                 copy_into(name, view)
             else:
                 view[...] = prepared.initial[name]
+        # The cached initial slice stays on disk as DiZO's anchor θ0 (memory-mapped on demand); an
+        # in-memory one (an evaluation-only tuner, which never tunes) is dropped.
+        self._initial_file = prepared.initial if hasattr(prepared.initial, "map_readonly") else None
         prepared.initial = {}
         self.engine = LossEngine(prepared, self.weights, threads, providers)
+        self._suffix_graph, self._session_args = prepared.suffix, (threads, providers)  # for --parallel
         self.labels = LabelSet(self.info.labels) if self.info.labels else None
         self.verbalizer: Verbalizer | None = None  # set by from_onnx: classification through the LM's words
         self.trainable_spec: str | None = None  # save() writes adapter files when it has a lora: term
@@ -151,6 +165,13 @@ class Tuner:
             raise EdgetuneError(f"--verbalizer needs a causal language model; {self.model_path} is a {self.info.task} model")
         self.verbalizer = verbalizer
         self.labels = LabelSet(list(verbalizer.labels))
+
+    @functools.cached_property
+    def anchors(self) -> Anchors | None:
+        """The trainable tensors' initial values θ0 as a read-only memory map of the prepared-graph cache."""
+        if self._initial_file is None:
+            return None
+        return Anchors(self.weights, self._initial_file.map_readonly())
 
     @property
     def trainable_params(self) -> int:
@@ -228,11 +249,13 @@ class Tuner:
         dev = self.load_data(eval_data) if eval_data else None
         fingerprint = self._fingerprint(config, data)
 
-        start, history, before = 0, [], None
+        start, history, before, spent = 0, [], None, 0
+        trajectory = Trajectory(self._trajectory_header(config, fingerprint["model"]))
         if resume:
             if out is None:
                 raise EdgetuneError("--resume needs --output-dir (where the checkpoint is)")
-            start, history, before, optimizer_state = self._restore(out / CHECKPOINT, fingerprint, config)
+            start, history, before, optimizer_state, spent = self._restore(out / CHECKPOINT, fingerprint, config)
+            trajectory = trajectory.continued(out / TRAJECTORY, start)
         elif dev is not None:
             before = self.evaluate(dev, config.eval_batch_size)
         if progress:
@@ -240,69 +263,98 @@ class Tuner:
             if before is not None and not resume:
                 progress.on_eval(0, before)
 
-        optimizer = build_optimizer(config, self.arena.buffer())
+        optimizer = build_optimizer(config, self.arena.buffer(), anchors=self.anchors)
         if resume:
             optimizer.load_state_dict(optimizer_state)
         stream = BatchStream(len(train), config.batch_size, config.seed)
         if start < config.steps:
             self.engine.set_batch(train.batch(stream.indices(start), self.info.data_inputs))
             check_engine(self.engine, self.arena.buffer())
+        engine, batching = self.engine, None
+        if config.parallel != "off" and start < config.steps:
+            engine, optimizer, batching = parallel_strategy(
+                config, self.engine, optimizer, self.copy_batched_engine,
+                train.batch(stream.indices(start), self.info.data_inputs), self.arena.buffer(),
+                optimizer_state if resume else None)
+            # replay needs the estimator auto resolved to, not "auto"
+            trajectory.header["config"]["parallel"] = "on" if isinstance(optimizer, ParallelZO) else "off"
         steplog = JsonlLog(out / "steps.jsonl" if out else None, start)
-        began = time.perf_counter()
+        began, resumed_at, done = time.perf_counter(), spent, start
+
+        def out_of_budget() -> bool:
+            return bool(config.forward_budget) and spent >= config.forward_budget
 
         def save(step: int) -> None:
             state = {"step": step, "history": history, "before": before, "fingerprint": fingerprint,
-                     "optimizer": optimizer.state_dict()}
+                     "optimizer": optimizer.state_dict(), "forwards": spent}
             steplog.sync()
+            trajectory.write(out / TRAJECTORY)  # before the checkpoint: a resume finds the steps it needs
             save_checkpoint(out / CHECKPOINT, self.weights, state)
 
         try:
             for t in range(start, config.steps):
+                if out_of_budget():  # a run resumed from the checkpoint its budget's end saved
+                    break
                 done = t + 1
                 eval_now = dev is not None and config.eval_every and done % config.eval_every == 0 and done < config.steps
                 save_now = out and config.save_every and done % config.save_every == 0
                 indices = stream.indices(t)
-                self.engine.set_batch(train.batch(indices, self.info.data_inputs))
+                engine.set_batch(train.batch(indices, self.info.data_inputs))
                 try:
-                    chain = done < config.steps and not eval_now and not save_now  # θ is read between steps
-                    record = optimizer.step(t, lambda: np.mean(self.engine.loss()), chain=chain)
+                    # θ is read between steps; with a forward budget, a step may be the last one
+                    chain = done < config.steps and not eval_now and not save_now and not config.forward_budget
+                    record = optimizer.step(t, engine.mean_loss, chain=chain)
                 except TrainingError as exc:
                     lines = ", ".join(sorted({train.where[int(i)] for i in indices}))
                     kept = f"; last checkpoint kept in {out / CHECKPOINT}" if out and (out / CHECKPOINT).exists() else ""
                     raise TrainingError(f"{exc} on examples {lines}{kept}") from None
+                spent += record.forwards
                 steplog.append(record.to_json())
+                trajectory.append(record)
                 if progress:
                     progress.on_step(record)
+                if out_of_budget():
+                    break  # the budget's end is the run's end: evaluated and saved below
                 if eval_now:
-                    metrics = self.evaluate(dev, config.eval_batch_size)
-                    history.append({"step": done, **metrics})
+                    row = {"forwards": spent, **self.evaluate(dev, config.eval_batch_size)}
+                    history.append({"step": done, **row})
                     if progress:
-                        progress.on_eval(done, metrics)
+                        progress.on_eval(done, row)
                 if save_now:
                     save(done)
             after = self.evaluate(dev, config.eval_batch_size) if dev is not None else None
             if after is not None:
-                history.append({"step": config.steps, **after})
+                row = {"forwards": spent, **after}
+                history.append({"step": done, **row})
                 if progress:
-                    progress.on_eval(config.steps, after)
+                    progress.on_eval(done, row)
             if out:
-                save(config.steps)
+                save(done)
         finally:
             optimizer.settle()  # an interrupted chained step must not leave θ perturbed for save()
             steplog.close()
         return FitResult(
             before=before,
             after=after,
-            steps=config.steps - start,
+            steps=done - start,
             seconds=time.perf_counter() - began,
-            forward_passes=(config.steps - start) * 2 * config.queries,
+            forward_passes=spent - resumed_at,
             peak_rss_mb=peak_rss_mb(),
             history=history,
+            parallel=batching.to_json() if batching else None,
         )
 
+    def copy_batched_engine(self) -> CopyBatchedEngine:
+        """The tunable graph evaluating perturbed copies of the slice in one forward (P-RGE)."""
+        suffix = load_model(self._suffix_graph) if isinstance(self._suffix_graph, str) else self._suffix_graph
+        segments = [Segment(p.name, self.arena.offset(p.name), tuple(p.shape)) for p in self.params]
+        graph = copy_batched(suffix, [s.name for s in segments])
+        return CopyBatchedEngine(graph, segments, len(self.arena), self.engine, *self._session_args)
+
     def _fingerprint(self, config: TrainConfig, data: str | Path) -> dict[str, Any]:
-        # A decaying schedule depends on the total, so only a constant one may be extended on resume.
-        keys = _TRAJECTORY_KEYS + (("steps",) if config.schedule != "constant" else ())
+        # A decaying lr or a growing q depends on the total, so only constant ones may be extended on resume.
+        keyed_to_total = config.schedule != "constant" or config.query_schedule == "grow"
+        keys = _TRAJECTORY_KEYS + (("steps",) if keyed_to_total else ())
         return {
             **{k: getattr(config, k) for k in keys},
             "trainable": [p.name for p in self.params],
@@ -312,6 +364,16 @@ class Tuner:
             "template": self.verbalizer.template if self.verbalizer else None,
             "data": file_digest(data),
             "model": file_digest(self.model_path),
+        }
+
+    def _trajectory_header(self, config: TrainConfig, model_digest: str) -> dict[str, Any]:
+        """What ``edgetune replay`` needs besides the steps: the base, the slice, the optimizer, the metadata."""
+        return {
+            "base_sha256": model_digest,
+            "trainable": self.trainable_spec,
+            "arena": [[p.name, list(p.shape)] for p in self.params],
+            "config": {k: getattr(config, k) for k in (*_TRAJECTORY_KEYS, "steps")},
+            "metadata": self.output_metadata(),
         }
 
     def _restore(self, path: Path, fingerprint: dict[str, Any], config: TrainConfig):
@@ -329,28 +391,37 @@ class Tuner:
         if step > config.steps:
             raise EdgetuneError(f"{path}: checkpoint is at step {step}, beyond --steps {config.steps}")
         history = [h for h in state.get("history", []) if h["step"] <= step]
-        return step, history, state.get("before"), state.get("optimizer", {})
+        return step, history, state.get("before"), state.get("optimizer", {}), int(state.get("forwards", 0))
 
     # -- output -------------------------------------------------------------------------------
 
-    def save(self, output_dir: str | Path, summary: dict[str, Any] | None = None) -> Path:
-        """Write ``model.onnx`` (tuned weights folded in; plain ORT runs it), tokenizer and tuned slice.
-
-        A LoRA slice merges the adapters into ``model.onnx`` and adds the adapter files of
-        :func:`edgetune.adapters.save_lora_outputs`.
-        """
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
+    def output_metadata(self) -> dict[str, str]:
+        """The ONNX metadata a tuned model carries: task, label names, verbaliser."""
         metadata = {TASK_KEY: self.info.task}
         if self.labels is not None:
             metadata[LABELS_KEY] = json.dumps(self.labels.names)
         if self.verbalizer is not None:
             metadata.update(self.verbalizer.metadata())
+        return metadata
+
+    def save(self, output_dir: str | Path, summary: dict[str, Any] | None = None) -> Path:
+        """Write ``model.onnx`` (tuned weights folded in; plain ORT runs it), tokenizer and tuned slice.
+
+        A LoRA slice merges the adapters into ``model.onnx`` and adds the adapter files of
+        :func:`edgetune.adapters.save_lora_outputs`; a sparse slice adds δ into the weights and writes
+        ``sparse.etdiff`` (:func:`edgetune.sparse_diff.save_sparse_outputs`).
+        """
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        metadata = self.output_metadata()
         lora = self.trainable_spec is not None and split_lora(self.trainable_spec)[1] is not None
+        sparse = self.trainable_spec is not None and split_sparse(self.trainable_spec)[1] is not None
         with_past = Relink.read(self.model_path)  # the base's KV-cache graph, read before model.onnx may be replaced
         try:
             if lora:  # model.onnx gets the adapters merged; adapter files beside it
                 save_lora_outputs(out, self.model_path, self.trainable_spec, self.weights, metadata, self.info.task)
+            elif sparse:  # model.onnx gets δ added into its weights; sparse.etdiff beside it
+                save_sparse_outputs(out, self.model_path, self.trainable_spec, self.weights, metadata)
             else:
                 save_model(fold_weights(load_model(self.model_path), self.weights, metadata), out / "model.onnx")
             if with_past is not None:  # generation then keeps its KV cache, now over the tuned weights

@@ -59,16 +59,23 @@ class LossEngine:
         self.suffix.run_with_iobinding(self._binding)
         return self._binding.copy_outputs_to_cpu()[0]
 
+    def mean_loss(self) -> float:
+        """The batch's mean loss at the arena's weights: one evaluation of an optimizer's ``loss_fn``."""
+        return float(np.mean(self.loss()))
+
     def loss_and_logits(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """Evaluation path: plain ``run`` with numpy feeds (not the hot loop)."""
+        feeds = {**self.data_feeds(batch), **self._tensors}
+        loss, logits = self.suffix.run([LOSS_OUTPUT, "logits"], feeds)
+        return loss, logits
+
+    def data_feeds(self, batch: Batch) -> dict[str, np.ndarray]:
+        """The suffix's inputs other than the trainable tensors, as numpy (runs the frozen prefix)."""
         feeds = self._feeds(batch)
         if self.prefix is not None:
             prefix_feeds = {k: v for k, v in feeds.items() if k in self._prefix_inputs}
             feeds.update(zip(self.boundary, self.prefix.run(self.boundary, prefix_feeds)))
-        feeds.update(self._tensors)
-        feeds = {k: v for k, v in feeds.items() if k in self._suffix_inputs}
-        loss, logits = self.suffix.run([LOSS_OUTPUT, "logits"], feeds)
-        return loss, logits
+        return {k: v for k, v in feeds.items() if k in self._suffix_inputs}
 
     def _feeds(self, batch: Batch) -> dict[str, np.ndarray]:
         feeds = {name: array.astype(self._input_types.get(name, np.int64), copy=False) for name, array in batch.inputs.items()}

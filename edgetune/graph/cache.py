@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 from collections.abc import Iterator, Mapping
@@ -130,11 +131,57 @@ class _SafetensorsFile(Mapping):
         self.copy_into(name, out)
         return out
 
+    def map_readonly(self) -> MappedTensors:
+        """Every tensor as a read-only view of the file's pages, never read into RAM as a whole."""
+        return MappedTensors(self._path, self._entries, self._data_start)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class MappedTensors(Mapping):
+    """The tensors of a safetensors file as read-only arrays over one memory map of it.
+
+    Reading a page maps it from the page cache: shared with other processes, dropped by the kernel
+    under memory pressure, never anonymous memory. It does count in RSS while mapped, so a reader
+    that streams through the tensors calls :meth:`evict` on what it has read, keeping the resident
+    part at one chunk (DiZO's anchors θ0: a second copy of the trainable slice otherwise).
+    """
+
+    def __init__(self, path: Path, entries: dict, data_start: int):
+        with open(path, "rb") as f:
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._bytes = np.frombuffer(self._map, np.uint8)
+        self._tensors: dict[str, np.ndarray] = {}
+        for name, entry in entries.items():
+            start, end = entry["data_offsets"]
+            if entry["dtype"] != "F32" or data_start + end > len(self._map):
+                raise errors.ModelError(f"{path}: tensor '{name}' is not stored as float32 or the file is "
+                                        "truncated; delete the cache directory and retry")
+            flat = np.frombuffer(self._map, np.float32, count=(end - start) // 4, offset=data_start + start)
+            self._tensors[name] = flat.reshape(entry["shape"])
+
+    def evict(self, view: np.ndarray) -> None:
+        """Drop the pages under ``view`` (a slice of one of these tensors) from this process's RSS.
+        A no-op without ``madvise`` (Windows): the kernel then reclaims the clean pages when it must."""
+        if not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        base = self._bytes.ctypes.data
+        first = (view.ctypes.data - base) // mmap.PAGESIZE * mmap.PAGESIZE
+        last = view.ctypes.data - base + view.nbytes
+        self._map.madvise(mmap.MADV_DONTNEED, first, min(last, len(self._map)) - first)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._tensors[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ from edgetune.graph.lift import lift_to_inputs
 from edgetune.graph.lora import add_lora
 from edgetune.graph.loss import LOSS_OUTPUT, add_loss
 from edgetune.graph.model import ModelInfo, inspect_model, load_model
+from edgetune.errors import ModelError
 from edgetune.graph.select import select_params, split_lora
+from edgetune.graph.sparse import add_sparse, split_sparse
 from edgetune.graph.split import split_graph
 
 
@@ -36,18 +38,25 @@ class PreparedModel:
 def prepare(path: str | Path, trainable: str | None, task: str | None = None, split: bool = True) -> PreparedModel:
     """``trainable=None`` prepares for evaluation only: the loss is added, nothing is lifted.
 
-    A ``lora:`` term inserts adapters first; their tensors join the slice in their base layer's block.
+    A ``lora:`` term inserts adapters first, a ``sparse:`` term δ slices of linear weights; their tensors
+    join the slice in their base layer's block.
     """
     path = Path(path)
     model = load_model(path)
     info = inspect_model(model, path, task)
     all_params = find_params(model)
-    plain, lora = split_lora(trainable) if trainable else ("", None)
-    selected = select_params(all_params, plain) if trainable and (lora is None or plain.strip(", ")) else []
+    plain, sparse = split_sparse(trainable) if trainable else ("", None)
+    plain, lora = split_lora(plain) if plain else ("", None)
+    if lora is not None and sparse is not None:
+        raise ModelError(f"--trainable '{trainable}': a lora: and a sparse: term cannot be combined")
+    only_added = (lora is not None or sparse is not None) and not plain.strip(", ")
+    selected = select_params(all_params, plain) if trainable and not only_added else []
     total = sum(p.size for p in all_params)
     if lora is not None:
         adapters, added = add_lora(model, lora, all_params, str(path))
         selected, total = selected + adapters, total + added
+    if sparse is not None:
+        selected += add_sparse(model, sparse, all_params, str(path))
     selected.sort(key=_arena_order)
     add_loss(model, info.task)
     initial = lift_to_inputs(model, [p.name for p in selected])

@@ -11,7 +11,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edgetune.zo.dizo import Anchors, DiZO
+from edgetune.zo.microadam import ZOMicroAdam
+from edgetune.zo.prge import ParallelZO
 from edgetune.zo.schedules import Schedule
+from edgetune.zo.window import ZOAdam, ZOMomentum
 from edgetune.zo.zosgd import ZOSGD, StepRecord
 
 
@@ -24,19 +28,38 @@ class Optimizer(Protocol):
     def settle(self) -> None:
         """Leave the arena at θ (after an interruption of a chained step)."""
 
+    def replay(self, record: StepRecord) -> None:
+        """Redo a recorded step's arena passes without forwards: θ_t → θ_{t+1}, bit for bit.
+
+        Records are replayed in step order from step 0, so state rebuilt from earlier records
+        (a window of past steps) is available; ``edgetune replay`` rebuilds a run this way.
+        """
+
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable state beyond the arena (saved in checkpoints; empty for ZO-SGD)."""
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-OPTIMIZERS: dict[str, type] = {ZOSGD.name: ZOSGD}
+OPTIMIZERS: dict[str, type] = {
+    cls.name: cls for cls in (ZOSGD, DiZO, ZOMomentum, ZOAdam, ZOMicroAdam)
+}
 
 
-def build_optimizer(config, buffer: np.ndarray) -> Optimizer:
-    """The optimizer ``config.optimizer`` names, over ``buffer``, with the config's schedules."""
+def build_optimizer(config, buffer: np.ndarray, anchors: Anchors | None = None) -> Optimizer:
+    """The optimizer ``config.optimizer`` names, over ``buffer``, with the config's schedules.
+
+    ``anchors`` (the pretrained θ0, memory-mapped) reaches only optimizers that declare ``uses_anchors``.
+    """
+    if getattr(config, "parallel", "off") == "on":  # P-RGE; Tuner.fit attaches its copy-batched engine
+        return ParallelZO.from_config(config, buffer)
     cls = OPTIMIZERS[config.optimizer]
+    if getattr(cls, "uses_anchors", False):
+        return cls.from_config(config, buffer, anchors)
     return cls.from_config(config, buffer)
 
 
-__all__ = ["OPTIMIZERS", "Optimizer", "Schedule", "StepRecord", "ZOSGD", "build_optimizer"]
+__all__ = [
+    "OPTIMIZERS", "Anchors", "DiZO", "Optimizer", "Schedule",
+    "StepRecord", "ZOAdam", "ZOMicroAdam", "ZOMomentum", "ZOSGD", "build_optimizer",
+]

@@ -10,7 +10,8 @@ the next step's first perturbation into the last combine: 2q passes per step in 
 computes the same float32 operations in the same order as the passes it replaces (each term rounded
 in turn, no FMA), so chaining never changes a bit of the trajectory; it only saves a memory pass.
 The arithmetic is the C API tuner's (``edgetune.h``), so an app embedding the C core gets the same
-weights.
+weights. q per step comes from a query policy (``edgetune.zo.queries``): fixed, growing, or decided
+after each ± pair by the spread of the slopes so far (see :func:`fused_update` for the coefficients).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 
 from edgetune import _core
 from edgetune.errors import TrainingError
-from edgetune.zo.schedules import Schedule
+from edgetune.zo.base import ZOBase
 
 
 @dataclass
@@ -37,49 +38,50 @@ class StepRecord:
     weight_decay: float
     noise: str
     loss: float  # mean of L+ and L− over the queries: the training loss at θ, for logs
+    forwards: int | None = None  # forward passes the step ran, extra ones included; None: 2 per query
+    projection: dict | None = None  # DiZO's projection after the step: its slopes and per-tensor scales
+    divisor: int | None = None  # the q of the lr/q each query's fused pass applied (see fused_update); None: len(seeds)
+
+    def __post_init__(self) -> None:
+        if self.forwards is None:
+            self.forwards = 2 * len(self.seeds)
+        if self.divisor is None:
+            self.divisor = len(self.seeds)
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        """The fields, less an absent projection and a divisor equal to q (the trajectory log stores only
+        the fields present)."""
+        implied = {"projection": None, "divisor": len(self.seeds)}
+        return {k: v for k, v in self.__dict__.items() if k not in implied or v != implied[k]}
 
 
-class ZOSGD:
+def fused_update(seeds: list[int], grads: list[float], lr: np.float32, eps: np.float32, wd: np.float32,
+                 divisor: int, last: bool) -> tuple[np.float32, list[int], list[float]]:
+    """Decay, seeds and coefficients of the pass after query k = len(grads) − 1's ± pair, less the next
+    query's perturbation: it restores θ from θ − εz_k and applies −(lr/divisor)·g_k·z_k.
+
+    ``divisor`` is the most queries the step may take; the update of a query is applied before the policy
+    knows whether more follow. The last pass also applies the weight decay and, when the step stopped at
+    q < divisor queries, moves the earlier queries' coefficients from lr/divisor to lr/q in the same pass:
+    q − 1 more noise streams in a pass the step makes anyway, and none when q = divisor (fixed and grow
+    schedules, whose arithmetic is the C API tuner's).
+    """
+    f32 = np.float32
+    k = len(grads) - 1
+    g = f32(grads[k])
+    if not last:
+        return f32(1), [seeds[k]], [float(eps - (lr / f32(divisor)) * g)]
+    q = len(grads)
+    decay = f32(1) - lr * wd
+    shift = decay * (lr / f32(divisor) - lr / f32(q))  # the earlier queries' coefficient change, decayed
+    earlier = [float(shift * f32(gi)) for gi in grads[:k]] if q < divisor else []
+    return decay, seeds[:len(earlier)] + [seeds[k]], earlier + [float(decay * eps - (lr / f32(q)) * g)]
+
+
+class ZOSGD(ZOBase):
     """Strategy object: one call to :meth:`step` is one optimisation step on the arena buffer."""
 
     name = "zo-sgd"
-    forwards_per_query = 2
-
-    def __init__(
-        self,
-        buffer: np.ndarray,
-        seed: int,
-        lr: Schedule,
-        eps: Schedule,
-        queries: int = 1,
-        weight_decay: float = 0.0,
-        noise: str = "gaussian",
-    ):
-        if queries < 1:
-            raise ValueError("queries must be >= 1")
-        self.buffer = buffer
-        self.seed = seed
-        self.lr = lr
-        self.eps = eps
-        self.queries = queries
-        self.weight_decay = weight_decay
-        self.noise = noise
-        self._pending: tuple[int, float] | None = None  # (seed, ε) of a perturbation applied by a chained step
-
-    @classmethod
-    def from_config(cls, config, buffer: np.ndarray) -> ZOSGD:
-        return cls(
-            buffer,
-            seed=config.seed,
-            lr=Schedule(config.lr, config.schedule, config.steps, config.warmup),
-            eps=Schedule(config.eps),
-            queries=config.queries,
-            weight_decay=config.weight_decay,
-            noise=config.noise,
-        )
 
     def state_dict(self) -> dict:
         return {}  # θ is the whole state
@@ -89,44 +91,51 @@ class ZOSGD:
 
     def step(self, t: int, loss_fn: Callable[[], float], chain: bool = False) -> StepRecord:
         """One step at the arena's θ_t; ``chain=True`` promises that step t + 1 follows directly,
-        so its first perturbation is fused into this step's last pass (no eval or save between)."""
-        q = self.queries
+        so its first perturbation is fused into this step's last pass (no eval or save between).
+        The query policy decides after each ± pair whether another query follows."""
         f32 = np.float32
         lr, eps, wd = f32(self.lr(t)), f32(self.eps(t)), f32(self.weight_decay)
-        seeds = [_core.derive_seed(self.seed, t, i) for i in range(q)]
-        grads, losses = [], []
+        limit = self.query_policy.limit(t)
+        seeds, grads, losses = [_core.derive_seed(self.seed, t, 0)], [], []
         if self._pending is None:
             _core.perturb(self.buffer, seeds[0], float(eps), self.noise)
         elif self._pending != (seeds[0], float(eps)):
             raise RuntimeError(f"step {t} does not follow the chained step before it")
         self._pending = None
-        for i, seed in enumerate(seeds):
+        while True:
+            seed = seeds[-1]
             loss_plus = f32(loss_fn())
             _core.perturb(self.buffer, seed, float(f32(-2) * eps), self.noise)
             loss_minus = f32(loss_fn())
             if not (np.isfinite(loss_plus) and np.isfinite(loss_minus)):
                 _core.perturb(self.buffer, seed, float(eps), self.noise)  # back to θ before raising
                 raise TrainingError(f"non-finite loss at step {t} (L+={loss_plus}, L-={loss_minus})")
-            g = (loss_plus - loss_minus) / (f32(2) * eps)
-            decay = f32(1) - lr * wd if i == q - 1 else f32(1)
-            c_cur = decay * eps - (lr / f32(q)) * g
-            if i + 1 < q:
-                nxt = (seeds[i + 1], float(eps))
-            elif chain:
-                nxt = self._pending = (_core.derive_seed(self.seed, t + 1, 0), float(f32(self.eps(t + 1))))
-            else:
-                nxt = None
-            if nxt is None:
-                _core.combine(self.buffer, float(decay), [seed], [float(c_cur)], self.noise)
-            else:
-                _core.combine(self.buffer, float(decay), [seed, nxt[0]], [float(c_cur), nxt[1]], self.noise)
-            grads.append(float(g))
+            grads.append(float((loss_plus - loss_minus) / (f32(2) * eps)))
             losses += [float(loss_plus), float(loss_minus)]
-        return StepRecord(t, seeds, grads, float(lr), float(eps), float(wd), self.noise, float(np.mean(losses)))
+            last = len(grads) == limit or not self.query_policy.more(grads)
+            decay, pass_seeds, coefs = fused_update(seeds, grads, lr, eps, wd, limit, last)
+            if not last:
+                seeds.append(_core.derive_seed(self.seed, t, len(grads)))
+                pass_seeds, coefs = pass_seeds + [seeds[-1]], coefs + [float(eps)]
+            elif chain:
+                self._pending = (_core.derive_seed(self.seed, t + 1, 0), float(f32(self.eps(t + 1))))
+                pass_seeds, coefs = pass_seeds + [self._pending[0]], coefs + [self._pending[1]]
+            _core.combine(self.buffer, float(decay), pass_seeds, coefs, self.noise)
+            if last:
+                return StepRecord(t, seeds, grads, float(lr), float(eps), float(wd), self.noise,
+                                  float(np.mean(losses)), divisor=limit)
 
-    def settle(self) -> None:
-        """Take back a chained perturbation (after an interruption): θ to within rounding."""
-        if self._pending is not None:
-            seed, eps = self._pending
-            _core.perturb(self.buffer, seed, -eps, self.noise)
-            self._pending = None
+    def replay(self, record: StepRecord) -> None:
+        """The passes :meth:`step` made, unchained (bit-identical to chained ones), without the forwards."""
+        f32 = np.float32
+        q = len(record.seeds)
+        lr, eps, wd = f32(record.lr), f32(record.eps), f32(record.weight_decay)
+        _core.perturb(self.buffer, record.seeds[0], float(eps), record.noise)
+        for i, seed in enumerate(record.seeds):
+            _core.perturb(self.buffer, seed, float(f32(-2) * eps), record.noise)
+            decay, seeds, coefs = fused_update(record.seeds, record.grads[:i + 1], lr, eps, wd, record.divisor,
+                                               i == q - 1)
+            if i + 1 < q:
+                seeds.append(record.seeds[i + 1])
+                coefs.append(float(eps))
+            _core.combine(self.buffer, float(decay), seeds, coefs, record.noise)

@@ -1,0 +1,56 @@
+"""``edgetune replay``: rebuild a tuned model from its base model and the run's ``.etlog``.
+
+The base model is prepared with the run's ``--trainable`` spec exactly as ``tune`` prepares it, so
+the arena starts at the same values; each logged step's arena passes are then redone by the run's
+optimizer (:meth:`edgetune.zo.Optimizer.replay`) without a single forward, and the result is saved
+as ``tune`` saves it. The passes are fixed-order float32 without FMA over noise that is bit-identical
+on every CPU build, so the replayed weights equal the tuned ones bit for bit (README: guarantees).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgetune.checkpoint import file_digest
+from edgetune.config import TrainConfig
+from edgetune.data import LabelSet
+from edgetune.data.verbalizer import TEMPLATE_KEY, VERBALIZER_KEY
+from edgetune.errors import EdgetuneError, ModelError
+from edgetune.graph.model import LABELS_KEY
+from edgetune.trajectory import Trajectory
+from edgetune.tuner import Tuner
+from edgetune.zo import build_optimizer
+
+
+def replay_run(base_path: str | Path, log_path: str | Path, output_dir: str | Path,
+               tokenizer: str | Path | None = None, threads: int | None = None) -> tuple[Path, Trajectory]:
+    """Write the tuned model of the run logged in ``log_path`` to ``output_dir``; returns its path and the log."""
+    base_path, log_path = Path(base_path), Path(log_path)
+    log = Trajectory.read(log_path)
+    header = log.header
+    if not base_path.is_file():
+        raise ModelError(f"{base_path}: model not found")
+    digest = file_digest(base_path)
+    if digest != header.get("base_sha256"):
+        raise EdgetuneError(f"{log_path}: recorded on another base model (sha256 {str(header.get('base_sha256'))[:12]}…), "
+                            f"not {base_path} ({digest[:12]}…)")
+    try:
+        config = TrainConfig(**header["config"])
+    except (TypeError, KeyError) as exc:
+        raise EdgetuneError(f"{log_path}: run configuration this edgetune cannot read ({exc})") from None
+    config.validate()
+    metadata = header.get("metadata", {})
+    verbalizer = json.loads(metadata[VERBALIZER_KEY]) if VERBALIZER_KEY in metadata else None
+    tuner = Tuner.from_onnx(base_path, trainable=header.get("trainable"), tokenizer=tokenizer, threads=threads,
+                            verbalizer=verbalizer, template=metadata.get(TEMPLATE_KEY) if verbalizer else None)
+    if [[p.name, list(p.shape)] for p in tuner.params] != header.get("arena"):
+        raise EdgetuneError(f"{log_path}: --trainable '{header.get('trainable')}' selects other tensors on "
+                            f"{base_path} than the run tuned (a different edgetune version?)")
+    if verbalizer is None and LABELS_KEY in metadata:
+        tuner.labels = LabelSet(json.loads(metadata[LABELS_KEY]))  # labels from the run's data, not the base
+    optimizer = build_optimizer(config, tuner.arena.buffer(), anchors=tuner.anchors)
+    for record in log.records:
+        optimizer.replay(record)
+    summary = {"replayed": str(log_path), "base": str(base_path), "steps": len(log.records), "config": header["config"]}
+    return tuner.save(output_dir, summary), log

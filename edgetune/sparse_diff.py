@@ -1,0 +1,132 @@
+"""The ``.etdiff`` format: what a ``sparse:`` run changed in its base model, in KB rather than the model's MB.
+
+Layout (little-endian)::
+
+    b"ETDIFF"  u32 version  u32 header_bytes  header (UTF-8 JSON)  tensor data  sha256 of all bytes before
+
+The header names the base model (its sha256) and each tensor: ``name`` (the base initializer), ``shape``,
+``dtype`` (float32) and ``op``. An ``add`` tensor (a δ slice) stores ``count`` u32 flat indices then
+``count`` f32 values and is applied as ``W.flat[idx] += δ``, the float32 sum the tuning graph computed; a
+``set`` tensor (a densely tuned one, such as ``head`` in ``head,sparse:...``) stores all its f32 values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgetune.checkpoint import file_digest
+from edgetune.errors import EdgetuneError
+from edgetune.graph.lift import fold_weights, save_model
+from edgetune.graph.model import load_model
+from edgetune.graph.sparse import add_deltas, plan_sparse, split_sparse
+from edgetune.io import atomic_write_bytes
+
+MAGIC = b"ETDIFF"
+VERSION = 1
+FILE_NAME = "sparse.etdiff"
+_PREAMBLE = struct.Struct("<6sII")  # magic, version, header length
+_DIGEST_SIZE = 32
+_ADD, _SET = "add", "set"
+
+
+@dataclass
+class SparseDiff:
+    base_sha256: str
+    deltas: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # weight → (u32 indices, f32 δ)
+    values: dict[str, np.ndarray] = field(default_factory=dict)  # densely tuned weight → its values
+
+    def to_bytes(self) -> bytes:
+        tensors, chunks = [], []
+        for name, (indices, delta) in self.deltas.items():
+            tensors.append({"name": name, "op": _ADD, "count": int(indices.size), "dtype": "float32"})
+            chunks += [np.ascontiguousarray(indices, "<u4").tobytes(), np.ascontiguousarray(delta, "<f4").tobytes()]
+        for name, value in self.values.items():
+            tensors.append({"name": name, "op": _SET, "shape": list(value.shape), "dtype": "float32"})
+            chunks.append(np.ascontiguousarray(value, "<f4").tobytes())
+        header = json.dumps({"base_sha256": self.base_sha256, "tensors": tensors}, sort_keys=True).encode("utf-8")
+        data = b"".join([_PREAMBLE.pack(MAGIC, VERSION, len(header)), header, *chunks])
+        return data + hashlib.sha256(data).digest()
+
+    def write(self, path: str | Path) -> None:
+        try:
+            atomic_write_bytes(path, self.to_bytes())
+        except OSError as exc:
+            raise EdgetuneError(f"{path}: could not write the sparse diff ({exc.strerror})") from None
+
+    @classmethod
+    def read(cls, path: str | Path) -> SparseDiff:
+        """Parse ``path``; every way it can be unusable is a one-line :class:`EdgetuneError`."""
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise EdgetuneError(f"{path}: cannot read the sparse diff ({exc.strerror})") from None
+        if len(data) < _PREAMBLE.size + _DIGEST_SIZE or not data.startswith(MAGIC):
+            raise EdgetuneError(f"{path}: not an edgetune sparse diff (no {MAGIC.decode()} magic)")
+        _, version, header_len = _PREAMBLE.unpack_from(data)
+        if version != VERSION:
+            raise EdgetuneError(f"{path}: sparse diff version {version} is not supported (expected {VERSION})")
+        data, digest = data[:-_DIGEST_SIZE], data[-_DIGEST_SIZE:]
+        if hashlib.sha256(data).digest() != digest:
+            raise EdgetuneError(f"{path}: sparse diff is truncated or corrupt (it does not match its checksum)")
+        offset = _PREAMBLE.size + header_len
+        try:
+            header = json.loads(data[_PREAMBLE.size:offset].decode("utf-8"))
+            diff = cls(str(header["base_sha256"]))
+            for entry in header["tensors"]:
+                if entry["op"] == _ADD:
+                    count = int(entry["count"])
+                    indices = np.frombuffer(data, "<u4", count, offset).astype(np.int64)
+                    delta = np.frombuffer(data, "<f4", count, offset + 4 * count).astype(np.float32)
+                    diff.deltas[entry["name"]] = (indices, delta)
+                    offset += 8 * count
+                else:
+                    shape = tuple(int(d) for d in entry["shape"])
+                    size = math.prod(shape)
+                    diff.values[entry["name"]] = np.frombuffer(data, "<f4", size, offset).astype(np.float32).reshape(shape)
+                    offset += 4 * size
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise EdgetuneError(f"{path}: corrupt sparse diff header") from None
+        if offset != len(data):
+            raise EdgetuneError(f"{path}: sparse diff has {len(data) - offset} bytes its header does not describe")
+        return diff
+
+    def apply(self, model: onnx.ModelProto, where: str) -> None:
+        """Set the densely tuned weights, then add the δ slices (in place)."""
+        fold_weights(model, self.values)
+        add_deltas(model, self.deltas, where)
+
+
+def save_sparse_outputs(out: Path, base_path: Path, trainable: str, weights: Mapping[str, np.ndarray],
+                        metadata: Mapping[str, str]) -> None:
+    """Write ``model.onnx`` (δ added into the base weights; plain ORT runs it) and ``sparse.etdiff``."""
+    _, spec = split_sparse(trainable)
+    base = load_model(base_path)
+    slices = plan_sparse(base, spec, str(base_path))
+    deltas = {piece.linear.weight: (piece.indices, np.asarray(weights[piece.delta_name])) for piece in slices}
+    delta_names = {piece.delta_name for piece in slices}
+    diff = SparseDiff(file_digest(base_path), deltas, {n: np.asarray(w) for n, w in weights.items() if n not in delta_names})
+    diff.apply(base, str(base_path))
+    save_model(fold_weights(base, {}, metadata), out / "model.onnx")
+    diff.write(out / FILE_NAME)
+
+
+def apply_sparse_diff(base_path: Path, diff_path: Path) -> onnx.ModelProto:
+    """The base model with ``diff_path`` applied; refuses a diff recorded on another base model."""
+    diff = SparseDiff.read(diff_path)
+    digest = file_digest(base_path)
+    if digest != diff.base_sha256:
+        raise EdgetuneError(f"{diff_path}: made from another base model (sha256 {diff.base_sha256[:12]}…), "
+                            f"not {base_path} ({digest[:12]}…)")
+    model = load_model(base_path)
+    diff.apply(model, str(diff_path))
+    return model

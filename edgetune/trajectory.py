@@ -1,0 +1,150 @@
+"""The ``.etlog`` trajectory format: a whole tuning run as its log of steps.
+
+A ZO step is fully described by its seeds, projected gradients, lr, ε and weight decay, so the run's
+log rebuilds the tuned weights from the base model (``edgetune replay``) and is kilobytes where the
+model is megabytes. Layout (little-endian)::
+
+    b"ETLOG"  u32 version  u32 header_bytes  header (UTF-8 JSON)  record × header["records"]  sha256
+
+    record:   u32 step  u16 q  u16 extra_bytes  f32 lr  f32 ε  f32 weight_decay  f32 loss
+              q × (u64 seed, f32 g)  extra (JSON of the StepRecord fields beyond these; empty if none)
+
+The header names the base model (its sha256), the ``--trainable`` spec, the arena layout, the
+config fields that define the trajectory (optimizer, noise, seed, ...) and the model metadata
+``save`` writes. The trailing sha256 covers every byte before it, so a truncated or altered log is
+refused rather than replayed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Iterable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from edgetune.errors import EdgetuneError
+from edgetune.io import atomic_write_bytes
+from edgetune.zo import StepRecord
+
+MAGIC = b"ETLOG"
+VERSION = 1
+FILE_NAME = "run.etlog"
+_PREAMBLE = struct.Struct("<5sII")  # magic, version, header length
+_RECORD = struct.Struct("<IHHffff")  # step, q, extra length, lr, ε, weight decay, loss
+_QUERY = struct.Struct("<Qf")  # seed, g
+_DIGEST_SIZE = 32  # the trailing sha256
+_CORE_FIELDS = ("step", "seeds", "grads", "lr", "eps", "weight_decay", "noise", "loss")
+
+
+def record_size(queries: int, extra: int = 0) -> int:
+    """Bytes of one step record with ``queries`` queries and ``extra`` extension bytes."""
+    return _RECORD.size + queries * _QUERY.size + extra
+
+
+class Trajectory:
+    """A header and the step records of a run, in step order from step 0."""
+
+    def __init__(self, header: dict[str, Any], records: Iterable[StepRecord] = ()):
+        self.header = header
+        self.records: list[StepRecord] = []
+        self._encoded: list[bytes] = []
+        for record in records:
+            self.append(record)
+
+    def append(self, record: StepRecord) -> None:
+        if record.step != len(self.records):
+            raise ValueError(f"step {record.step} follows {len(self.records)} recorded steps")
+        if record.noise != self.noise:
+            raise ValueError(f"step {record.step} uses {record.noise} noise, the run {self.noise}")
+        self.records.append(record)
+        self._encoded.append(_encode(record))
+
+    @property
+    def noise(self) -> str:
+        return self.header["config"]["noise"]
+
+    def continued(self, path: str | Path, start: int) -> Trajectory:
+        """This run resumed at ``start``: its header with the first ``start`` steps of the log at ``path``."""
+        earlier = Trajectory.read(path).records
+        if len(earlier) < start:
+            raise EdgetuneError(f"{path}: cannot resume, the trajectory log holds {len(earlier)} steps "
+                                f"and the checkpoint is at step {start}")
+        return Trajectory(self.header, earlier[:start])
+
+    def to_bytes(self) -> bytes:
+        text = json.dumps({**self.header, "records": len(self.records)}, sort_keys=True).encode("utf-8")
+        data = b"".join([_PREAMBLE.pack(MAGIC, VERSION, len(text)), text, *self._encoded])
+        return data + hashlib.sha256(data).digest()
+
+    def write(self, path: str | Path) -> None:
+        try:
+            atomic_write_bytes(path, self.to_bytes())
+        except OSError as exc:
+            raise EdgetuneError(f"{path}: could not write the trajectory log ({exc.strerror})") from None
+
+    @classmethod
+    def read(cls, path: str | Path) -> Trajectory:
+        """Parse ``path``; every way it can be unusable is a one-line :class:`EdgetuneError`."""
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise EdgetuneError(f"{path}: cannot read the trajectory log ({exc.strerror})") from None
+        if len(data) < _PREAMBLE.size or not data.startswith(MAGIC):
+            raise EdgetuneError(f"{path}: not an edgetune trajectory log (no {MAGIC.decode()} magic)")
+        _, version, header_len = _PREAMBLE.unpack_from(data)
+        if version != VERSION:
+            raise EdgetuneError(f"{path}: trajectory log version {version} is not supported (expected {VERSION})")
+        data, digest = data[:-_DIGEST_SIZE], data[-_DIGEST_SIZE:]
+        if hashlib.sha256(data).digest() != digest:
+            raise EdgetuneError(f"{path}: trajectory log is truncated or corrupt (it does not match its checksum)")
+        start = _PREAMBLE.size + header_len
+        try:
+            header = json.loads(data[_PREAMBLE.size:start].decode("utf-8"))
+            count = int(header.pop("records"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise EdgetuneError(f"{path}: corrupt trajectory log header") from None
+        body = data[start:]
+        try:
+            noise = header["config"]["noise"]
+        except (KeyError, TypeError):
+            raise EdgetuneError(f"{path}: corrupt trajectory log header (no noise kind)") from None
+        records = _decode_all(body, count, noise, path)
+        return cls(header, records)
+
+
+def _encode(record: StepRecord) -> bytes:
+    extra = {k: v for k, v in record.to_json().items() if k not in _CORE_FIELDS}
+    extra_bytes = json.dumps(extra, separators=(",", ":"), sort_keys=True).encode("utf-8") if extra else b""
+    q = len(record.seeds)
+    head = _RECORD.pack(record.step, q, len(extra_bytes), record.lr, record.eps, record.weight_decay, record.loss)
+    queries = b"".join(_QUERY.pack(seed, g) for seed, g in zip(record.seeds, record.grads))
+    return head + queries + extra_bytes
+
+
+def _decode_all(body: bytes, count: int, noise: str, path: Path) -> list[StepRecord]:
+    known = {f.name for f in fields(StepRecord)}
+    records, offset = [], 0
+    for _ in range(count):
+        if offset + _RECORD.size > len(body):
+            raise EdgetuneError(f"{path}: trajectory log is truncated after {len(records)} of {count} steps")
+        step, q, extra_len, lr, eps, wd, loss = _RECORD.unpack_from(body, offset)
+        offset += _RECORD.size
+        end = offset + q * _QUERY.size + extra_len
+        if end > len(body):
+            raise EdgetuneError(f"{path}: trajectory log is truncated after {len(records)} of {count} steps")
+        pairs = [_QUERY.unpack_from(body, offset + i * _QUERY.size) for i in range(q)]
+        offset += q * _QUERY.size
+        extra = json.loads(body[offset:end]) if extra_len else {}
+        offset = end
+        unknown = set(extra) - known
+        if unknown:
+            raise EdgetuneError(f"{path}: step {step} has fields this edgetune does not know ({', '.join(sorted(unknown))})")
+        records.append(StepRecord(step=step, seeds=[s for s, _ in pairs], grads=[g for _, g in pairs], lr=lr, eps=eps,
+                                  weight_decay=wd, noise=noise, loss=loss, **extra))
+    if offset != len(body):
+        raise EdgetuneError(f"{path}: trajectory log has {len(body) - offset} bytes after its {count} steps")
+    return records

@@ -1,0 +1,135 @@
+"""DiZO: learning, the projection's clip, θ0 memory-mapped, forwards counted, resume and replay exact."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from edgetune import Tuner
+from edgetune.config import TrainConfig
+from edgetune.graph.cache import _SafetensorsFile
+from edgetune.trajectory import FILE_NAME as TRAJECTORY, Trajectory
+from edgetune.zo import Anchors, build_optimizer
+
+DIZO = dict(optimizer="dizo", lr=5e-3, eps=1e-3, queries=2, dizo_interval=5, dizo_iters=4)
+
+
+def _run_steps(tuner: Tuner, train_path: Path, config: TrainConfig, steps: int) -> list:
+    optimizer = build_optimizer(config, tuner.arena.buffer(), anchors=tuner.anchors)
+    train = tuner.load_data(train_path)
+    tuner.engine.set_batch(train.batch(range(16), tuner.info.data_inputs))
+    return [optimizer.step(t, lambda: np.mean(tuner.engine.loss())) for t in range(steps)]
+
+
+def _distances(tuner: Tuner) -> dict[str, float]:
+    return {name: float(np.linalg.norm((view - tuner.anchors.initial[name]).astype(np.float64)))
+            for name, view in tuner.weights.items()}
+
+
+def _vm_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def test_dizo_trains_the_tiny_classifier_and_counts_the_projection_forwards(classifier):
+    records = []
+
+    class Collect:
+        def on_start(self, start, total): ...
+        def on_eval(self, step, metrics): ...
+        def on_step(self, record):
+            records.append(record)
+
+    tuner = Tuner.from_onnx(classifier["model"], trainable="last:1")
+    result = tuner.fit(classifier["train"], eval_data=classifier["dev"], steps=200, progress=Collect(),
+                       **{**DIZO, "dizo_interval": 20})
+    assert result.before["accuracy"] < 0.7 and result.after["accuracy"] >= 0.9
+    projected = [r for r in records if r.projection is not None]
+    assert [r.step for r in projected] == list(range(19, 200, 20))
+    assert all(r.forwards == 2 * 2 + 2 * 4 for r in projected)
+    assert all(r.forwards == 2 * 2 for r in records if r.projection is None)
+    assert result.forward_passes == sum(r.forwards for r in records) == 200 * 4 + 10 * 8
+
+
+def test_projection_keeps_each_distance_within_tau_of_its_pre_projection_value(classifier):
+    """DiZO's step 4 is ZO-SGD's step 4 followed by the projection: a ZO-SGD twin gives the distances before it."""
+    dizo, sgd = (Tuner.from_onnx(classifier["model"], trainable="last:1") for _ in range(2))
+    records = _run_steps(dizo, classifier["train"], TrainConfig(**DIZO, dizo_tau=0.1), 5)
+    _run_steps(sgd, classifier["train"], TrainConfig(**{**DIZO, "optimizer": "zo-sgd"}), 5)
+    before, after = _distances(sgd), _distances(dizo)
+    scales = records[-1].projection["scales"]
+    assert set(scales) == set(before) and any(s != 1 for s in scales.values()), "the search should move r"
+    for name, distance in before.items():
+        assert distance > 0
+        ratio = after[name] / distance
+        assert 0.9 - 1e-4 <= ratio <= 1.1 + 1e-4, name
+        assert ratio == pytest.approx(scales[name], rel=1e-4), name
+
+
+def test_anchor_is_a_read_only_file_mapping_of_the_prepared_cache(classifier):
+    tuner = Tuner.from_onnx(classifier["model"], trainable="last:1")
+    name, view = next(iter(tuner.weights.items()))
+    anchor = tuner.anchors.initial[name]
+    assert not anchor.flags.writeable
+    np.testing.assert_array_equal(anchor, view)  # θ0 before any step
+    address = anchor.ctypes.data
+    mapped = [line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+              if int(line.split("-")[0], 16) <= address < int(line.split()[0].split("-")[1], 16)]
+    assert mapped and mapped[0].endswith("initial.safetensors")
+
+
+def test_projection_does_not_hold_a_second_copy_of_the_arena_in_memory(tmp_path):
+    """Anchors of 64 MB: the projection streams them, so RSS during its forwards stays near the arena's."""
+    n = 1 << 24
+    rng = np.random.default_rng(0)
+    initial = {"a": rng.standard_normal(n // 2, dtype=np.float32), "b": rng.standard_normal(n // 2, dtype=np.float32)}
+    save_file(initial, str(tmp_path / "initial.safetensors"))
+    buffer = np.concatenate([initial["a"], initial["b"]])
+    del initial
+    buffer += np.float32(1e-2)  # some divergence from θ0 to rescale
+    weights = {"a": buffer[: n // 2], "b": buffer[n // 2:]}
+    anchors = Anchors(weights, _SafetensorsFile(tmp_path / "initial.safetensors").map_readonly())
+    config = TrainConfig(optimizer="dizo", lr=1e-3, eps=1e-3, dizo_interval=1, dizo_iters=3)
+    optimizer = build_optimizer(config, buffer, anchors=anchors)
+    baseline, seen = _vm_rss_mb(), []
+
+    def loss() -> float:
+        seen.append(_vm_rss_mb())
+        return float(np.sum(buffer[:4096] ** 2))
+
+    record = optimizer.step(0, loss)
+    assert record.projection is not None and len(seen) == 2 + 2 * 3
+    assert max(seen) - baseline < 16, f"RSS grew by {max(seen) - baseline:.0f} MB over a {4 * n >> 20} MB arena"
+
+
+def test_resume_and_replay_equal_the_uninterrupted_run_bit_for_bit(classifier, tmp_path):
+    options = {**DIZO, "steps": 16, "seed": 3, "dizo_interval": 4}
+    straight = Tuner.from_onnx(classifier["model"], trainable="last:1")
+    straight.fit(classifier["train"], output_dir=tmp_path / "a", **options)
+
+    class KillAtStep:
+        def on_start(self, start, total): ...
+        def on_eval(self, step, metrics): ...
+        def on_step(self, record):
+            if record.step == 9:
+                raise KeyboardInterrupt
+
+    interrupted = Tuner.from_onnx(classifier["model"], trainable="last:1")
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(classifier["train"], output_dir=tmp_path / "b", save_every=6, progress=KillAtStep(), **options)
+    resumed = Tuner.from_onnx(classifier["model"], trainable="last:1")
+    resumed.fit(classifier["train"], output_dir=tmp_path / "b", resume=True, **options)
+    for name, value in straight.weights.items():
+        np.testing.assert_array_equal(value, resumed.weights[name], err_msg=name)
+
+    log = Trajectory.read(tmp_path / "b" / TRAJECTORY)
+    assert sum(r.projection is not None for r in log.records) == 4
+    replayed = Tuner.from_onnx(classifier["model"], trainable="last:1")
+    optimizer = build_optimizer(TrainConfig(**options), replayed.arena.buffer(), anchors=replayed.anchors)
+    for record in log.records:
+        optimizer.replay(record)
+    for name, value in straight.weights.items():
+        np.testing.assert_array_equal(value, replayed.weights[name], err_msg=name)
