@@ -8,8 +8,6 @@ import statistics
 import time
 from pathlib import Path
 
-import onnxruntime as ort
-
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -62,6 +60,8 @@ def median_time(fn, repeats: int) -> float:
 
 def machine() -> dict:
     import os
+
+    import onnxruntime as ort  # here, not at the top: peer children (bench_peers) must not load it
 
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "onnxruntime": ort.__version__, "python": platform.python_version()}
