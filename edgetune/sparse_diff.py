@@ -12,10 +12,7 @@ The header names the base model (its sha256) and each tensor: ``name`` (the base
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,18 +20,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from edgetune import framed
 from edgetune.checkpoint import file_digest
 from edgetune.errors import EdgetuneError
 from edgetune.graph.lift import fold_weights, save_model
 from edgetune.graph.model import load_model
 from edgetune.graph.sparse import add_deltas, plan_sparse, split_sparse
-from edgetune.io import atomic_write_bytes
 
 MAGIC = b"ETDIFF"
 VERSION = 1
 FILE_NAME = "sparse.etdiff"
-_PREAMBLE = struct.Struct("<6sII")  # magic, version, header length
-_DIGEST_SIZE = 32
+_WHAT = "sparse diff"
 _ADD, _SET = "add", "set"
 
 
@@ -52,35 +48,17 @@ class SparseDiff:
         for name, value in self.values.items():
             tensors.append({"name": name, "op": _SET, "shape": list(value.shape), "dtype": "float32"})
             chunks.append(np.ascontiguousarray(value, "<f4").tobytes())
-        header = json.dumps({"base_sha256": self.base_sha256, "tensors": tensors}, sort_keys=True).encode("utf-8")
-        data = b"".join([_PREAMBLE.pack(MAGIC, VERSION, len(header)), header, *chunks])
-        return data + hashlib.sha256(data).digest()
+        return framed.pack(MAGIC, VERSION, {"base_sha256": self.base_sha256, "tensors": tensors}, chunks)
 
     def write(self, path: str | Path) -> None:
-        try:
-            atomic_write_bytes(path, self.to_bytes())
-        except OSError as exc:
-            raise EdgetuneError(f"{path}: could not write the sparse diff ({exc.strerror})") from None
+        framed.write(path, self.to_bytes(), _WHAT)
 
     @classmethod
     def read(cls, path: str | Path) -> SparseDiff:
         """Parse ``path``; every way it can be unusable is a one-line :class:`EdgetuneError`."""
-        path = Path(path)
+        header, data = framed.read(path, MAGIC, VERSION, _WHAT)
+        offset = 0
         try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise EdgetuneError(f"{path}: cannot read the sparse diff ({exc.strerror})") from None
-        if len(data) < _PREAMBLE.size + _DIGEST_SIZE or not data.startswith(MAGIC):
-            raise EdgetuneError(f"{path}: not an edgetune sparse diff (no {MAGIC.decode()} magic)")
-        _, version, header_len = _PREAMBLE.unpack_from(data)
-        if version != VERSION:
-            raise EdgetuneError(f"{path}: sparse diff version {version} is not supported (expected {VERSION})")
-        data, digest = data[:-_DIGEST_SIZE], data[-_DIGEST_SIZE:]
-        if hashlib.sha256(data).digest() != digest:
-            raise EdgetuneError(f"{path}: sparse diff is truncated or corrupt (it does not match its checksum)")
-        offset = _PREAMBLE.size + header_len
-        try:
-            header = json.loads(data[_PREAMBLE.size:offset].decode("utf-8"))
             diff = cls(str(header["base_sha256"]))
             for entry in header["tensors"]:
                 if entry["op"] == _ADD:

@@ -17,7 +17,6 @@ refused rather than replayed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from collections.abc import Iterable
@@ -25,17 +24,16 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from edgetune import framed
 from edgetune.errors import EdgetuneError
-from edgetune.io import atomic_write_bytes
 from edgetune.zo import StepRecord
 
 MAGIC = b"ETLOG"
 VERSION = 1
 FILE_NAME = "run.etlog"
-_PREAMBLE = struct.Struct("<5sII")  # magic, version, header length
 _RECORD = struct.Struct("<IHHffff")  # step, q, extra length, lr, ε, weight decay, loss
 _QUERY = struct.Struct("<Qf")  # seed, g
-_DIGEST_SIZE = 32  # the trailing sha256
+_WHAT = "trajectory log"
 _CORE_FIELDS = ("step", "seeds", "grads", "lr", "eps", "weight_decay", "noise", "loss")
 
 
@@ -75,45 +73,21 @@ class Trajectory:
         return Trajectory(self.header, earlier[:start])
 
     def to_bytes(self) -> bytes:
-        text = json.dumps({**self.header, "records": len(self.records)}, sort_keys=True).encode("utf-8")
-        data = b"".join([_PREAMBLE.pack(MAGIC, VERSION, len(text)), text, *self._encoded])
-        return data + hashlib.sha256(data).digest()
+        return framed.pack(MAGIC, VERSION, {**self.header, "records": len(self.records)}, self._encoded)
 
     def write(self, path: str | Path) -> None:
-        try:
-            atomic_write_bytes(path, self.to_bytes())
-        except OSError as exc:
-            raise EdgetuneError(f"{path}: could not write the trajectory log ({exc.strerror})") from None
+        framed.write(path, self.to_bytes(), _WHAT)
 
     @classmethod
     def read(cls, path: str | Path) -> Trajectory:
         """Parse ``path``; every way it can be unusable is a one-line :class:`EdgetuneError`."""
-        path = Path(path)
+        header, body = framed.read(path, MAGIC, VERSION, _WHAT)
         try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise EdgetuneError(f"{path}: cannot read the trajectory log ({exc.strerror})") from None
-        if len(data) < _PREAMBLE.size or not data.startswith(MAGIC):
-            raise EdgetuneError(f"{path}: not an edgetune trajectory log (no {MAGIC.decode()} magic)")
-        _, version, header_len = _PREAMBLE.unpack_from(data)
-        if version != VERSION:
-            raise EdgetuneError(f"{path}: trajectory log version {version} is not supported (expected {VERSION})")
-        data, digest = data[:-_DIGEST_SIZE], data[-_DIGEST_SIZE:]
-        if hashlib.sha256(data).digest() != digest:
-            raise EdgetuneError(f"{path}: trajectory log is truncated or corrupt (it does not match its checksum)")
-        start = _PREAMBLE.size + header_len
-        try:
-            header = json.loads(data[_PREAMBLE.size:start].decode("utf-8"))
             count = int(header.pop("records"))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise EdgetuneError(f"{path}: corrupt trajectory log header") from None
-        body = data[start:]
-        try:
             noise = header["config"]["noise"]
-        except (KeyError, TypeError):
-            raise EdgetuneError(f"{path}: corrupt trajectory log header (no noise kind)") from None
-        records = _decode_all(body, count, noise, path)
-        return cls(header, records)
+        except (ValueError, KeyError, TypeError):
+            raise EdgetuneError(f"{path}: corrupt {_WHAT} header") from None
+        return cls(header, _decode_all(body, count, noise, Path(path)))
 
 
 def _encode(record: StepRecord) -> bytes:

@@ -1,0 +1,63 @@
+"""The container edgetune's own file formats share (``.etlog``, ``.etdiff``)::
+
+    magic  u32 version  u32 header_bytes  header (UTF-8 JSON)  payload  sha256 of every byte before it
+
+The trailing digest makes a truncated or altered file an error instead of a silently wrong model;
+every way a file can be unusable is a one-line :class:`EdgetuneError` naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+from edgetune.errors import EdgetuneError
+from edgetune.io import atomic_write_bytes
+
+_DIGEST_SIZE = 32
+
+
+def _preamble(magic: bytes) -> struct.Struct:
+    return struct.Struct(f"<{len(magic)}sII")  # magic, version, header length
+
+
+def pack(magic: bytes, version: int, header: dict[str, Any], payload: list[bytes]) -> bytes:
+    text = json.dumps(header, sort_keys=True).encode("utf-8")
+    data = b"".join([_preamble(magic).pack(magic, version, len(text)), text, *payload])
+    return data + hashlib.sha256(data).digest()
+
+
+def write(path: str | Path, data: bytes, what: str) -> None:
+    """Atomically (temporary file, fsync, rename): an interrupted write keeps the previous file."""
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise EdgetuneError(f"{path}: could not write the {what} ({exc.strerror})") from None
+
+
+def read(path: str | Path, magic: bytes, version: int, what: str) -> tuple[dict[str, Any], bytes]:
+    """The header and the payload of ``path``, checked against magic, version and digest."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise EdgetuneError(f"{path}: cannot read the {what} ({exc.strerror})") from None
+    preamble = _preamble(magic)
+    if len(data) < preamble.size + _DIGEST_SIZE or not data.startswith(magic):
+        raise EdgetuneError(f"{path}: not an edgetune {what} (no {magic.decode()} magic)")
+    _, found, header_len = preamble.unpack_from(data)
+    if found != version:
+        raise EdgetuneError(f"{path}: {what} version {found} is not supported (expected {version})")
+    data, digest = data[:-_DIGEST_SIZE], data[-_DIGEST_SIZE:]
+    if hashlib.sha256(data).digest() != digest:
+        raise EdgetuneError(f"{path}: {what} is truncated or corrupt (it does not match its checksum)")
+    start = preamble.size + header_len
+    try:
+        header = json.loads(data[preamble.size:start].decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        header = None
+    if not isinstance(header, dict):
+        raise EdgetuneError(f"{path}: corrupt {what} header")
+    return header, data[start:]
