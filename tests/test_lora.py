@@ -126,6 +126,10 @@ def test_spec_grammar_and_defaults():
     assert (default.rank, default.alpha, default.scale, default.targets, default.frozen_a) == (8, 16.0, 2.0, ("q", "v"), False)
     _, fa = split_lora("lora:targets=gate,up,alpha=4,fa,r=2,seed=3")
     assert fa == LoraSpec(rank=2, alpha=4.0, targets=("gate", "up"), frozen_a=True, seed=3)
+    assert default.layers is None
+    _, late = split_lora("lora:r=2,layers=22-29,targets=o,down,fa")
+    assert late == LoraSpec(rank=2, alpha=4.0, targets=("o", "down"), frozen_a=True, layers=(22, 29))
+    assert split_lora("lora:targets=q,layers=3")[1].layers == (3, 3)
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -136,6 +140,9 @@ def test_spec_grammar_and_defaults():
     ("lora:r=4,targets=q,head", "'head' follows the lora: term, which must come last"),
     ("lora:rank=4", "unknown lora option 'rank'"),
     ("lora:targets=", "targets= names no layers"),
+    ("lora:layers=3-1", "lora layers=3-1 is an empty range"),
+    ("lora:layers=x-2", "lora layers must be a non-negative integer, not 'x'"),
+    ("lora:layers=1-2,layers=3", "lora option 'layers' given twice"),
 ])
 def test_bad_lora_specs_are_one_line_errors(spec, message):
     with pytest.raises(ModelError, match=message) as info:
@@ -165,6 +172,24 @@ def test_aliases_map_per_family_and_bert_down_is_not_the_attention_output():
     assert [l.module for l in stripped] == ["bert.encoder.layer.0.attention.self.query"]
     # tied lm_head (a Transpose of the embedding) is not a linear layer edgetune can merge into
     assert "lm_head" not in {l.module for l in find_linears(build_causal_lm(None, tie_embeddings=True))}
+
+
+def test_layers_option_adapts_only_the_blocks_in_range_and_the_prefix_runs_the_rest(tmp_path):
+    path = tmp_path / "lm.onnx"
+    build_causal_lm(path, layers=4)
+    model = onnx.load(str(path))
+    chosen = [l.linear.module for l in plan_lora(model, split_lora("lora:targets=o,down,layers=2-3")[1])]
+    assert chosen == [f"model.layers.{i}.{m}" for i in (2, 3) for m in ("self_attn.o_proj", "mlp.down_proj")]
+    with pytest.raises(ModelError, match="lora target 'lm_head' matches no linear layer"):  # outside every block
+        plan_lora(model, LoraSpec(targets=("lm_head",), layers=(2, 3)))
+    with pytest.raises(ModelError, match=r"lm.onnx: lora layers=4-9 matches no linear layer \(blocks 0-3\)"):
+        plan_lora(model, LoraSpec(layers=(4, 9)), "lm.onnx")
+
+    prepared = prepare(path, "lora:r=2,targets=q,layers=3")
+    assert {p.block for p in prepared.params} == {3}
+    prefix_ops = {n.name for n in prepared.prefix.graph.node}
+    assert any(n.startswith("/model/layers.2/") for n in prefix_ops), "blocks before the range run once per step"
+    assert not any(n.name.startswith("/model/layers.2/") for n in prepared.suffix.graph.node)
 
 
 def plan_lora_modules(model, targets):

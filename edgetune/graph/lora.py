@@ -131,7 +131,14 @@ def match_targets(linears: list[Linear], targets: tuple[str, ...], where: str) -
 
 
 def plan_lora(model: onnx.ModelProto, spec: LoraSpec, where: str = "model") -> list[LoraLayer]:
-    return [LoraLayer(linear, spec.rank, spec.scale) for linear in match_targets(find_linears(model), spec.targets, where)]
+    linears = find_linears(model)
+    in_range = [linear for linear in linears if spec.covers(block_of_name(linear.module))]
+    if not in_range:
+        blocks = sorted({b for b in (block_of_name(linear.module) for linear in linears) if b is not None})
+        span = f"blocks {blocks[0]}-{blocks[-1]}" if blocks else "no blocks found"
+        first, last = spec.layers
+        raise ModelError(f"{where}: lora layers={first}-{last} matches no linear layer ({span})")
+    return [LoraLayer(linear, spec.rank, spec.scale) for linear in match_targets(in_range, spec.targets, where)]
 
 
 def initial_values(layers: list[LoraLayer], seed: int) -> dict[str, np.ndarray]:

@@ -14,8 +14,12 @@ anything else      a glob over weight names (``*.bias``, ``classifier.*``)
                    because its options are comma-separated too: ``lora:r=8,targets=q,v,alpha=16,fa``.
                    ``r`` rank (default 8), ``alpha`` scale numerator (default 2r, so alpha/r = 2),
                    ``targets`` aliases ``q,k,v,o,gate,up,down`` or module-name suffixes (default q,v),
-                   ``fa`` LoRA-FA (A frozen, only B tuned), ``seed`` for A's initialisation (default 0).
+                   ``fa`` LoRA-FA (A frozen, only B tuned), ``seed`` for A's initialisation (default 0),
+                   ``layers=A-B`` (or ``layers=A``) only the linear layers of blocks A..B (default all).
                    ``head,lora:r=4,targets=q,v`` tunes the head weights and adapters on q and v.
+``sparse:OPTIONS`` δ slices of linear weights (see ``graph.sparse``); last, like ``lora:``, and not with it:
+                   ``density`` fraction of each weight tuned, ``score=magnitude``, ``targets`` as for lora
+                   (default every linear layer).
 """
 
 from __future__ import annotations
@@ -42,6 +46,13 @@ class LoraSpec:
     targets: tuple[str, ...] = _LORA_DEFAULT_TARGETS
     frozen_a: bool = False  # LoRA-FA
     seed: int = 0
+    layers: tuple[int, int] | None = None  # first and last block (inclusive); None: every block and the head
+
+    def covers(self, block: int | None) -> bool:
+        """Whether a linear layer in ``block`` (None: outside every block) gets an adapter."""
+        if self.layers is None:
+            return True
+        return block is not None and self.layers[0] <= block <= self.layers[1]
 
     @property
     def scale(self) -> float:
@@ -68,8 +79,8 @@ def _parse_lora(tokens: list[str], spec: str) -> LoraSpec:
     for token in (t for t in tokens if t):
         key, eq, value = token.partition("=")
         if eq:
-            if key not in ("r", "alpha", "targets", "seed"):
-                raise fail(f"unknown lora option '{key}' (options: r, alpha, targets, seed, fa)")
+            if key not in ("r", "alpha", "targets", "seed", "layers"):
+                raise fail(f"unknown lora option '{key}' (options: r, alpha, targets, seed, layers, fa)")
             if key in options:
                 raise fail(f"lora option '{key}' given twice")
             options[key] = value
@@ -87,7 +98,17 @@ def _parse_lora(tokens: list[str], spec: str) -> LoraSpec:
     rank = _number(options.get("r", "8"), int, "r", fail)
     alpha = _number(options["alpha"], float, "alpha", fail) if "alpha" in options else 2.0 * rank
     seed = _number(options.get("seed", "0"), int, "seed", fail, allow_zero=True)
-    return LoraSpec(rank, alpha, tuple(dict.fromkeys(targets)) or _LORA_DEFAULT_TARGETS, frozen_a, seed)
+    layers = _block_range(options["layers"], fail) if "layers" in options else None
+    return LoraSpec(rank, alpha, tuple(dict.fromkeys(targets)) or _LORA_DEFAULT_TARGETS, frozen_a, seed, layers)
+
+
+def _block_range(text: str, fail) -> tuple[int, int]:
+    low, dash, high = text.partition("-")
+    first = _number(low, int, "layers", fail, allow_zero=True)
+    last = _number(high, int, "layers", fail, allow_zero=True) if dash else first
+    if last < first:
+        raise fail(f"lora layers={text} is an empty range (write layers=FIRST-LAST)")
+    return first, last
 
 
 def _number(text: str, kind, name: str, fail, allow_zero: bool = False):
