@@ -63,3 +63,7 @@ class ZOBase:
             seed, eps = self._pending
             _core.perturb(self.buffer, seed, -eps, self.noise)
             self._pending = None
+
+    def state_nbytes(self) -> int:
+        """Bytes of optimizer state beyond the arena (0: θ is the whole state)."""
+        return 0

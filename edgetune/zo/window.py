@@ -160,10 +160,6 @@ class WindowedZO(ZOBase):
         """From θ − εz_{q−1}: restore, θ ← decay·θ − lr·(direction), then add ``nxt`` = (seed, ε), if any."""
         raise NotImplementedError
 
-    def state_nbytes(self) -> int:
-        """Bytes of optimizer state beyond the arena."""
-        raise NotImplementedError
-
 
 class _MomentWindow(WindowedZO):
     """Shared by ZO momentum and ZO-Adam: the window of (seed, g) pairs and β1, β2."""
