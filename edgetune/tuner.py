@@ -44,14 +44,16 @@ from edgetune.trajectory import FILE_NAME as TRAJECTORY, Trajectory
 from edgetune.zo import Anchors, StepRecord, build_optimizer
 from edgetune.zo.importance import importance_count
 from edgetune.zo.prge import ParallelZO, parallel_strategy
+from edgetune.zo.subset import block_subsets
 
 CHECKPOINT = "checkpoint.safetensors"
+TOKENIZER_SIDECARS = ("tokenizer_config.json", "chat_template.jinja")  # read beside tokenizer.json
 _EVAL_LOGITS_BUDGET = 1 << 24  # logits cells per evaluation run: 64 MB per fp32 copy
 # Fields that change the trajectory: a resumed run must use the same values.
 _TRAJECTORY_KEYS = ("optimizer", "batch_size", "lr", "eps", "queries", "schedule", "warmup", "weight_decay", "noise", "seed",
                     "query_schedule", "queries_min", "query_threshold",
                     "dizo_interval", "dizo_iters", "dizo_eps", "dizo_step", "dizo_tau",
-                    "window", "beta1", "beta2", "topk_density", "parallel")
+                    "window", "beta1", "beta2", "topk_density", "parallel", "rotate", "rotate_every", "rotate_mode")
 
 
 class Progress(Protocol):
@@ -244,6 +246,7 @@ class Tuner:
         config.validate()
         if not self.weights:
             raise EdgetuneError("nothing to tune: the tuner was created with trainable=None")
+        subsets = block_subsets(config, self.params, self.arena)  # a --rotate K the slice cannot take fails here
         out = Path(output_dir) if output_dir else None
         train = self.load_data(data)
         dev = self.load_data(eval_data) if eval_data else None
@@ -263,7 +266,7 @@ class Tuner:
             if before is not None and not resume:
                 progress.on_eval(0, before)
 
-        optimizer = build_optimizer(config, self.arena.buffer(), anchors=self.anchors)
+        optimizer = build_optimizer(config, self.arena.buffer(), anchors=self.anchors, subsets=subsets)
         if resume:
             optimizer.load_state_dict(optimizer_state)
         stream = BatchStream(len(train), config.batch_size, config.seed)
@@ -364,7 +367,14 @@ class Tuner:
             "template": self.verbalizer.template if self.verbalizer else None,
             "data": file_digest(data),
             "model": file_digest(self.model_path),
+            "tokenizer": self._tokenizer_digest(),
         }
+
+    def _tokenizer_digest(self) -> str:
+        """The files that decide every token id: the vocabulary, and the chat template and eos that
+        turn a messages or prompt record into tokens."""
+        files = [self.tokenizer_path] + [self.tokenizer_path.parent / name for name in TOKENIZER_SIDECARS]
+        return ",".join(file_digest(f) for f in files if f.is_file())
 
     def _trajectory_header(self, config: TrainConfig, model_digest: str) -> dict[str, Any]:
         """What ``edgetune replay`` needs besides the steps: the base, the slice, the optimizer, the metadata."""
@@ -381,7 +391,7 @@ class Tuner:
         saved = state.get("fingerprint", {})
         for key, value in fingerprint.items():
             if saved.get(key) != value:
-                what = "file contents" if key in ("data", "model") else f"value {saved.get(key)!r}"
+                what = "file contents" if key in ("data", "model", "tokenizer") else f"value {saved.get(key)!r}"
                 raise EdgetuneError(f"{path}: cannot resume, '{key}' differs from the checkpoint ({what})")
         if set(tensors) != set(self.weights):
             raise EdgetuneError(f"{path}: checkpoint holds different trainable tensors than --trainable selects")
@@ -430,7 +440,7 @@ class Tuner:
             save_checkpoint(out / "trainable.safetensors", self.weights, state)
             if self.tokenizer_path.resolve() != (out / "tokenizer.json").resolve():
                 shutil.copyfile(self.tokenizer_path, out / "tokenizer.json")
-                for sidecar in ("tokenizer_config.json", "chat_template.jinja"):  # chat rendering, eos for generate
+                for sidecar in TOKENIZER_SIDECARS:  # chat rendering, eos for generate
                     if (self.tokenizer_path.parent / sidecar).is_file():
                         shutil.copyfile(self.tokenizer_path.parent / sidecar, out / sidecar)
             if summary is not None:

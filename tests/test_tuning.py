@@ -1,6 +1,7 @@
 """End to end on tiny exported-style models: learning, fold-back, resume, determinism, replay."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -10,7 +11,7 @@ from onnx import helper, numpy_helper
 
 from edgetune import Tuner, _core
 from edgetune.data import BatchStream
-from edgetune.errors import TrainingError
+from edgetune.errors import EdgetuneError, TrainingError
 
 FAST = dict(steps=400, lr=5e-3, eps=1e-3, batch_size=16, queries=2, schedule="linear")
 
@@ -154,3 +155,15 @@ def test_batch_order_does_not_depend_on_history():
     stream = BatchStream(37, 8, seed=5)
     later = stream.indices(100).tolist()
     assert BatchStream(37, 8, seed=5).indices(100).tolist() == later
+
+
+def test_resume_refuses_a_different_tokenizer(classifier, tmp_path):
+    """Same model and data, another vocabulary: every token id of the resumed run would change."""
+    Tuner.from_onnx(classifier["model"], trainable="last:1").fit(classifier["train"], output_dir=tmp_path / "out", steps=3)
+    other = tmp_path / "tokenizer.json"
+    vocab = json.loads((Path(classifier["model"]).parent / "tokenizer.json").read_text())
+    vocab["normalizer"] = None  # same ids, different tokens for cased text
+    other.write_text(json.dumps(vocab))
+    again = Tuner.from_onnx(classifier["model"], trainable="last:1", tokenizer=other)
+    with pytest.raises(EdgetuneError, match="cannot resume, 'tokenizer' differs from the checkpoint"):
+        again.fit(classifier["train"], output_dir=tmp_path / "out", steps=6, resume=True)
