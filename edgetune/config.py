@@ -48,6 +48,11 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     topk_density: float = 0.01  # zo-microadam: fraction of each step's estimate kept in the window
+    # --rotate K: each step perturbs and updates K of the trainable blocks (and everything outside the blocks),
+    # the same K for `rotate_every` steps, walked in order (cyclic) or drawn from the seed (random); 0: off
+    rotate: int = 0
+    rotate_every: int = 1
+    rotate_mode: str = "random"  # cyclic | random (edgetune.zo.subset)
 
     def validate(self) -> None:
         positive = ("steps", "batch_size", "queries", "eval_batch_size", "dizo_interval", "dizo_iters")
@@ -87,6 +92,21 @@ class TrainConfig:
             raise EdgetuneError("--parallel on/auto needs --optimizer zo-sgd with --query-schedule fixed")
         if self.schedule not in ("constant", "linear", "cosine"):
             raise EdgetuneError(f"--schedule must be constant, linear or cosine, not '{self.schedule}'")
+        self._validate_rotation()
+
+    def _validate_rotation(self) -> None:
+        from edgetune.zo.subset import ROTATE_MODES
+
+        if self.rotate < 0:
+            raise EdgetuneError(f"--rotate must be 0 (off) or a number of blocks, not {self.rotate}")
+        if self.rotate_every < 1:
+            raise EdgetuneError(f"--rotate-every must be at least 1, not {self.rotate_every}")
+        if self.rotate_mode not in ROTATE_MODES:
+            raise EdgetuneError(f"--rotate-mode must be {' or '.join(ROTATE_MODES)}, not '{self.rotate_mode}'")
+        if self.rotate and self.optimizer != "zo-sgd":
+            raise EdgetuneError(f"--rotate works with --optimizer zo-sgd only, not '{self.optimizer}'")
+        if self.rotate and self.parallel != "off":
+            raise EdgetuneError("--rotate needs --parallel off (P-RGE perturbs copies of the whole slice)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

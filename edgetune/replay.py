@@ -21,6 +21,7 @@ from edgetune.graph.model import LABELS_KEY
 from edgetune.trajectory import Trajectory
 from edgetune.tuner import Tuner
 from edgetune.zo import build_optimizer
+from edgetune.zo.subset import block_subsets
 
 
 def replay_run(base_path: str | Path, log_path: str | Path, output_dir: str | Path,
@@ -49,7 +50,8 @@ def replay_run(base_path: str | Path, log_path: str | Path, output_dir: str | Pa
                             f"{base_path} than the run tuned (a different edgetune version?)")
     if verbalizer is None and LABELS_KEY in metadata:
         tuner.labels = LabelSet(json.loads(metadata[LABELS_KEY]))  # labels from the run's data, not the base
-    optimizer = build_optimizer(config, tuner.arena.buffer(), anchors=tuner.anchors)
+    optimizer = build_optimizer(config, tuner.arena.buffer(), anchors=tuner.anchors,
+                                subsets=block_subsets(config, tuner.params, tuner.arena))
     for record in log.records:
         optimizer.replay(record)
     summary = {"replayed": str(log_path), "base": str(base_path), "steps": len(log.records), "config": header["config"]}

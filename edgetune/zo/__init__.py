@@ -15,6 +15,7 @@ from edgetune.zo.dizo import Anchors, DiZO
 from edgetune.zo.microadam import ZOMicroAdam
 from edgetune.zo.prge import ParallelZO
 from edgetune.zo.schedules import Schedule
+from edgetune.zo.subset import BlockSubsets
 from edgetune.zo.window import ZOAdam, ZOMomentum
 from edgetune.zo.zosgd import ZOSGD, StepRecord
 
@@ -46,20 +47,26 @@ OPTIMIZERS: dict[str, type] = {
 }
 
 
-def build_optimizer(config, buffer: np.ndarray, anchors: Anchors | None = None) -> Optimizer:
+def build_optimizer(config, buffer: np.ndarray, anchors: Anchors | None = None,
+                    subsets: BlockSubsets | None = None) -> Optimizer:
     """The optimizer ``config.optimizer`` names, over ``buffer``, with the config's schedules.
 
-    ``anchors`` (the pretrained θ0, memory-mapped) reaches only optimizers that declare ``uses_anchors``.
+    ``anchors`` (the pretrained θ0, memory-mapped) reaches only optimizers that declare ``uses_anchors``;
+    ``subsets`` (:func:`edgetune.zo.subset.block_subsets`, the arena's blocks) is required by ``--rotate``.
     """
+    if getattr(config, "rotate", 0) and subsets is None:
+        raise ValueError("--rotate needs the arena's block subsets (edgetune.zo.subset.block_subsets)")
     if getattr(config, "parallel", "off") == "on":  # P-RGE; Tuner.fit attaches its copy-batched engine
         return ParallelZO.from_config(config, buffer)
     cls = OPTIMIZERS[config.optimizer]
     if getattr(cls, "uses_anchors", False):
         return cls.from_config(config, buffer, anchors)
+    if subsets is not None:  # TrainConfig.validate lets --rotate reach ZO-SGD only
+        return cls.from_config(config, buffer, subsets=subsets)
     return cls.from_config(config, buffer)
 
 
 __all__ = [
-    "OPTIMIZERS", "Anchors", "DiZO", "Optimizer", "Schedule",
+    "OPTIMIZERS", "Anchors", "BlockSubsets", "DiZO", "Optimizer", "Schedule",
     "StepRecord", "ZOAdam", "ZOMicroAdam", "ZOMomentum", "ZOSGD", "build_optimizer",
 ]

@@ -1,5 +1,6 @@
 """What every ZO strategy over the arena holds: the buffer, the noise seed, the lr/ε schedules, the
-query policy, weight decay and noise kind — and a chained step's pending perturbation."""
+query policy, weight decay and noise kind, the arena spans a step works on (all of it, or a rotated
+block subset) — and a chained step's pending perturbation."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 from edgetune import _core
 from edgetune.zo.queries import FixedQueries, QueryPolicy, build_query_policy
 from edgetune.zo.schedules import Schedule
+from edgetune.zo.subset import BlockSubsets, Span
 
 
 class ZOBase:
@@ -25,8 +27,10 @@ class ZOBase:
         queries: int | QueryPolicy = 1,
         weight_decay: float = 0.0,
         noise: str = "gaussian",
+        subsets: BlockSubsets | None = None,
     ):
-        """``queries``: a :class:`QueryPolicy`, or an int for that many queries every step."""
+        """``queries``: a :class:`QueryPolicy`, or an int for that many queries every step; ``subsets``:
+        the rotated blocks each step works on (``--rotate``; None: the whole arena)."""
         if isinstance(queries, int):
             if queries < 1:
                 raise ValueError("queries must be >= 1")
@@ -38,7 +42,9 @@ class ZOBase:
         self.query_policy = queries
         self.weight_decay = weight_decay
         self.noise = noise
+        self.subsets = subsets
         self._pending: tuple[int, float] | None = None  # (seed, ε) of a perturbation applied by a chained step
+        self._pending_spans: list[Span] = [(0, len(buffer))]  # where it lies: all of θ unless a rotated step set it
 
     @staticmethod
     def settings(config, buffer: np.ndarray) -> dict[str, Any]:
@@ -54,14 +60,28 @@ class ZOBase:
         )
 
     @classmethod
-    def from_config(cls, config, buffer: np.ndarray):
-        return cls(**cls.settings(config, buffer))
+    def from_config(cls, config, buffer: np.ndarray, subsets: BlockSubsets | None = None):
+        return cls(**cls.settings(config, buffer), subsets=subsets)
+
+    def spans(self, t: int) -> list[Span]:
+        """The arena ranges step t perturbs and updates."""
+        return self.subsets.spans(t) if self.subsets is not None else [(0, len(self.buffer))]
+
+    def _perturb(self, spans: list[Span], seed: int, scale: float) -> None:
+        """θ += scale·z(seed) over ``spans``, each with the noise of its global arena offsets."""
+        for start, end in spans:
+            _core.perturb(self.buffer[start:end], seed, scale, self.noise, start)
+
+    def _combine(self, spans: list[Span], decay: float, seeds: list[int], coefs: list[float]) -> None:
+        """θ ← decay·θ + Σ coefs[k]·z(seeds[k]) over ``spans``; θ elsewhere is left as it is."""
+        for start, end in spans:
+            _core.combine(self.buffer[start:end], decay, seeds, coefs, self.noise, start)
 
     def settle(self) -> None:
         """Take back a chained perturbation (after an interruption): θ to within rounding."""
         if self._pending is not None:
             seed, eps = self._pending
-            _core.perturb(self.buffer, seed, -eps, self.noise)
+            self._perturb(self._pending_spans, seed, -eps)
             self._pending = None
 
     def state_nbytes(self) -> int:

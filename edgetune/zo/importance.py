@@ -26,6 +26,7 @@ from edgetune import _core
 from edgetune.data import BatchStream
 from edgetune.errors import EdgetuneError
 from edgetune.graph.blocks import HEAD
+from edgetune.zo.subset import ArenaBlocks
 
 IMPORTANCE = "importance"
 _TERM = re.compile(rf"(?:^|,)\s*{IMPORTANCE}:(\d+)\s*(?=,|$)")
@@ -90,15 +91,13 @@ def rank_blocks(
     ``tuner_options`` go to :meth:`Tuner.from_onnx` (tokenizer, max_length, threads, verbalizer, ...).
     The whole model is lifted for the measurement (an inference-sized arena) and released afterwards.
     """
-    from edgetune.graph.prepare import arena_group
     from edgetune.tuner import Tuner
 
     tuner = Tuner.from_onnx(onnx_path, trainable="all", **tuner_options)
-    blocks = sorted({p.block for p in tuner.params if p.block is not None})
+    groups = ArenaBlocks.of(tuner.params, tuner.arena).blocks
+    blocks = sorted(groups)
     if not blocks:
         raise EdgetuneError(f"{onnx_path}: importance scoring needs transformer blocks; none were found")
-    group_of = {p.block: arena_group(p) for p in tuner.params if p.block is not None}
-    groups = {b: tuple(tuner.arena.group_range(group_of[b])) for b in blocks}
     dataset = tuner.load_data(data)
     stream = BatchStream(len(dataset), batch_size, seed)
 

@@ -12,6 +12,11 @@ in turn, no FMA), so chaining never changes a bit of the trajectory; it only sav
 The arithmetic is the C API tuner's (``edgetune.h``), so an app embedding the C core gets the same
 weights. q per step comes from a query policy (``edgetune.zo.queries``): fixed, growing, or decided
 after each ± pair by the spread of the slopes so far (see :func:`fused_update` for the coefficients).
+
+Under ``--rotate`` (``edgetune.zo.subset``) every pass of step t runs over the spans of that step's
+blocks only; the rest of θ, decay included, is left as it is. A chained step fuses the next step's
+first perturbation into the spans both steps share, and perturbs the next step's other spans in a
+pass of their own: per element the same operations in the same order, so still bit-identical.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgetune import _core
-from edgetune.errors import TrainingError
+from edgetune.errors import EdgetuneError, TrainingError
 from edgetune.zo.base import ZOBase
+from edgetune.zo.subset import Span
 
 
 @dataclass
@@ -41,6 +47,7 @@ class StepRecord:
     forwards: int | None = None  # forward passes the step ran, extra ones included; None: 2 per query
     projection: dict | None = None  # DiZO's projection after the step: its slopes and per-tensor scales
     divisor: int | None = None  # the q of the lr/q each query's fused pass applied (see fused_update); None: len(seeds)
+    blocks: list[int] | None = None  # the blocks a rotated step updated (--rotate); None: the whole arena
 
     def __post_init__(self) -> None:
         if self.forwards is None:
@@ -51,7 +58,7 @@ class StepRecord:
     def to_json(self) -> dict:
         """The fields, less an absent projection and a divisor equal to q (the trajectory log stores only
         the fields present)."""
-        implied = {"projection": None, "divisor": len(self.seeds)}
+        implied = {"projection": None, "divisor": len(self.seeds), "blocks": None}
         return {k: v for k, v in self.__dict__.items() if k not in implied or v != implied[k]}
 
 
@@ -96,19 +103,20 @@ class ZOSGD(ZOBase):
         f32 = np.float32
         lr, eps, wd = f32(self.lr(t)), f32(self.eps(t)), f32(self.weight_decay)
         limit = self.query_policy.limit(t)
+        spans = self.spans(t)
         seeds, grads, losses = [_core.derive_seed(self.seed, t, 0)], [], []
         if self._pending is None:
-            _core.perturb(self.buffer, seeds[0], float(eps), self.noise)
-        elif self._pending != (seeds[0], float(eps)):
+            self._perturb(spans, seeds[0], float(eps))
+        elif self._pending != (seeds[0], float(eps)) or self._pending_spans != spans:
             raise RuntimeError(f"step {t} does not follow the chained step before it")
         self._pending = None
         while True:
             seed = seeds[-1]
             loss_plus = f32(loss_fn())
-            _core.perturb(self.buffer, seed, float(f32(-2) * eps), self.noise)
+            self._perturb(spans, seed, float(f32(-2) * eps))
             loss_minus = f32(loss_fn())
             if not (np.isfinite(loss_plus) and np.isfinite(loss_minus)):
-                _core.perturb(self.buffer, seed, float(eps), self.noise)  # back to θ before raising
+                self._perturb(spans, seed, float(eps))  # back to θ before raising
                 raise TrainingError(f"non-finite loss at step {t} (L+={loss_plus}, L-={loss_minus})")
             grads.append(float((loss_plus - loss_minus) / (f32(2) * eps)))
             losses += [float(loss_plus), float(loss_minus)]
@@ -116,26 +124,46 @@ class ZOSGD(ZOBase):
             decay, pass_seeds, coefs = fused_update(seeds, grads, lr, eps, wd, limit, last)
             if not last:
                 seeds.append(_core.derive_seed(self.seed, t, len(grads)))
-                pass_seeds, coefs = pass_seeds + [seeds[-1]], coefs + [float(eps)]
+                self._combine(spans, float(decay), pass_seeds + [seeds[-1]], coefs + [float(eps)])
             elif chain:
                 self._pending = (_core.derive_seed(self.seed, t + 1, 0), float(f32(self.eps(t + 1))))
-                pass_seeds, coefs = pass_seeds + [self._pending[0]], coefs + [self._pending[1]]
-            _core.combine(self.buffer, float(decay), pass_seeds, coefs, self.noise)
+                self._pending_spans = self.spans(t + 1)
+                self._combine_chained(spans, float(decay), pass_seeds, coefs)
+            else:
+                self._combine(spans, float(decay), pass_seeds, coefs)
             if last:
                 return StepRecord(t, seeds, grads, float(lr), float(eps), float(wd), self.noise,
-                                  float(np.mean(losses)), divisor=limit)
+                                  float(np.mean(losses)), divisor=limit, blocks=self._blocks(t))
+
+    def _combine_chained(self, spans: list[Span], decay: float, seeds: list[int], coefs: list[float]) -> None:
+        """The step's last pass over ``spans`` with the pending perturbation of the next step added: fused
+        where the next step works on the same span, a pass of its own on a span only the next step has."""
+        seed, eps = self._pending
+        shared = [span for span in spans if span in self._pending_spans]
+        self._combine(shared, decay, seeds + [seed], coefs + [eps])
+        self._combine([span for span in spans if span not in shared], decay, seeds, coefs)
+        self._perturb([span for span in self._pending_spans if span not in shared], seed, eps)
+
+    def _blocks(self, t: int) -> list[int] | None:
+        return self.subsets.chosen(t) if self.subsets is not None else None
 
     def replay(self, record: StepRecord) -> None:
         """The passes :meth:`step` made, unchained (bit-identical to chained ones), without the forwards."""
+        if record.noise != self.noise:
+            raise ValueError(f"step {record.step} used {record.noise} noise; this optimizer draws {self.noise}")
+        if record.blocks != self._blocks(record.step):
+            raise EdgetuneError(f"step {record.step} was logged on blocks {record.blocks}, but this edgetune's "
+                                f"--rotate settings choose {self._blocks(record.step)} for it")
         f32 = np.float32
         q = len(record.seeds)
         lr, eps, wd = f32(record.lr), f32(record.eps), f32(record.weight_decay)
-        _core.perturb(self.buffer, record.seeds[0], float(eps), record.noise)
+        spans = self.spans(record.step)
+        self._perturb(spans, record.seeds[0], float(eps))
         for i, seed in enumerate(record.seeds):
-            _core.perturb(self.buffer, seed, float(f32(-2) * eps), record.noise)
+            self._perturb(spans, seed, float(f32(-2) * eps))
             decay, seeds, coefs = fused_update(record.seeds, record.grads[:i + 1], lr, eps, wd, record.divisor,
                                                i == q - 1)
             if i + 1 < q:
                 seeds.append(record.seeds[i + 1])
                 coefs.append(float(eps))
-            _core.combine(self.buffer, float(decay), seeds, coefs, record.noise)
+            self._combine(spans, float(decay), seeds, coefs)
