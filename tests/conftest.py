@@ -5,6 +5,8 @@ import tempfile
 
 import pytest
 
+from edgetune import Tuner
+from edgetune.tuner import FitResult
 from models.tiny import make_classifier_bundle, make_lm_bundle
 
 # Prepared graphs go to a throw-away cache, inherited by the CLI subprocesses too.
@@ -31,3 +33,45 @@ def run_cli(*args, cwd=None):
     """Run ``edgetune`` in a fresh interpreter, as a user would."""
     return subprocess.run([sys.executable, "-m", "edgetune.cli", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, timeout=300)
+
+
+@pytest.fixture
+def kill_at_step():
+    return run_killed_at
+
+
+@pytest.fixture
+def kill_and_resume():
+    return run_killed_and_resumed
+
+
+class KillAtStep:
+    """A progress hook that stops a run at ``step`` the way Ctrl-C does."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_start(self, start, total): ...
+    def on_eval(self, step, metrics): ...
+
+    def on_step(self, record):
+        if record.step == self.step:
+            raise KeyboardInterrupt
+
+
+def run_killed_at(model, data, output_dir, *, trainable: str, kill_at: int, save_every: int = 0,
+                  **fit_options) -> None:
+    """Fit until Ctrl-C at step ``kill_at``, leaving in ``output_dir`` the checkpoint ``save_every`` last wrote."""
+    with pytest.raises(KeyboardInterrupt):
+        Tuner.from_onnx(model, trainable=trainable).fit(data, output_dir=output_dir, save_every=save_every,
+                                                         progress=KillAtStep(kill_at), **fit_options)
+
+
+def run_killed_and_resumed(model, data, output_dir, *, trainable: str, kill_at: int, save_every: int = 0,
+                           **fit_options) -> tuple[Tuner, FitResult]:
+    """Kill a run at step ``kill_at``, then resume it to the end in a fresh tuner (``save_every`` is the killed
+    run's alone: the resumed one checkpoints only at its end)."""
+    run_killed_at(model, data, output_dir, trainable=trainable, kill_at=kill_at, save_every=save_every,
+                  **fit_options)
+    resumed = Tuner.from_onnx(model, trainable=trainable)
+    return resumed, resumed.fit(data, output_dir=output_dir, resume=True, **fit_options)

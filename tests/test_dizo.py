@@ -105,23 +105,13 @@ def test_projection_does_not_hold_a_second_copy_of_the_arena_in_memory(tmp_path)
     assert max(seen) - baseline < 16, f"RSS grew by {max(seen) - baseline:.0f} MB over a {4 * n >> 20} MB arena"
 
 
-def test_resume_and_replay_equal_the_uninterrupted_run_bit_for_bit(classifier, tmp_path):
+def test_resume_and_replay_equal_the_uninterrupted_run_bit_for_bit(classifier, tmp_path, kill_and_resume):
     options = {**DIZO, "steps": 16, "seed": 3, "dizo_interval": 4}
     straight = Tuner.from_onnx(classifier["model"], trainable="last:1")
     straight.fit(classifier["train"], output_dir=tmp_path / "a", **options)
 
-    class KillAtStep:
-        def on_start(self, start, total): ...
-        def on_eval(self, step, metrics): ...
-        def on_step(self, record):
-            if record.step == 9:
-                raise KeyboardInterrupt
-
-    interrupted = Tuner.from_onnx(classifier["model"], trainable="last:1")
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.fit(classifier["train"], output_dir=tmp_path / "b", save_every=6, progress=KillAtStep(), **options)
-    resumed = Tuner.from_onnx(classifier["model"], trainable="last:1")
-    resumed.fit(classifier["train"], output_dir=tmp_path / "b", resume=True, **options)
+    resumed, _ = kill_and_resume(classifier["model"], classifier["train"], tmp_path / "b", trainable="last:1",
+                                 kill_at=9, save_every=6, **options)
     for name, value in straight.weights.items():
         np.testing.assert_array_equal(value, resumed.weights[name], err_msg=name)
 

@@ -95,24 +95,14 @@ def test_lora_alone_lowers_the_causal_lm_loss(lm, spec):
     assert result.after["loss"] < result.before["loss"] - 0.05
 
 
-def test_lora_resume_is_bit_identical(lm, tmp_path):
+def test_lora_resume_is_bit_identical(lm, tmp_path, kill_and_resume):
     spec = "lora:r=2,targets=q,v"
     options = dict(steps=20, lr=1e-2, eps=1e-3, seed=5, queries=2, batch_size=8)
     straight = Tuner.from_onnx(lm["model"], trainable=spec)
     straight.fit(lm["train"], output_dir=tmp_path / "a", **options)
 
-    class KillAtStep:
-        def on_start(self, start, total): ...
-        def on_eval(self, step, metrics): ...
-        def on_step(self, record):
-            if record.step == 12:
-                raise KeyboardInterrupt
-
-    interrupted = Tuner.from_onnx(lm["model"], trainable=spec)
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.fit(lm["train"], output_dir=tmp_path / "b", save_every=5, progress=KillAtStep(), **options)
-    resumed = Tuner.from_onnx(lm["model"], trainable=spec)
-    resumed.fit(lm["train"], output_dir=tmp_path / "b", resume=True, **options)
+    resumed, _ = kill_and_resume(lm["model"], lm["train"], tmp_path / "b", trainable=spec, kill_at=12, save_every=5,
+                                 **options)
     assert any(straight.weights[n].any() for n in straight.weights if "lora_B" in n)
     for name, value in straight.weights.items():
         np.testing.assert_array_equal(value, resumed.weights[name], err_msg=name)

@@ -134,24 +134,14 @@ def test_forward_budget_ends_the_run_and_the_forwards_are_counted_exactly(classi
 
 
 @pytest.mark.parametrize("schedule", ["fixed", "grow", "variance"])
-def test_resume_mid_run_is_bit_identical(classifier, tmp_path, schedule):
+def test_resume_mid_run_is_bit_identical(classifier, tmp_path, schedule, kill_and_resume):
     options = dict(steps=16, lr=1e-2, eps=1e-3, seed=3, queries=4, queries_min=2, query_schedule=schedule,
                    query_threshold=0.4)
     straight = Tuner.from_onnx(classifier["model"], trainable="last:1")
     full = straight.fit(classifier["train"], output_dir=tmp_path / "a", **options)
 
-    class KillAtStep:
-        def on_start(self, start, total): ...
-        def on_eval(self, step, metrics): ...
-        def on_step(self, record):
-            if record.step == 9:
-                raise KeyboardInterrupt
-
-    interrupted = Tuner.from_onnx(classifier["model"], trainable="last:1")
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.fit(classifier["train"], output_dir=tmp_path / "b", save_every=4, progress=KillAtStep(), **options)
-    resumed = Tuner.from_onnx(classifier["model"], trainable="last:1")
-    rest = resumed.fit(classifier["train"], output_dir=tmp_path / "b", resume=True, **options)
+    resumed, rest = kill_and_resume(classifier["model"], classifier["train"], tmp_path / "b", trainable="last:1",
+                                    kill_at=9, save_every=4, **options)
 
     for name, value in straight.weights.items():
         np.testing.assert_array_equal(value, resumed.weights[name], err_msg=name)

@@ -93,7 +93,7 @@ def test_settle_takes_back_the_next_steps_perturbation_of_other_blocks():
 RUN = dict(steps=20, lr=5e-2, eps=1e-2, queries=2, seed=5, rotate=1, rotate_every=2)
 
 
-def test_resumed_rotated_run_equals_an_uninterrupted_one(classifier, tmp_path):
+def test_resumed_rotated_run_equals_an_uninterrupted_one(classifier, tmp_path, kill_and_resume):
     straight = Tuner.from_onnx(classifier["model"], trainable="all")
     start = straight.arena.buffer().copy()
     straight.fit(classifier["train"], output_dir=tmp_path / "a", **RUN)
@@ -110,18 +110,8 @@ def test_resumed_rotated_run_equals_an_uninterrupted_one(classifier, tmp_path):
     head = layout.always[-1]
     assert not np.array_equal(buffer[head[0]:head[1]], start[head[0]:head[1]])
 
-    class KillAtStep:
-        def on_start(self, start, total): ...
-        def on_eval(self, step, metrics): ...
-        def on_step(self, record):
-            if record.step == 13:
-                raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        Tuner.from_onnx(classifier["model"], trainable="all").fit(
-            classifier["train"], output_dir=tmp_path / "b", save_every=5, progress=KillAtStep(), **RUN)
-    resumed = Tuner.from_onnx(classifier["model"], trainable="all")
-    resumed.fit(classifier["train"], output_dir=tmp_path / "b", resume=True, **RUN)
+    resumed, _ = kill_and_resume(classifier["model"], classifier["train"], tmp_path / "b", trainable="all",
+                                 kill_at=13, save_every=5, **RUN)
     np.testing.assert_array_equal(resumed.arena.buffer(), straight.arena.buffer())
     assert (tmp_path / "a" / "run.etlog").read_bytes() == (tmp_path / "b" / "run.etlog").read_bytes()
 

@@ -70,21 +70,11 @@ def test_log_round_trips_the_step_records(run):
     assert [name for name, _ in log.header["arena"]] == [p.name for p in run["tuner"].params]
 
 
-def test_resumed_run_writes_the_same_log_as_an_uninterrupted_one(classifier, run, tmp_path):
-    class KillAtStep:
-        def on_start(self, start, total): ...
-        def on_eval(self, step, metrics): ...
-        def on_step(self, record):
-            if record.step == 15:
-                raise KeyboardInterrupt
-
-    options = {**RUN}
-    with pytest.raises(KeyboardInterrupt):
-        Tuner.from_onnx(classifier["model"], trainable="last:1").fit(
-            classifier["train"], output_dir=tmp_path, progress=KillAtStep(), **options)
+def test_resumed_run_writes_the_same_log_as_an_uninterrupted_one(classifier, run, tmp_path, kill_at_step):
+    kill_at_step(classifier["model"], classifier["train"], tmp_path, trainable="last:1", kill_at=15, **RUN)
     assert len(Trajectory.read(tmp_path / "run.etlog").records) == 10  # the checkpoint at step 10
     Tuner.from_onnx(classifier["model"], trainable="last:1").fit(
-        classifier["train"], output_dir=tmp_path, resume=True, **options)
+        classifier["train"], output_dir=tmp_path, resume=True, **RUN)
     assert (tmp_path / "run.etlog").read_bytes() == run["log"].read_bytes()
 
 

@@ -66,23 +66,13 @@ def test_same_seed_same_weights_and_other_seed_differs(classifier):
     assert not np.array_equal(first, run(2))
 
 
-def test_resume_continues_bit_identically(classifier, tmp_path):
+def test_resume_continues_bit_identically(classifier, tmp_path, kill_and_resume):
     options = dict(steps=40, lr=1e-2, eps=1e-3, seed=3, queries=2, schedule="cosine", warmup=5)
     straight = Tuner.from_onnx(classifier["model"], trainable="last:1")
     straight.fit(classifier["train"], output_dir=tmp_path / "a", **options)
 
-    class KillAtStep:
-        def on_start(self, start, total): ...
-        def on_eval(self, step, metrics): ...
-        def on_step(self, record):
-            if record.step == 17:
-                raise KeyboardInterrupt
-
-    interrupted = Tuner.from_onnx(classifier["model"], trainable="last:1")
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.fit(classifier["train"], output_dir=tmp_path / "b", save_every=5, progress=KillAtStep(), **options)
-    resumed = Tuner.from_onnx(classifier["model"], trainable="last:1")
-    resumed.fit(classifier["train"], output_dir=tmp_path / "b", resume=True, **options)
+    resumed, _ = kill_and_resume(classifier["model"], classifier["train"], tmp_path / "b", trainable="last:1",
+                                 kill_at=17, save_every=5, **options)
 
     for name, value in straight.weights.items():
         np.testing.assert_array_equal(value, resumed.weights[name], err_msg=name)

@@ -194,31 +194,16 @@ def test_each_optimizer_trains_the_tiny_classifier(classifier, optimizer):
     assert result.after["loss"] < result.before["loss"] - 0.05
 
 
-class KillAtStep:
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_start(self, start, total): ...
-    def on_eval(self, step, metrics): ...
-
-    def on_step(self, record):
-        if record.step == self.step:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize("optimizer", list(FIT))
-def test_resume_and_replay_reproduce_the_run_bit_for_bit(classifier, tmp_path, optimizer):
+def test_resume_and_replay_reproduce_the_run_bit_for_bit(classifier, tmp_path, optimizer, kill_and_resume):
     options = dict(steps=24, eps=1e-3, seed=5, weight_decay=0.05, window=4, optimizer=optimizer, **FIT[optimizer])
     straight = Tuner.from_onnx(classifier["model"], trainable="last:1")
     start = straight.arena.buffer().copy()
     straight.fit(classifier["train"], output_dir=tmp_path / "a", **options)
 
-    interrupted = Tuner.from_onnx(classifier["model"], trainable="last:1")
-    with pytest.raises(KeyboardInterrupt):  # the checkpoint at step 10 holds a full window
-        interrupted.fit(classifier["train"], output_dir=tmp_path / "b", save_every=10, progress=KillAtStep(13),
-                        **options)
-    resumed = Tuner.from_onnx(classifier["model"], trainable="last:1")
-    resumed.fit(classifier["train"], output_dir=tmp_path / "b", resume=True, **options)
+    # the checkpoint at step 10 holds a full window
+    resumed, _ = kill_and_resume(classifier["model"], classifier["train"], tmp_path / "b", trainable="last:1",
+                                 kill_at=13, save_every=10, **options)
     for name, value in straight.weights.items():
         np.testing.assert_array_equal(value, resumed.weights[name], err_msg=name)
 

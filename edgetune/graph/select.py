@@ -31,12 +31,11 @@ from dataclasses import dataclass
 
 from edgetune.errors import ModelError
 from edgetune.graph.blocks import EMBEDDINGS, HEAD, Param
+from edgetune.graph.options import parse_options, spec_error, split_term
 
 DEFAULT_TRAINABLE = "last:1"
 LORA = "lora"
 _LORA_DEFAULT_TARGETS = ("q", "v")
-# Words that start another --trainable term: seen after a lora: term they mean it was not last.
-_TERM_WORDS = ("all", HEAD, EMBEDDINGS, LORA)
 
 
 @dataclass(frozen=True)
@@ -61,45 +60,19 @@ class LoraSpec:
 
 def split_lora(spec: str) -> tuple[str, LoraSpec | None]:
     """Split ``--trainable`` into its plain terms and the trailing ``lora:`` term, if any."""
-    terms = [t.strip() for t in spec.split(",")]
-    at = next((i for i, t in enumerate(terms) if t == LORA or t.startswith(LORA + ":")), None)
-    if at is None:
-        return spec, None
-    head = terms[at][len(LORA) + 1:]
-    return ",".join(terms[:at]), _parse_lora([head, *terms[at + 1:]], spec)
+    plain, tokens = split_term(spec, LORA)
+    return plain, None if tokens is None else _parse_lora(tokens, spec)
 
 
 def _parse_lora(tokens: list[str], spec: str) -> LoraSpec:
-    def fail(message: str) -> ModelError:
-        return ModelError(f"--trainable '{spec}': {message}")
-
-    options: dict[str, str] = {}
-    targets: list[str] = []
-    frozen_a, in_targets = False, False
-    for token in (t for t in tokens if t):
-        key, eq, value = token.partition("=")
-        if eq:
-            if key not in ("r", "alpha", "targets", "seed", "layers"):
-                raise fail(f"unknown lora option '{key}' (options: r, alpha, targets, seed, layers, fa)")
-            if key in options:
-                raise fail(f"lora option '{key}' given twice")
-            options[key] = value
-            in_targets = key == "targets"
-            if in_targets and value:
-                targets.append(value)
-        elif token == "fa":
-            frozen_a, in_targets = True, False
-        elif in_targets and ":" not in token and token not in _TERM_WORDS and not any(c in token for c in "*?["):
-            targets.append(token)
-        else:
-            raise fail(f"'{token}' follows the lora: term, which must come last (its options use commas too)")
-    if "targets" in options and not targets:
-        raise fail("targets= names no layers")
+    fail = spec_error(spec)
+    parsed = parse_options(LORA, tokens, ("r", "alpha", "targets", "seed", "layers"), ("fa",), fail)
+    options = parsed.values
     rank = _number(options.get("r", "8"), int, "r", fail)
     alpha = _number(options["alpha"], float, "alpha", fail) if "alpha" in options else 2.0 * rank
     seed = _number(options.get("seed", "0"), int, "seed", fail, allow_zero=True)
     layers = _block_range(options["layers"], fail) if "layers" in options else None
-    return LoraSpec(rank, alpha, tuple(dict.fromkeys(targets)) or _LORA_DEFAULT_TARGETS, frozen_a, seed, layers)
+    return LoraSpec(rank, alpha, parsed.targets or _LORA_DEFAULT_TARGETS, "fa" in parsed.flags, seed, layers)
 
 
 def _block_range(text: str, fail) -> tuple[int, int]:

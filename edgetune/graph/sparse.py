@@ -29,6 +29,7 @@ from onnx import helper, numpy_helper
 from edgetune.errors import ModelError
 from edgetune.graph.blocks import Param, block_of_name
 from edgetune.graph.lora import Linear, find_linears, match_targets
+from edgetune.graph.options import parse_options, spec_error, split_term
 
 SPARSE = "sparse"
 SCORES = ("magnitude",)
@@ -59,36 +60,14 @@ class SparseSlice:
 
 def split_sparse(spec: str) -> tuple[str, SparseSpec | None]:
     """Split ``--trainable`` into its other terms and the trailing ``sparse:`` term, if any."""
-    terms = [t.strip() for t in spec.split(",")]
-    at = next((i for i, t in enumerate(terms) if t == SPARSE or t.startswith(SPARSE + ":")), None)
-    if at is None:
-        return spec, None
-    tokens = [terms[at][len(SPARSE) + 1:], *terms[at + 1:]]
-    return ",".join(terms[:at]), _parse(tokens, spec)
+    plain, tokens = split_term(spec, SPARSE)
+    return plain, None if tokens is None else _parse(tokens, spec)
 
 
 def _parse(tokens: list[str], spec: str) -> SparseSpec:
-    def fail(message: str) -> ModelError:
-        return ModelError(f"--trainable '{spec}': {message}")
-
-    options: dict[str, str] = {}
-    targets: list[str] = []
-    in_targets = False
-    for token in (t for t in tokens if t):
-        key, eq, value = token.partition("=")
-        if eq and ":" not in key:  # "lora:r=2" is another term, not an option
-            if key not in ("density", "score", "targets"):
-                raise fail(f"unknown sparse option '{key}' (options: density, score, targets)")
-            if key in options:
-                raise fail(f"sparse option '{key}' given twice")
-            options[key] = value
-            in_targets = key == "targets"
-            if in_targets and value:
-                targets.append(value)
-        elif in_targets and ":" not in token and not any(c in token for c in "*?["):
-            targets.append(token)
-        else:
-            raise fail(f"'{token}' follows the sparse: term, which must come last (its options use commas too)")
+    fail = spec_error(spec)
+    parsed = parse_options(SPARSE, tokens, ("density", "score", "targets"), (), fail)
+    options = parsed.values
     if "density" not in options:
         raise fail("sparse needs density=FRACTION (0.01 tunes 1 % of each targeted weight)")
     try:
@@ -100,9 +79,7 @@ def _parse(tokens: list[str], spec: str) -> SparseSpec:
     score = options.get("score", "magnitude")
     if score not in SCORES:
         raise fail(f"sparse score must be one of {', '.join(SCORES)}, not '{score}'")
-    if "targets" in options and not targets:
-        raise fail("targets= names no layers")
-    return SparseSpec(density, score, tuple(dict.fromkeys(targets)) or None)
+    return SparseSpec(density, score, parsed.targets)
 
 
 def plan_sparse(model: onnx.ModelProto, spec: SparseSpec, where: str = "model") -> list[SparseSlice]:
