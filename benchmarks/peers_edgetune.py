@@ -24,7 +24,8 @@ class EdgetunePeer:
         self.tuner = Tuner.from_onnx(config["onnx"], trainable=config["trainable"], max_length=config["tokens"],
                                      threads=config["threads"], split=config["split"])
         self.optimizer = ZOSGD(self.tuner.arena.buffer(), seed=config["seed"], lr=Schedule(config["lr"]),
-                               eps=Schedule(config["eps"]), queries=config["queries"])
+                               eps=Schedule(config["eps"]), queries=config["queries"],
+                               noise="gaussian")  # MeZO's noise: the peers differ in implementation only
 
     def _batch(self, arrays: dict[str, np.ndarray]) -> Batch:
         inputs = {name: arrays[name] for name in self.tuner.info.data_inputs}

@@ -26,7 +26,7 @@ class ZOBase:
         eps: Schedule,
         queries: int | QueryPolicy = 1,
         weight_decay: float = 0.0,
-        noise: str = "gaussian",
+        noise: str = "rademacher",  # as TrainConfig and the CLI
         subsets: BlockSubsets | None = None,
     ):
         """``queries``: a :class:`QueryPolicy`, or an int for that many queries every step; ``subsets``:
