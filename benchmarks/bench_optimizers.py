@@ -15,7 +15,7 @@ projection probes), so an optimizer that spends forwards elsewhere pays for them
 Tasks: ``minilm`` (all-MiniLM-L6-v2 + fresh head, Rotten Tomatoes; default slice ``last:1``, 18
 tensors, where a layer-wise projection has layers to weigh) and ``smollm2`` (SmolLM2-135M by
 verbaliser, LoRA q,v; ~8 s per step on 2 cores: give it a small ``--forwards``).
-Writes benchmarks/results/optimizers_<task>.{json,md}.
+Writes benchmarks/results/optimizers_<task>.{json,md} (``--name`` for another file).
 """
 
 from __future__ import annotations
@@ -135,6 +135,7 @@ def main(argv=None) -> None:
     parser.add_argument("--n-train", type=int, default=4000)
     parser.add_argument("--n-dev", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--name", help="results file name in benchmarks/results/ (default optimizers_<task>)")
     args = parser.parse_args(argv)
     specs = [RunSpec.parse(text) for text in args.configs or ["zo-sgd lr=1e-3", "dizo lr=1e-3"]]
     task = TASKS[args.task]
@@ -166,7 +167,7 @@ def main(argv=None) -> None:
                "n_train": args.n_train, "n_dev": args.n_dev, "reference_accuracy": target, "results": results}
     header = ["config", "final dev accuracy", "forward passes", f"forwards to reach {target:.3f}",
               "÷ reference", "trainable weights"]
-    write_results(f"optimizers_{args.task}", payload, header, rows)
+    write_results(args.name or f"optimizers_{args.task}", payload, header, rows)
 
 
 if __name__ == "__main__":
