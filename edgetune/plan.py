@@ -19,12 +19,14 @@ The forward term does not grow with L: ORT frees a block's tensors before the ne
     inference peak = ORT_BASE + max(session peak, resident + forward)
     edgetune peak  = EDGETUNE_BASE + arena (4 bytes per trainable value)
                      + max(prefix session peak, prefix resident + suffix session peak,
-                           both resident + prefix forward + suffix forward + boundary + loss)
+                           both resident + max(prefix forward, suffix forward) + boundary + loss)
 
 (the start-up self-check snapshots the arena to a temporary file, not to memory).
 
-The frozen prefix and the trainable suffix are separate sessions with separate arenas, so a split
-holds two forwards' activations; a frozen weight both halves use (a tied embedding) is in both. The
+The frozen prefix and the trainable suffix are separate sessions drawing from one CPU arena shared
+through ORT's environment (``engine/session.py``), so the suffix reuses the memory of the prefix's
+freed activations and only the boundary tensors live across the cut; a frozen weight both halves use
+(a tied embedding) is in both sessions. The
 causal-LM loss adds one logits-sized tensor (``graph/loss.py``); trainable weights that the graph
 transposes at run time (a tied LM head) add a copy per forward.
 
@@ -379,7 +381,7 @@ class Planner:
         mask = (4.0 * batch * length * (length if lm else 1)) / MB if split else 0.0
         boundary = (4.0 * batch * length * self.arch.hidden / MB if prefix_has_weights else 0.0) + mask + weight_boundary
         loss = 4.0 * batch * length * self.arch.vocab / MB if lm else 0.0
-        running = prefix.resident + suffix.resident + prefix_forward + forward + boundary + loss + runtime_copies
+        running = prefix.resident + suffix.resident + max(prefix_forward, forward) + boundary + loss + runtime_copies
         peak = EDGETUNE_BASE_MB + arena + max(prefix.peak, prefix.resident + suffix.peak, running)
         parts = {"base": EDGETUNE_BASE_MB, "arena": arena, "prefix_resident": prefix.resident,
                  "suffix_resident": suffix.resident, "forward": forward, "prefix_forward": prefix_forward,
