@@ -15,6 +15,7 @@ A LoRA run writes, next to the usual files:
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ from edgetune.graph.model import load_model
 from edgetune.graph.select import split_lora
 from edgetune.io import atomic_write_bytes, atomic_write_text
 from edgetune.sparse_diff import apply_sparse_diff
+
+log = logging.getLogger(__name__)
 
 DIFF_SUFFIX = ".etdiff"
 
@@ -153,7 +156,8 @@ def _write_ort_adapter(path: Path, params: Mapping[str, np.ndarray]) -> None:
 
 
 def _peft_tensors(model, layers, values, others):
-    """PEFT's state dict (and modules_to_save), or None when a tuned tensor has no Hugging Face name."""
+    """PEFT's state dict (and modules_to_save), or None (with a warning) when a tuned tensor has no
+    Hugging Face name: PEFT could not load a folder that leaves it out."""
     tensors = {}
     for layer in layers:
         tensors[_PEFT_PREFIX + layer.a_name] = np.ascontiguousarray(values[layer.a_name])
@@ -162,6 +166,8 @@ def _peft_tensors(model, layers, values, others):
     modules = set()
     for name, value in others.items():
         if name not in hf_names:
+            log.warning("no peft/ folder: tuned tensor '%s' is not a linear layer's weight or bias, which PEFT's "
+                        "modules_to_save needs (model.onnx and the ORT adapter hold it)", name)
             return None
         hf, transpose = hf_names[name]
         tensors[_PEFT_PREFIX + hf] = np.ascontiguousarray(value.T if transpose else value)

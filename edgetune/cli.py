@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -369,6 +370,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # the library's warnings (e.g. an adapter format it could not write) as one plain line each
+    logging.basicConfig(format="edgetune: warning: %(message)s", level=logging.WARNING, stream=sys.stderr)
     handler = {"tune": cmd_tune, "eval": cmd_eval, "demo": cmd_demo, "apply": cmd_apply,
                "export": cmd_export, "generate": cmd_generate, "plan": cmd_plan,
                "replay": cmd_replay}[args.command]

@@ -174,3 +174,14 @@ def test_peft_folder_loads_in_peft_on_the_hf_model(tmp_path):
         got = model(torch.from_numpy(ids)).logits.numpy()
     assert np.abs(tuned - base).max() > 1e-2, "the adapter should change the logits"
     np.testing.assert_allclose(got, tuned, rtol=0, atol=1e-4)
+
+
+def test_no_peft_folder_for_a_tensor_peft_cannot_name_and_a_warning_says_why(classifier, tmp_path, caplog):
+    """A LayerNorm gain has no place in PEFT's modules_to_save; the other outputs still carry it."""
+    tuner = Tuner.from_onnx(classifier["model"], trainable="*LayerNorm.weight,lora:r=2,targets=q")
+    tuner.fit(classifier["train"], steps=2, lr=1e-2)
+    with caplog.at_level("WARNING", logger="edgetune.adapters"):
+        tuner.save(tmp_path)
+    assert not (tmp_path / PEFT_DIR).exists()
+    assert (tmp_path / ORT_ADAPTER).is_file() and (tmp_path / "model.onnx").is_file()
+    assert any("no peft/ folder" in r.getMessage() and "LayerNorm" in r.getMessage() for r in caplog.records)
