@@ -23,6 +23,7 @@ from edgetune.data import BatchStream, LabelSet, TokenizedSet, load_tokenizer, r
 from edgetune.data.batching import IGNORE_INDEX
 from edgetune.data.chat import ChatTemplate
 from edgetune.data.jsonl import FORMAT_MESSAGES, FORMAT_PROMPT, TASK_CLASSIFICATION, TASK_LM
+from edgetune.data.tokenizer import SIDECARS as TOKENIZER_SIDECARS
 from edgetune.data.tokenizer import check_vocabulary, read_tokenizer_config, special_tokens
 from edgetune.data.verbalizer import TEMPLATE_KEY, VERBALIZER_KEY, Verbalizer
 from edgetune.engine import LossEngine, check_engine
@@ -47,7 +48,6 @@ from edgetune.zo.prge import ParallelZO, parallel_strategy
 from edgetune.zo.subset import block_subsets
 
 CHECKPOINT = "checkpoint.safetensors"
-TOKENIZER_SIDECARS = ("tokenizer_config.json", "chat_template.jinja")  # read beside tokenizer.json
 _EVAL_LOGITS_BUDGET = 1 << 24  # logits cells per evaluation run: 64 MB per fp32 copy
 # Fields that change the trajectory: a resumed run must use the same values.
 _TRAJECTORY_KEYS = ("optimizer", "batch_size", "lr", "eps", "queries", "schedule", "warmup", "weight_decay", "noise", "seed",

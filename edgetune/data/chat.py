@@ -20,10 +20,8 @@ import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from edgetune.data.tokenizer import read_tokenizer_config, special_tokens
+from edgetune.data.tokenizer import CONFIG_FILE, TEMPLATE_FILE, read_tokenizer_config, special_tokens
 from edgetune.errors import DataError, ModelError
-
-TEMPLATE_FILE = "chat_template.jinja"
 
 
 class _Generation(jinja2.ext.Extension):
@@ -82,7 +80,7 @@ class ChatTemplate:
         if isinstance(source, list):  # named templates: [{"name": "default", "template": ...}, ...]
             source = next((t.get("template") for t in source if isinstance(t, dict) and t.get("name") == "default"), None)
         if isinstance(source, str) and source.strip():
-            return cls(source, str(directory / "tokenizer_config.json"), tokens)
+            return cls(source, str(directory / CONFIG_FILE), tokens)
         return None
 
     def render(self, messages: Sequence[tuple[str, str]], add_generation_prompt: bool, where: str) -> str:

@@ -10,6 +10,11 @@ from tokenizers import Tokenizer
 
 from edgetune.errors import ModelError
 
+CONFIG_FILE = "tokenizer_config.json"  # special tokens, chat template (Hugging Face's layout)
+TEMPLATE_FILE = "chat_template.jinja"  # the chat template on its own, preferred over the config's
+# The files beside tokenizer.json that, with it, decide how a record becomes token ids.
+SIDECARS = (CONFIG_FILE, TEMPLATE_FILE)
+
 _PAD_CANDIDATES = ("[PAD]", "<pad>", "<|pad|>", "<|endoftext|>", "</s>")
 
 
@@ -51,7 +56,7 @@ def check_vocabulary(tokenizer: Tokenizer, tokenizer_path: Path, embedding_rows:
 
 def read_tokenizer_config(tokenizer_path: str | Path) -> dict[str, Any]:
     """``tokenizer_config.json`` beside ``tokenizer.json`` (special tokens, chat template); {} if absent."""
-    path = Path(tokenizer_path).parent / "tokenizer_config.json"
+    path = Path(tokenizer_path).parent / CONFIG_FILE
     if not path.is_file():
         return {}
     try:
