@@ -26,9 +26,9 @@ The forward term does not grow with L: ORT frees a block's tensors before the ne
 The frozen prefix and the trainable suffix are separate sessions drawing from one CPU arena shared
 through ORT's environment (``engine/session.py``), so the suffix reuses the memory of the prefix's
 freed activations and only the boundary tensors live across the cut; a frozen weight both halves use
-(a tied embedding) is in both sessions. The
-causal-LM loss adds one logits-sized tensor (``graph/loss.py``); trainable weights that the graph
-transposes at run time (a tied LM head) add a copy per forward.
+(a tied embedding) is in both sessions. The causal-LM loss adds one logits-sized tensor
+(``graph/loss.py``); trainable weights that the graph transposes at run time (a tied LM head) add a
+copy per forward.
 
 First-order fine-tuning in PyTorch (fp32, AdamW), the standard count:
 
