@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from edgetune.errors import ModelError
 from edgetune.graph.blocks import EMBEDDINGS, HEAD
 
+LORA = "lora"
+SPARSE = "sparse"
 # Words that start another --trainable term: seen after an options term they mean it was not last.
-_TERM_WORDS = ("all", HEAD, EMBEDDINGS, "lora", "sparse")
+_TERM_WORDS = ("all", HEAD, EMBEDDINGS, LORA, SPARSE)
 
 
 @dataclass(frozen=True)

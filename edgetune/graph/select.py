@@ -31,10 +31,9 @@ from dataclasses import dataclass
 
 from edgetune.errors import ModelError
 from edgetune.graph.blocks import EMBEDDINGS, HEAD, Param
-from edgetune.graph.options import parse_options, spec_error, split_term
+from edgetune.graph.options import LORA, parse_options, spec_error, split_term
 
 DEFAULT_TRAINABLE = "last:1"
-LORA = "lora"
 _LORA_DEFAULT_TARGETS = ("q", "v")
 
 

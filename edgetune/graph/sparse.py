@@ -29,9 +29,8 @@ from onnx import helper, numpy_helper
 from edgetune.errors import ModelError
 from edgetune.graph.blocks import Param, block_of_name
 from edgetune.graph.lora import Linear, find_linears, match_targets
-from edgetune.graph.options import parse_options, spec_error, split_term
+from edgetune.graph.options import SPARSE, parse_options, spec_error, split_term
 
-SPARSE = "sparse"
 SCORES = ("magnitude",)
 
 
