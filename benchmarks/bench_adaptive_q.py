@@ -1,31 +1,36 @@
-"""Query-count schedules against forward passes: fixed q vs. growing q vs. variance-driven q.
+"""Query-count schedules against forward passes: fixed q vs. growing q vs. variance-driven q, over seeds.
 
-    python benchmarks/bench_adaptive_q.py [--trainable head --budget 4000 --eval-every 800 --n-dev 1000]
+    python benchmarks/bench_adaptive_q.py [--budget 16000 --eval-every 1600 --seeds 0,1,2 --jobs 2]
 
 The README's MiniLM + Rotten Tomatoes job (``common.demo_model()``), each schedule from the same
-initial weights and seed, to the same forward-pass budget. Every run is cut into segments of
+initial weights, to the same forward-pass budget, once per seed. Every run is cut into segments of
 ``--eval-every`` forwards (``fit(forward_budget=k·K, resume=True)``), so each schedule is evaluated
-on the dev set at the first step past every multiple of K forwards. Writes
-benchmarks/results/adaptive_q.{json,md}: the curves (dev accuracy against forwards), the forwards each
-schedule needs to reach the fixed schedule's final accuracy, and wall time. With a split model the
-frozen prefix also runs once per step, so a schedule with more, cheaper steps pays for it in seconds:
-both are reported.
+on the dev set at the first step past every multiple of K forwards. Runs are independent and
+deterministic whatever their thread count, so ``--jobs`` runs them side by side.
+
+One dev evaluation is noisy (±1.4 points at 1000 examples) and the seed moves a curve by more than
+that, so the verdict is read from the curves averaged over seeds: the forwards each schedule's mean
+curve needs to reach the fixed schedule's mean final accuracy (and its mean final dev loss, which is
+far less noisy), next to the same figure per seed. With a split model the frozen prefix also runs once
+per step, so a schedule with more, cheaper steps pays for it in seconds: both are reported. Writes
+benchmarks/results/adaptive_q.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import demo_model, machine, write_results  # noqa: E402
 
-from edgetune import Tuner  # noqa: E402
 from edgetune.demo import RECIPE  # noqa: E402
 from edgetune.zo.queries import GrowingQueries  # noqa: E402
 
@@ -51,10 +56,13 @@ def schedules(args) -> dict[str, dict[str, Any]]:
     }
 
 
-def run_schedule(model: Path, train: Path, dev: Path, options: dict[str, Any], args) -> dict[str, Any]:
+def run_schedule(model: Path, train: Path, dev: Path, options: dict[str, Any], seed: int, threads: int,
+                 args) -> dict[str, Any]:
     """One run to the budget, evaluated every ``args.eval_every`` forwards."""
-    tuner = Tuner.from_onnx(model, trainable=args.trainable, max_length=args.max_length, threads=args.threads)
-    common = dict(lr=args.lr, eps=args.eps, batch_size=args.batch_size, queries=args.queries, seed=args.seed)
+    from edgetune import Tuner
+
+    tuner = Tuner.from_onnx(model, trainable=args.trainable, max_length=args.max_length, threads=threads)
+    common = dict(lr=args.lr, eps=args.eps, batch_size=args.batch_size, queries=args.queries, seed=seed)
     began, curve = time.perf_counter(), []
     with tempfile.TemporaryDirectory(prefix="adaptive-q-") as out:
         for segment in range(1, args.budget // args.eval_every + 1):
@@ -67,64 +75,102 @@ def run_schedule(model: Path, train: Path, dev: Path, options: dict[str, Any], a
                 break  # a schedule that completes under the budget
         steps = (Path(out) / "steps.jsonl").read_text().splitlines()
         queries = [len(json.loads(line)["seeds"]) for line in steps]
-    return {"options": options, "curve": curve, "seconds": time.perf_counter() - began, "steps": len(queries),
+    return {"seed": seed, "curve": curve, "seconds": time.perf_counter() - began, "steps": len(queries),
             "mean_queries": sum(queries) / len(queries), "queries_range": [min(queries), max(queries)]}
 
 
-def forwards_to_reach(curve: list[dict[str, Any]], accuracy: float) -> int | None:
-    return next((point["forwards"] for point in curve if point["accuracy"] >= accuracy), None)
+def mean_curve(runs: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Point k of every seed's curve (the first step past k·K forwards), averaged."""
+    return [{key: statistics.fmean(run["curve"][k][key] for run in runs) for key in ("forwards", "accuracy", "loss")}
+            for k in range(min(len(run["curve"]) for run in runs))]
+
+
+def forwards_to(curve: list[dict[str, float]], key: str, target: float) -> float | None:
+    """The forwards at the first point whose ``key`` reaches ``target`` (accuracy up, loss down)."""
+    better = (lambda v: v >= target) if key == "accuracy" else (lambda v: v <= target)
+    return next((point["forwards"] for point in curve if better(point[key])), None)
+
+
+def ratio(needed: float | None, base: float | None) -> str:
+    return f"{needed:.0f} ({needed / base:.2f}×)" if needed and base else "not reached"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trainable", default=RECIPE["trainable"])
-    parser.add_argument("--budget", type=int, default=4000, help="forward passes per run")
-    parser.add_argument("--eval-every", type=int, default=800, help="forward passes between dev evaluations")
+    parser.add_argument("--budget", type=int, default=16000, help="forward passes per run")
+    parser.add_argument("--eval-every", type=int, default=1600, help="forward passes between dev evaluations")
     parser.add_argument("--queries", type=int, default=RECIPE["queries"], help="fixed q, and the others' maximum")
     parser.add_argument("--queries-min", type=int, default=4, help="the growing schedule's first q")
     parser.add_argument("--threshold", type=float, default=0.5, help="the variance schedule's --query-threshold")
     for key in ("lr", "eps", "batch_size", "max_length"):
         parser.add_argument("--" + key.replace("_", "-"), type=type(RECIPE[key]), default=RECIPE[key])
-    parser.add_argument("--levels", type=lambda text: [float(v) for v in text.split(",")], default=[0.66, 0.68, 0.70],
-                        help="dev accuracies to report the forwards to, besides the fixed run's final one")
+    parser.add_argument("--levels", type=lambda text: [float(v) for v in text.split(",")], default=[0.70, 0.72],
+                        help="mean dev accuracies to report the forwards to, besides the fixed run's final one")
     parser.add_argument("--n-dev", type=int, default=1000, help="dev examples evaluated (the first N of the demo's 1000)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=lambda text: [int(v) for v in text.split(",")], default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=2, help="runs side by side (each gets threads // jobs threads)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--name", default="adaptive_q", help="results file name in benchmarks/results/")
     args = parser.parse_args(argv)
 
     model, train, dev_file = demo_model()
-    runs = {}
+    plan = schedules(args)
     with tempfile.TemporaryDirectory(prefix="adaptive-q-dev-") as folder:
         dev = Path(folder) / "dev.jsonl"  # a subset: evaluations dominate the run time on a small machine
         dev.write_text("".join(dev_file.read_text().splitlines(keepends=True)[:args.n_dev]))
-        for label, options in schedules(args).items():
-            runs[label] = run_schedule(model, train, dev, options, args)
-            last = runs[label]["curve"][-1]
-            print(f"{label}: dev accuracy {last['accuracy']:.3f} at {last['forwards']} forwards, "
-                  f"{runs[label]['steps']} steps, {runs[label]['seconds']:.0f} s", flush=True)
+        threads = max(1, args.threads // args.jobs)
+        with ProcessPoolExecutor(args.jobs) as pool:
+            futures = {(label, seed): pool.submit(run_schedule, model, train, dev, options, seed, threads, args)
+                       for seed in args.seeds for label, options in plan.items()}
+            runs: dict[str, list[dict[str, Any]]] = {label: [] for label in plan}
+            for (label, seed), future in futures.items():
+                runs[label].append(future.result())
+                last = runs[label][-1]["curve"][-1]
+                print(f"{label}, seed {seed}: dev accuracy {last['accuracy']:.3f}, loss {last['loss']:.4f} at "
+                      f"{last['forwards']} forwards, {runs[label][-1]['steps']} steps", flush=True)
 
-    # The fixed run's final accuracy, and levels on the rising part of the curves: one dev evaluation
-    # is noisy (±1.5 points at 1000 examples), so a single target can be met early by chance.
-    fixed = next(iter(runs.values()))
-    targets = sorted({*args.levels, fixed["curve"][-1]["accuracy"]})
-    fixed_needs = {target: forwards_to_reach(fixed["curve"], target) for target in targets}
-    rows = []
-    for label, run in runs.items():
-        run["forwards_to_reach"] = {f"{target:.3f}": forwards_to_reach(run["curve"], target) for target in targets}
-        reached = [(run["forwards_to_reach"][f"{target:.3f}"], fixed_needs[target]) for target in targets]
-        last = run["curve"][-1]
-        rows.append([label, f"{run['mean_queries']:.1f} ({run['queries_range'][0]}–{run['queries_range'][1]})",
-                     run["steps"], last["forwards"], f"{last['accuracy']:.3f}",
-                     *[f"{n} ({n / base:.2f}×)" if n and base else "not reached" for n, base in reached],
-                     f"{run['seconds']:.0f}"])
-    payload = {"machine": machine(), "config": vars(args), "targets": targets, "runs": runs}
-    header = ["schedule", "mean q (range)", "steps", "forward passes", "final dev accuracy",
-              *[f"forwards to {target:.3f} (÷ fixed)" for target in targets], "seconds"]
+    means = {label: mean_curve(seeded) for label, seeded in runs.items()}
+    fixed_label = next(iter(plan))
+    fixed, fixed_runs = means[fixed_label], runs[fixed_label]
+    accuracy_target, loss_target = fixed[-1]["accuracy"], fixed[-1]["loss"]
+    targets = sorted({*args.levels, accuracy_target})
+    segments = len(fixed) - 1
+    shown = sorted({round(segments * i / min(5, segments)) for i in range(1, min(5, segments) + 1)})
+    rows, summary = [], {}
+    for label, curve in means.items():
+        seeded = runs[label]
+        per_seed = [forwards_to(run["curve"], "accuracy", base["curve"][-1]["accuracy"])
+                    for run, base in zip(seeded, fixed_runs)]
+        per_seed_fixed = [forwards_to(base["curve"], "accuracy", base["curve"][-1]["accuracy"]) for base in fixed_runs]
+        summary[label] = {
+            "mean_curve": curve,
+            "forwards_to_accuracy": {f"{t:.3f}": forwards_to(curve, "accuracy", t) for t in targets},
+            "forwards_to_fixed_loss": forwards_to(curve, "loss", loss_target),
+            "per_seed_forwards_to_fixed_final": per_seed,
+        }
+        rows.append([
+            label, f"{statistics.fmean(r['mean_queries'] for r in seeded):.1f}",
+            f"{statistics.fmean(r['steps'] for r in seeded):.0f}",
+            " / ".join(f"{curve[k]['accuracy']:.3f}" for k in shown if k < len(curve)),
+            *[ratio(summary[label]["forwards_to_accuracy"][f"{t:.3f}"],
+                    summary[fixed_label]["forwards_to_accuracy"][f"{t:.3f}"]) for t in targets],
+            " / ".join(f"{n / b:.2f}×" if n and b else "—" for n, b in zip(per_seed, per_seed_fixed)),
+            f"{curve[-1]['loss']:.4f}", ratio(summary[label]["forwards_to_fixed_loss"],
+                                              summary[fixed_label]["forwards_to_fixed_loss"]),
+            f"{statistics.fmean(r['seconds'] for r in seeded):.0f}",
+        ])
+    payload = {"machine": machine(), "config": vars(args), "targets": targets, "loss_target": loss_target,
+               "runs": runs, "summary": summary}
+    shown_forwards = " / ".join(str(k * args.eval_every) for k in shown)
+    header = ["schedule", "mean q", "steps", f"mean dev accuracy at {shown_forwards} forwards",
+              *[f"forwards to {t:.3f}{' (fixed final)' if t == accuracy_target else ''} (÷ fixed)" for t in targets],
+              "per seed: forwards to that seed's fixed final accuracy (÷ fixed)", "mean final dev loss",
+              f"forwards to {loss_target:.4f} (fixed final loss, ÷ fixed)", "seconds per run"]
     write_results(args.name, payload, header, rows)
-    print("\ncurves (forwards:accuracy):")
-    for label, run in runs.items():
-        print(f"{label}: " + " ".join(f"{p['forwards']}:{p['accuracy']:.3f}" for p in run["curve"]))
+    print("\nmean curves (forwards:accuracy/loss):")
+    for label, curve in means.items():
+        print(f"{label}: " + " ".join(f"{p['forwards']:.0f}:{p['accuracy']:.3f}/{p['loss']:.4f}" for p in curve))
 
 
 if __name__ == "__main__":
