@@ -33,6 +33,7 @@ from edgetune.export.shared import Relink
 from edgetune.graph import prepare
 from edgetune.graph.cache import prepare_cached
 from edgetune.graph.lift import fold_weights, save_model
+from edgetune.graph.loss import labelled_positions
 from edgetune.graph.prge import copy_batched
 from edgetune.graph.model import LABELS_KEY, TASK_KEY, load_model
 from edgetune.graph.prepare import arena_group
@@ -227,8 +228,13 @@ class Tuner:
         """Argmax over the verbaliser's tokens of the logits at each row's last prompt position."""
         word_at = np.argmax(batch.labels != IGNORE_INDEX, axis=1)  # the one target per row
         rows = np.arange(batch.size)
-        scores = logits[rows, word_at - 1][:, list(self.verbalizer.token_ids)]
-        return np.argmax(scores, axis=1)
+        if self.engine.token_logits:  # one row per labelled position: here, one per example, in order
+            scored = labelled_positions(batch.labels)
+            row_of = (np.cumsum(scored) - 1).reshape(scored.shape)
+            picked = logits[row_of[rows, word_at - 1]]
+        else:
+            picked = logits[rows, word_at - 1]
+        return np.argmax(picked[:, list(self.verbalizer.token_ids)], axis=1)
 
     # -- tuning -------------------------------------------------------------------------------
 

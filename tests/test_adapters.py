@@ -11,6 +11,7 @@ import pytest
 from edgetune import Tuner
 from edgetune.adapters import LORA_GRAPH, ORT_ADAPTER, PEFT_DIR, Adapter, apply_adapter, merge_adapter
 from edgetune.errors import EdgetuneError, ModelError
+from edgetune.graph.loss import labelled_positions
 from models.tiny import build_classifier, build_tokenizer, make_lm_texts, write_jsonl
 
 CPU = ["CPUExecutionProvider"]
@@ -96,12 +97,13 @@ def test_lora_fa_outputs_rebuild_the_frozen_a(lm, tmp_path):
     tuner.fit(lm["train"], steps=20, lr=2e-2, eps=1e-3, batch_size=8)
     tuner.save(tmp_path / "out")
     batch = next(tuner.load_data(lm["dev"]).batches(8, tuner.info.data_inputs))
-    _, tuned = tuner.engine.loss_and_logits(batch)
-    assert np.abs(tuned - _logits(lm["model"], batch.inputs)).max() > 1e-4
-    np.testing.assert_allclose(_logits(tmp_path / "out" / "model.onnx", batch.inputs), tuned, rtol=0, atol=ATOL)
+    _, tuned = tuner.engine.loss_and_logits(batch)  # the tuning graph's logits at the scored positions
+    scored = labelled_positions(batch.labels)
+    assert np.abs(tuned - _logits(lm["model"], batch.inputs)[scored]).max() > 1e-4
+    np.testing.assert_allclose(_logits(tmp_path / "out" / "model.onnx", batch.inputs)[scored], tuned, rtol=0, atol=ATOL)
     for source in (ORT_ADAPTER, PEFT_DIR, "trainable.safetensors"):  # the last holds B only
         merged = apply_adapter(lm["model"], tmp_path / "out" / source, tmp_path / f"{source}.onnx")
-        np.testing.assert_allclose(_logits(merged, batch.inputs), tuned, rtol=0, atol=ATOL, err_msg=source)
+        np.testing.assert_allclose(_logits(merged, batch.inputs)[scored], tuned, rtol=0, atol=ATOL, err_msg=source)
 
 
 def test_mismatched_adapters_are_one_line_errors(run, classifier, lm, tmp_path):

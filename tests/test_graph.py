@@ -9,7 +9,7 @@ from edgetune.data.batching import IGNORE_INDEX
 from edgetune.errors import ModelError
 from edgetune.graph import prepare
 from edgetune.graph.blocks import find_params
-from edgetune.graph.loss import add_loss
+from edgetune.graph.loss import add_loss, labelled_positions
 from edgetune.graph.select import select_params
 from models.tiny import build_causal_lm, build_classifier
 
@@ -73,23 +73,67 @@ def test_classification_loss_is_per_example_cross_entropy():
     np.testing.assert_allclose(loss, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_causal_lm_loss_shifts_and_ignores_masked_tokens():
-    model = build_causal_lm(None)
-    add_loss(model, "lm")
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(1)
+def _lm_feeds(seed: int = 1):
+    rng = np.random.default_rng(seed)
     ids = rng.integers(4, 60, (3, 8))
     mask = np.ones_like(ids)
     mask[1, 5:] = 0
     labels = np.where(mask == 1, ids, IGNORE_INDEX)
     labels[2, 1:4] = IGNORE_INDEX  # e.g. a prompt that is not scored
-    loss, logits = session.run(["loss", "logits"], {"input_ids": ids, "attention_mask": mask, "labels": labels})
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _expected_lm_loss(logits, labels):
     logp = _log_softmax(logits[:, :-1])
     target = labels[:, 1:]
     keep = target != IGNORE_INDEX
     picked = np.take_along_axis(logp, np.where(keep, target, 0)[..., None], axis=-1)[..., 0]
-    expected = -(picked * keep).sum(1) / keep.sum(1)
-    np.testing.assert_allclose(loss, expected, rtol=1e-5, atol=1e-6)
+    return -(picked * keep).sum(1) / np.maximum(keep.sum(1), 1)
+
+
+def _session(model):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _without_labels(feeds):
+    return {k: v for k, v in feeds.items() if k != "labels"}
+
+
+def test_causal_lm_loss_shifts_ignores_masked_tokens_and_runs_the_head_on_scored_positions_only():
+    model = build_causal_lm(None)
+    logits = _session(model).run(["logits"], _without_labels(_lm_feeds()))[0]
+    add_loss(model, "lm")
+    assert [o.name for o in model.graph.output] == ["token_logits", "loss"], "no full logits are computed"
+    feeds = _lm_feeds()
+    loss, token_logits = _session(model).run(["loss", "token_logits"], feeds)
+    np.testing.assert_allclose(loss, _expected_lm_loss(logits, feeds["labels"]), rtol=1e-5, atol=1e-6)
+    scored = labelled_positions(feeds["labels"])
+    assert token_logits.shape == (scored.sum(), logits.shape[-1])
+    np.testing.assert_allclose(token_logits, logits[scored], rtol=1e-5, atol=1e-5)
+
+
+def test_causal_lm_loss_keeps_full_logits_when_the_head_is_not_a_lone_matmul():
+    """E.g. a soft-capped or cast head: the loss reads the model's logits as they are."""
+    model = build_causal_lm(None)
+    head = next(n for n in model.graph.node if "logits" in n.output)
+    head.output[0] = "raw_logits"
+    model.graph.node.append(onnx.helper.make_node("Identity", ["raw_logits"], ["logits"]))
+    logits = _session(model).run(["logits"], _without_labels(_lm_feeds()))[0]
+    add_loss(model, "lm")
+    assert "logits" in [o.name for o in model.graph.output] and "token_logits" not in [o.name for o in model.graph.output]
+    feeds = _lm_feeds()
+    loss = _session(model).run(["loss"], feeds)[0]
+    np.testing.assert_allclose(loss, _expected_lm_loss(logits, feeds["labels"]), rtol=1e-5, atol=1e-6)
+
+
+def test_causal_lm_loss_of_a_batch_with_nothing_scored_is_zero():
+    model = build_causal_lm(None)
+    add_loss(model, "lm")
+    feeds = _lm_feeds()
+    feeds["labels"] = np.full_like(feeds["labels"], IGNORE_INDEX)
+    loss, token_logits = _session(model).run(["loss", "token_logits"], feeds)
+    np.testing.assert_array_equal(loss, np.zeros(3, np.float32))
+    assert token_logits.shape[0] == 0
 
 
 @pytest.mark.parametrize("builder, task", [(build_classifier, "classification"), (build_causal_lm, "lm")])

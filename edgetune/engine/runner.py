@@ -14,7 +14,7 @@ import onnxruntime as ort
 
 from edgetune.data.batching import Batch
 from edgetune.engine.session import create_session
-from edgetune.graph.loss import LABELS_INPUT, LOSS_OUTPUT
+from edgetune.graph.loss import LABELS_INPUT, LOGITS_OUTPUT, LOSS_OUTPUT, TOKEN_LOGITS_OUTPUT
 
 _NUMPY_TYPES = {onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32}
 
@@ -29,6 +29,8 @@ class LossEngine:
         self.suffix = create_session(prepared.suffix, threads, providers)
         self._prefix_inputs = {i.name for i in self.prefix.get_inputs()} if self.prefix else set()
         self._suffix_inputs = {i.name for i in self.suffix.get_inputs()}
+        # A causal LM's training graph may score only labelled positions (graph/loss.py).
+        self.token_logits = TOKEN_LOGITS_OUTPUT in {o.name for o in self.suffix.get_outputs()}
         self._binding = self.suffix.io_binding()
         self._tensors = tensors  # arena views; must outlive the binding
         for name, view in tensors.items():
@@ -64,9 +66,14 @@ class LossEngine:
         return float(np.mean(self.loss()))
 
     def loss_and_logits(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        """Evaluation path: plain ``run`` with numpy feeds (not the hot loop)."""
+        """Evaluation path: plain ``run`` with numpy feeds (not the hot loop).
+
+        The logits are [labelled tokens, vocabulary] when ``token_logits`` (rows as
+        :func:`edgetune.graph.loss.labelled_positions` orders them), the model's own shape otherwise.
+        """
         feeds = {**self.data_feeds(batch), **self._tensors}
-        loss, logits = self.suffix.run([LOSS_OUTPUT, "logits"], feeds)
+        logits_name = TOKEN_LOGITS_OUTPUT if self.token_logits else LOGITS_OUTPUT
+        loss, logits = self.suffix.run([LOSS_OUTPUT, logits_name], feeds)
         return loss, logits
 
     def data_feeds(self, batch: Batch) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ import onnx
 from edgetune.graph.blocks import Param, find_params
 from edgetune.graph.lift import lift_to_inputs
 from edgetune.graph.lora import add_lora
-from edgetune.graph.loss import LOSS_OUTPUT, add_loss
+from edgetune.graph.loss import LOGITS_OUTPUT, LOSS_OUTPUT, TOKEN_LOGITS_OUTPUT, add_loss
 from edgetune.graph.model import ModelInfo, inspect_model, load_model
 from edgetune.errors import ModelError
 from edgetune.graph.select import select_params, split_lora
@@ -60,7 +60,7 @@ def prepare(path: str | Path, trainable: str | None, task: str | None = None, sp
     selected.sort(key=_arena_order)
     add_loss(model, info.task)
     initial = lift_to_inputs(model, [p.name for p in selected])
-    outputs = [LOSS_OUTPUT, "logits"]
+    outputs = [o.name for o in model.graph.output if o.name in (LOSS_OUTPUT, LOGITS_OUTPUT, TOKEN_LOGITS_OUTPUT)]
     if split and selected:
         parts = split_graph(model, initial.keys(), outputs)
         prefix, suffix, boundary = parts.prefix, parts.suffix, parts.boundary
