@@ -323,6 +323,8 @@ def _add_plan_parser(commands) -> None:
                       help="an edgetune mode as for tune --trainable; repeat for several "
                       "(default: all, last:1, last:2 and lora:r=8,targets=q,v where the model has q/v layers)")
     plan.add_argument("--task", choices=["classification", "lm"], help="default: from the model")
+    plan.add_argument("--scored-tokens", type=int,
+                      help="tokens per example a causal LM's loss scores (a verbaliser: 1; default: every token)")
     plan.add_argument("--budget", help="memory budget: 800MB, 1.5GB, 2GiB or a number of MB")
     plan.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -331,9 +333,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from edgetune.plan import Planner, parse_budget, suggest
 
     budget = parse_budget(args.budget) if args.budget is not None else None  # before reading the model
-    if args.batch < 1 or args.max_length < 1:
-        raise EdgetuneError("--batch and --max-length must be at least 1")
-    planner = Planner(args.onnx, args.task)
+    if args.batch < 1 or args.max_length < 1 or (args.scored_tokens is not None and args.scored_tokens < 1):
+        raise EdgetuneError("--batch, --max-length and --scored-tokens must be at least 1")
+    planner = Planner(args.onnx, args.task, args.scored_tokens)
     modes = args.trainable or planner.default_modes()
     rows = planner.table(args.batch, args.max_length, modes)
     suggestion = suggest(planner, args.batch, args.max_length, modes, budget) if budget is not None else None

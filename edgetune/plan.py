@@ -14,6 +14,10 @@ ONNX Runtime (inference and edgetune), per session over its *frozen* initializer
     resident after loading = 1.62·W_other + 1.29·W_matmul     (tensors + MLAS prepacked MatMul weights)
     one forward            = 84·B·T·H + 12·a·B·T² bytes  (+ 4·B·T·V logits for a causal LM)
 
+edgetune's causal-LM graph runs the LM head on the scored positions only (``graph/loss.py``), so its
+logits are 4·B·S·V with S the tokens scored per example (``--scored-tokens``: 1 for a verbaliser, a
+completion's length; default T, plain text scores every token).
+
 The forward term does not grow with L: ORT frees a block's tensors before the next block runs.
 
     inference peak = ORT_BASE + max(session peak, resident + forward)
@@ -26,7 +30,7 @@ The forward term does not grow with L: ORT frees a block's tensors before the ne
 The frozen prefix and the trainable suffix are separate sessions drawing from one CPU arena shared
 through ORT's environment (``engine/session.py``), so the suffix reuses the memory of the prefix's
 freed activations and only the boundary tensors live across the cut; a frozen weight both halves use
-(a tied embedding) is in both sessions. The causal-LM loss adds one logits-sized tensor
+(a tied embedding) is in both sessions. The causal-LM loss adds one more 4·B·S·V tensor
 (``graph/loss.py``); trainable weights that the graph transposes at run time (a tied LM head) add a
 copy per forward.
 
@@ -66,6 +70,7 @@ from edgetune.data.jsonl import TASK_LM
 from edgetune.errors import EdgetuneError, ModelError
 from edgetune.graph.blocks import Param, find_params
 from edgetune.graph.lora import add_lora, find_linears
+from edgetune.graph.loss import lm_head
 from edgetune.graph.model import inspect_model
 from edgetune.graph.select import LoraSpec, select_params, split_lora
 from edgetune.graph.split import _node_inputs
@@ -296,18 +301,26 @@ class _Session:
 class Planner:
     """Peak-memory predictions for one model; ``mode`` strings are ``--trainable`` specs."""
 
-    def __init__(self, onnx_path: str | Path, task: str | None = None):
+    def __init__(self, onnx_path: str | Path, task: str | None = None, scored_tokens: int | None = None):
+        """``scored_tokens``: tokens per example a causal LM's loss scores (None: every token)."""
         self.path = Path(onnx_path)
         self.model = read_skeleton(self.path)
         self.arch = inspect_architecture(self.model, self.path, task)
         self.params = find_params(self.model)
+        self.scored_tokens = scored_tokens
+
+    def _scored_rows(self, model: onnx.ModelProto, batch: int, length: int) -> int:
+        """Positions whose logits edgetune's tuning graph of ``model`` computes."""
+        if self.scored_tokens is None or lm_head(model.graph) is None:
+            return batch * length
+        return batch * min(self.scored_tokens, length)
 
     # one ORT forward: activations that do not depend on the split
-    def _forward_mb(self, batch: int, length: int, logits: bool) -> float:
+    def _forward_mb(self, batch: int, length: int, logits_rows: int) -> float:
         a = self.arch
         act = ACT_BYTES_PER_TOKEN_HIDDEN * batch * length * a.hidden + ACT_BYTES_PER_HEAD_T2 * a.heads * batch * length**2
-        if logits and a.task == TASK_LM:
-            act += 4.0 * batch * length * a.vocab
+        if a.task == TASK_LM:
+            act += 4.0 * logits_rows * a.vocab
         return act / MB
 
     def inference(self, batch: int, length: int) -> Prediction:
@@ -315,7 +328,7 @@ class Planner:
         session = _Session()
         for init in self.model.graph.initializer:
             self._add_weight(session, init, uses)
-        forward = self._forward_mb(batch, length, logits=True)
+        forward = self._forward_mb(batch, length, logits_rows=batch * length)
         peak = ORT_BASE_MB + max(session.peak, session.resident + forward)
         parts = {"base": ORT_BASE_MB, "session_peak": session.peak, "weights_resident": session.resident,
                  "forward": forward}
@@ -375,12 +388,13 @@ class Planner:
                 by_block[p.block].append(p.name in prefix_reads)
         prefix_has_blocks = split and any(all(inside) for inside in by_block.values())
         prefix_has_weights = split and any(p.name in prefix_reads for p in self.params)
-        forward = self._forward_mb(batch, length, logits=True)
-        prefix_forward = self._forward_mb(batch, length, logits=False) if prefix_has_blocks else 0.0
+        scored = self._scored_rows(model, batch, length)
+        forward = self._forward_mb(batch, length, logits_rows=scored)
+        prefix_forward = self._forward_mb(batch, length, logits_rows=0) if prefix_has_blocks else 0.0
         lm = self.arch.task == TASK_LM
         mask = (4.0 * batch * length * (length if lm else 1)) / MB if split else 0.0
         boundary = (4.0 * batch * length * self.arch.hidden / MB if prefix_has_weights else 0.0) + mask + weight_boundary
-        loss = 4.0 * batch * length * self.arch.vocab / MB if lm else 0.0
+        loss = 4.0 * scored * self.arch.vocab / MB if lm else 0.0
         running = prefix.resident + suffix.resident + max(prefix_forward, forward) + boundary + loss + runtime_copies
         peak = EDGETUNE_BASE_MB + arena + max(prefix.peak, prefix.resident + suffix.peak, running)
         parts = {"base": EDGETUNE_BASE_MB, "arena": arena, "prefix_resident": prefix.resident,

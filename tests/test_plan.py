@@ -84,6 +84,25 @@ def test_lora_first_order_needs_less_than_full(lm_planner):
     assert checkpointed.peak_mb < full.peak_mb
 
 
+def test_scored_tokens_shrink_the_lm_logits_the_tuning_graph_computes(lm):
+    """edgetune's LM graph runs the head on scored positions only: 2 logits-sized tensors of B·S rows."""
+    every, one = Planner(lm["model"]), Planner(lm["model"], scored_tokens=1)
+    batch, length, vocab = 8, 512, every.arch.vocab
+    saved = every.edgetune(LORA, batch, length).peak_mb - one.edgetune(LORA, batch, length).peak_mb
+    assert saved == pytest.approx(2 * 4 * batch * (length - 1) * vocab / 2**20, rel=1e-6)
+    assert one.inference(batch, length).peak_mb == every.inference(batch, length).peak_mb  # ORT alone: all logits
+
+
+def test_scored_tokens_change_nothing_when_the_head_is_not_a_lone_matmul(lm, tmp_path):
+    model = onnx.load(str(lm["model"]))
+    head = next(n for n in model.graph.node if "logits" in n.output)
+    head.output[0] = "raw_logits"
+    model.graph.node.append(onnx.helper.make_node("Identity", ["raw_logits"], ["logits"]))
+    onnx.save(model, str(tmp_path / "capped.onnx"))
+    every, one = Planner(tmp_path / "capped.onnx"), Planner(tmp_path / "capped.onnx", scored_tokens=1)
+    assert one.edgetune(LORA, 8, 512).peak_mb == every.edgetune(LORA, 8, 512).peak_mb
+
+
 def test_budget_suggests_the_fewest_weights_that_fit(clf_planner):
     modes = ["all", "last:1"]
     cheapest = clf_planner.edgetune("last:1", 1, 32).peak_mb
@@ -124,3 +143,13 @@ def test_cli_plan_bad_budget_is_one_line(classifier, capsys):
     assert main(["plan", "--onnx", str(classifier["model"]), "--budget", "a lot"]) == 2
     err = capsys.readouterr().err
     assert err == "edgetune: error: --budget 'a lot': give a size such as 800MB or 1.5GB\n"
+
+
+def test_cli_plan_scored_tokens(lm, capsys):
+    args = ["plan", "--onnx", str(lm["model"]), "--batch", "8", "--max-length", "256", "--trainable", LORA, "--json"]
+    assert main(args) == 0
+    every = json.loads(capsys.readouterr().out)["rows"][1]["peak_mb"]
+    assert main(args + ["--scored-tokens", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"][1]["peak_mb"] < every
+    assert main(args + ["--scored-tokens", "0"]) == 2
+    assert capsys.readouterr().err == "edgetune: error: --batch, --max-length and --scored-tokens must be at least 1\n"
