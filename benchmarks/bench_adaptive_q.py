@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import demo_model, machine, write_results  # noqa: E402
+from common import RESULTS, demo_model, machine, write_results  # noqa: E402
 
 from edgetune.demo import RECIPE  # noqa: E402
 from edgetune.zo.queries import GrowingQueries  # noqa: E402
@@ -112,8 +112,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side (each gets threads // jobs threads)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--name", default="adaptive_q", help="results file name in benchmarks/results/")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the tables from NAME.json, run nothing")
     args = parser.parse_args(argv)
 
+    if args.report_only:
+        payload = json.loads((RESULTS / f"{args.name}.json").read_text())
+        runs, info = payload["runs"], payload["machine"]
+    else:
+        runs, info = run_all(args), machine()
+    report(args.name, args.levels, runs, info, vars(args) if not args.report_only else payload["config"])
+
+
+def run_all(args) -> dict[str, list[dict[str, Any]]]:
+    """Every schedule on every seed; each label's runs in seed order."""
     model, train, dev_file = demo_model()
     plan = schedules(args)
     with tempfile.TemporaryDirectory(prefix="adaptive-q-dev-") as folder:
@@ -129,14 +140,17 @@ def main(argv: list[str] | None = None) -> None:
                 last = runs[label][-1]["curve"][-1]
                 print(f"{label}, seed {seed}: dev accuracy {last['accuracy']:.3f}, loss {last['loss']:.4f} at "
                       f"{last['forwards']} forwards, {runs[label][-1]['steps']} steps", flush=True)
+    return runs
 
+
+def report(name: str, levels: list[float], runs: dict[str, list[dict[str, Any]]], info: dict,
+           config: dict) -> None:
+    """The verdict table (NAME.md) and the seed-averaged curves (NAME_curves.md), both in the JSON."""
     means = {label: mean_curve(seeded) for label, seeded in runs.items()}
-    fixed_label = next(iter(plan))
+    fixed_label = next(iter(runs))
     fixed, fixed_runs = means[fixed_label], runs[fixed_label]
     accuracy_target, loss_target = fixed[-1]["accuracy"], fixed[-1]["loss"]
-    targets = sorted({*args.levels, accuracy_target})
-    segments = len(fixed) - 1
-    shown = sorted({round(segments * i / min(5, segments)) for i in range(1, min(5, segments) + 1)})
+    targets = sorted({*levels, accuracy_target})
     rows, summary = [], {}
     for label, curve in means.items():
         seeded = runs[label]
@@ -152,25 +166,28 @@ def main(argv: list[str] | None = None) -> None:
         rows.append([
             label, f"{statistics.fmean(r['mean_queries'] for r in seeded):.1f}",
             f"{statistics.fmean(r['steps'] for r in seeded):.0f}",
-            " / ".join(f"{curve[k]['accuracy']:.3f}" for k in shown if k < len(curve)),
+            f"{curve[-1]['accuracy']:.3f}",
             *[ratio(summary[label]["forwards_to_accuracy"][f"{t:.3f}"],
                     summary[fixed_label]["forwards_to_accuracy"][f"{t:.3f}"]) for t in targets],
-            " / ".join(f"{n / b:.2f}×" if n and b else "—" for n, b in zip(per_seed, per_seed_fixed)),
+            " / ".join(f"{n / b:.2f}×" if n and b else "not reached" for n, b in zip(per_seed, per_seed_fixed)),
             f"{curve[-1]['loss']:.4f}", ratio(summary[label]["forwards_to_fixed_loss"],
                                               summary[fixed_label]["forwards_to_fixed_loss"]),
             f"{statistics.fmean(r['seconds'] for r in seeded):.0f}",
         ])
-    payload = {"machine": machine(), "config": vars(args), "targets": targets, "loss_target": loss_target,
+    payload = {"machine": info, "config": config, "targets": targets, "loss_target": loss_target,
                "runs": runs, "summary": summary}
-    shown_forwards = " / ".join(str(k * args.eval_every) for k in shown)
-    header = ["schedule", "mean q", "steps", f"mean dev accuracy at {shown_forwards} forwards",
+    header = ["schedule", "mean q", "steps", "mean final dev accuracy",
               *[f"forwards to {t:.3f}{' (fixed final)' if t == accuracy_target else ''} (÷ fixed)" for t in targets],
               "per seed: forwards to that seed's fixed final accuracy (÷ fixed)", "mean final dev loss",
               f"forwards to {loss_target:.4f} (fixed final loss, ÷ fixed)", "seconds per run"]
-    write_results(args.name, payload, header, rows)
-    print("\nmean curves (forwards:accuracy/loss):")
-    for label, curve in means.items():
-        print(f"{label}: " + " ".join(f"{p['forwards']:.0f}:{p['accuracy']:.3f}/{p['loss']:.4f}" for p in curve))
+    write_results(name, payload, header, rows)
+    labels = list(means)
+    curve_rows = [[f"{fixed_runs[0]['curve'][k]['forwards'] if k else 0}",
+                   *[f"{means[label][k]['accuracy']:.3f}" for label in labels],
+                   *[f"{means[label][k]['loss']:.4f}" for label in labels]]
+                  for k in range(min(len(c) for c in means.values()))]
+    curve_header = ["forwards", *[f"accuracy, {label}" for label in labels], *[f"loss, {label}" for label in labels]]
+    write_results(f"{name}_curves", {"mean_curves": means}, curve_header, curve_rows)
 
 
 if __name__ == "__main__":
