@@ -53,7 +53,7 @@ def parse_args(argv=None):
     parser.add_argument("--verbalizer", default=VERBALIZER)
     parser.add_argument("--template", default=TEMPLATE)
     parser.add_argument("--output-dir", default="out/bench_smollm2")
-    parser.add_argument("--rss-only", action="store_true", help="skip tuning; measure peak RSS only")
+    parser.add_argument("--rss-only", action="store_true", help="skip tuning; print peak RSS only (no results files)")
     return parser.parse_args(argv)
 
 
@@ -132,6 +132,8 @@ def main(argv=None) -> None:
                          f"{point['loss']:.4f}"])
         print(f"dev accuracy {result.before['accuracy']:.3f} -> {result.after['accuracy']:.3f} "
               f"in {args.steps} steps, {seconds:.0f} s, {tuner.trainable_params:,} trainable")
+    if args.rss_only:
+        return  # printed above; the results files keep the last full run's curve
     rows.append(["peak RSS tune ÷ inference", "-", f"{memory['tune_mb']:.0f} / {memory['inference_mb']:.0f} MB",
                  f"{memory['ratio']:.2f}×"])
     write_results("smollm2_rt", payload, ["step", "forward passes", "dev accuracy", "dev loss"], rows)
