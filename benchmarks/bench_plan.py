@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_smollm2_rt import TEMPLATE, VERBALIZER  # noqa: E402
 from common import demo_model, long_texts_jsonl, machine, peak_rss_mb, write_results  # noqa: E402
 
 from edgetune.plan import Planner  # noqa: E402
@@ -58,10 +59,12 @@ def child_inference(model: str, batch: int, length: int) -> None:
         session.run(["logits"], feeds)
 
 
-def child_tune(model: str, batch: int, length: int, mode: str, data: str) -> None:
+def child_tune(model: str, batch: int, length: int, mode: str, data: str, verbalizer: str | None = None,
+               template: str | None = None) -> None:
     from edgetune import Tuner
 
-    tuner = Tuner.from_onnx(model, trainable=mode, max_length=length, threads=1)
+    tuner = Tuner.from_onnx(model, trainable=mode, max_length=length, threads=1, verbalizer=verbalizer,
+                            template=template)
     tuner.fit(data, steps=2, batch_size=batch, queries=1, lr=1e-6, eps=1e-3)
 
 
@@ -142,6 +145,11 @@ def main(argv=None) -> None:
                 data = long_texts_jsonl(train, tmp / f"edgetune_plan_{length}.jsonl", words=length)
             jobs = [(planner.inference(batch, length), "inference", (str(model), batch, length))]
             jobs += [(planner.edgetune(m, batch, length), "tune", (str(model), batch, length, m, str(data))) for m in modes]
+            if planner.arch.task == "lm":  # a verbaliser scores one token per example (--scored-tokens 1)
+                verbalized = long_texts_jsonl(train, tmp / f"edgetune_plan_verbalizer_{length}.jsonl", words=length)
+                prediction = Planner(model, scored_tokens=1).edgetune(LORA, batch, length)
+                prediction.mode += ", verbaliser (--scored-tokens 1)"
+                jobs.append((prediction, "tune", (str(model), batch, length, LORA, str(verbalized), VERBALIZER, TEMPLATE)))
             if has_torch and name == "all-MiniLM-L6-v2":
                 predictions = {"full": planner.first_order(batch, length),
                                "full + checkpointing": planner.first_order(batch, length, checkpointing=True),
