@@ -1,16 +1,17 @@
 """A causal LM's head on the scored positions only, against the full logits, in one run.
 
     python benchmarks/bench_lm_head.py [--batch-size 16 --max-length 64 --repeats 7]
+    python benchmarks/bench_lm_head.py --batch-size 8 --max-length 256 --words 256 --name lm_head_long
 
 SmolLM2-135M-Instruct, LoRA r=8 on q,v (the verbaliser recipe of bench_smollm2_rt.py), three kinds
 of training data: a verbaliser (one scored token per example), chats (the assistant turns of
 examples/personalise_smollm2.py) and plain text (every token scored). For each, the tuning graph
 edgetune builds (``token_logits``: the LM head on the scored positions' hidden states) against the
 same graph with full ``logits`` [batch, sequence, vocabulary]. The full variant is the same model
-with an Identity after its head, which edgetune must keep as it is (graph/loss.py), so the two
-differ in that one rewrite. Per data kind: ms per forward of the tuning graph (median, the variants
+with a second, free reader of its logits (a Shape), which makes edgetune keep them (graph/loss.py),
+so the two differ in that one rewrite. Per data kind: ms per forward of the tuning graph (median, the variants
 interleaved), tuning peak RSS (3 ZO steps, each variant in fresh processes, median VmHWM), and plain ORT
-inference of the model on the same batch for scale. Writes benchmarks/results/lm_head.{json,md}.
+inference of the model on the same batch for scale. Writes benchmarks/results/NAME.{json,md}.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "examples"))
 from bench_smollm2_rt import TEMPLATE, VERBALIZER, smollm2_model  # noqa: E402
-from common import machine, peak_rss_mb, write_results  # noqa: E402
+from common import long_texts_jsonl, machine, peak_rss_mb, write_results  # noqa: E402
 
 from edgetune.data.tokenizer import SIDECARS  # noqa: E402
 from edgetune.datasets import write_rotten_tomatoes_splits  # noqa: E402
@@ -41,13 +42,16 @@ TRAINABLE = "lora:r=8,targets=q,v"
 
 
 def full_logits_variant(model: Path, folder: Path) -> Path:
-    """``model`` with an Identity after its LM head: edgetune then keeps the full logits."""
+    """``model`` with one more reader of its logits, a Shape whose output nothing uses.
+
+    edgetune gathers before the head only when nothing but the loss reads the logits
+    (``graph.loss.lm_head``), so this variant's tuning graph is the full-logits one; a Shape costs
+    nothing and keeps no tensor alive, where an Identity may copy the logits.
+    """
     import onnx
 
     graph_model = onnx.load(str(model))
-    head = next(n for n in graph_model.graph.node if "logits" in n.output)
-    head.output[0] = "logits_before_identity"
-    graph_model.graph.node.append(onnx.helper.make_node("Identity", ["logits_before_identity"], ["logits"]))
+    graph_model.graph.node.append(onnx.helper.make_node("Shape", ["logits"], ["logits_shape_unused"]))
     folder.mkdir(parents=True, exist_ok=True)
     onnx.save(graph_model, str(folder / "model.onnx"))
     for name in ("tokenizer.json", *SIDECARS):
@@ -61,6 +65,8 @@ def data_kinds(folder: Path, args) -> dict[str, dict]:
     from personalise_smollm2 import write_data
 
     rt_train, _ = write_rotten_tomatoes_splits(default_workdir() / "rt_400_400", n_train=400, n_dev=400, seed=0)
+    if args.words:  # snippets joined into long reviews, so batches reach --max-length
+        rt_train = long_texts_jsonl(rt_train, folder / "long.jsonl", words=args.words)
     chat_train, _ = write_data(folder / "chat", n_train=64, n_dev=8)
     text = folder / "text.jsonl"
     rows = [json.loads(line) for line in rt_train.read_text().splitlines()[:64]]
@@ -120,6 +126,7 @@ def forward_ms(models: dict[str, Path], kind: dict, args) -> tuple[dict[str, flo
         batch = tuner.load_data(kind["data"]).batch(range(args.batch_size), tuner.info.data_inputs)
         tuner.engine.set_batch(batch)
         tuner.engine.loss()  # warm-up: first-run allocations
+    assert [tuner.engine.token_logits for tuner in tuners.values()] == [True, False], "variants not as meant"
     losses = {name: tuner.engine.loss() for name, tuner in tuners.items()}
     first, second = losses.values()
     np.testing.assert_allclose(first, second, rtol=1e-4, atol=1e-4)  # the same loss, computed two ways
@@ -140,6 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--rss-repeats", type=int, default=3, help="children per peak-RSS figure (median)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--words", type=int, default=0,
+                        help="join the review snippets into texts of this many words (long sequences)")
+    parser.add_argument("--name", default="lm_head", help="results file name in benchmarks/results/")
     args = parser.parse_args(argv)
 
     model = smollm2_model()
@@ -166,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
               "tune peak RSS, full logits (MB)", "tune peak RSS, token_logits (MB)", "inference peak RSS (MB)",
               "tune ÷ inference"]
     payload = {"machine": machine(), "config": {**vars(args), "trainable": TRAINABLE}, "results": results}
-    write_results("lm_head", payload, header, rows)
+    write_results(args.name, payload, header, rows)
 
 
 if __name__ == "__main__":
