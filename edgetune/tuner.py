@@ -204,12 +204,12 @@ class Tuner:
         """Mean loss, and accuracy (classification, verbaliser) or perplexity (language modelling)."""
         dataset = data if isinstance(data, TokenizedSet) else self.load_data(data)
         verbalized = dataset.classes is not None
-        # A causal LM's run allocates its logits (every position's, or the scored ones' with
-        # token_logits) and a reduction over them: cap those positions per run instead of the rows.
+        # A causal LM's run allocates batch x sequence x vocabulary logits several times over (the
+        # output, the loss's shifted copy and log-softmax): cap the tokens per run instead of the rows.
         vocab = self.info.embedding_rows
         max_tokens = max(1, _EVAL_LOGITS_BUDGET // vocab) if self.info.task == TASK_LM and vocab else None
         losses, correct = [], 0
-        for batch in dataset.batches(batch_size, self.info.data_inputs, max_tokens, self.engine.token_logits):
+        for batch in dataset.batches(batch_size, self.info.data_inputs, max_tokens):
             loss, logits = self.engine.loss_and_logits(batch)
             losses.append(loss)
             if verbalized:

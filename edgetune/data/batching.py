@@ -100,26 +100,18 @@ class TokenizedSet:
         classes = self.classes[rows] if self.classes is not None else None
         return Batch(inputs=inputs, labels=labels, size=len(rows), classes=classes)
 
-    def batches(self, batch_size: int, input_names: Sequence[str], max_tokens: int | None = None,
-                scored_only: bool = False):
+    def batches(self, batch_size: int, input_names: Sequence[str], max_tokens: int | None = None):
         """Every example once, in file order (for evaluation).
 
         ``max_tokens`` caps rows x padded length of a batch (at least one row), which bounds the
-        ``batch x sequence x vocabulary`` logits that a language model's run allocates; with
-        ``scored_only`` it caps the batch's scored labels instead, for a graph that computes logits
-        only there (``token_logits``, graph/loss.py).
+        ``batch x sequence x vocabulary`` logits that a language model's run allocates.
         """
         start = 0
         while start < len(self):
-            end, longest, scored = start, 0, 0
+            end, longest = start, 0
             while end < len(self) and end - start < batch_size:
                 longest = max(longest, len(self.ids[end]))
-                if scored_only and self.token_labels is not None:
-                    scored += int(np.sum(self.token_labels[end][1:] != IGNORE_INDEX))
-                    cost = scored
-                else:
-                    cost = (end - start + 1) * longest
-                if max_tokens is not None and end > start and cost > max_tokens:
+                if max_tokens is not None and end > start and (end - start + 1) * longest > max_tokens:
                     break
                 end += 1
             yield self.batch(range(start, end), input_names)
