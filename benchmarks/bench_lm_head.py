@@ -20,7 +20,6 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,10 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "examples"))
 from bench_smollm2_rt import TEMPLATE, VERBALIZER, smollm2_model  # noqa: E402
-from common import long_texts_jsonl, machine, peak_rss_mb, write_results  # noqa: E402
+from common import child_peak_rss, long_texts_jsonl, machine, write_results  # noqa: E402
 
 from edgetune.data.tokenizer import SIDECARS  # noqa: E402
 from edgetune.datasets import write_rotten_tomatoes_splits  # noqa: E402
+from edgetune.graph.loss import labelled_positions  # noqa: E402
 from edgetune.demo import default_workdir  # noqa: E402
 
 TRAINABLE = "lora:r=8,targets=q,v"
@@ -92,30 +92,6 @@ def child_tune(model: str, kind: dict, options: dict) -> None:
     tuner_for(Path(model), kind, args).fit(kind["data"], steps=3, batch_size=args.batch_size, lr=1e-3, eps=1e-3)
 
 
-def child_inference(model: str, batch_file: str, threads: int) -> None:
-    import onnxruntime as ort
-
-    from edgetune.engine.session import session_options
-
-    inputs = dict(np.load(batch_file))
-    session = ort.InferenceSession(model, session_options(threads), providers=["CPUExecutionProvider"])
-    for _ in range(3):
-        session.run(["logits"], inputs)
-
-
-def rss(repeats: int, mode: str, *call_args) -> float:
-    """Median VmHWM of ``repeats`` fresh children (glibc's mmap threshold moves a single figure by ±15 %)."""
-    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import bench_lm_head as b; "
-            f"b.child_{mode}(*{call_args!r}); print(b.peak_rss_mb())")
-    values = []
-    for _ in range(repeats):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        if out.returncode:
-            raise SystemExit(out.stderr.strip().splitlines()[-1])
-        values.append(float(out.stdout.strip().splitlines()[-1]))
-    return statistics.median(values)
-
-
 # -- time per forward ----------------------------------------------------------------------------
 
 def forward_ms(models: dict[str, Path], kind: dict, args) -> tuple[dict[str, float], int, dict]:
@@ -136,7 +112,7 @@ def forward_ms(models: dict[str, Path], kind: dict, args) -> tuple[dict[str, flo
             began = time.perf_counter()
             tuner.engine.loss()
             times[name].append(time.perf_counter() - began)
-    scored = int(np.sum(batch.labels[:, 1:] != -100))
+    scored = int(labelled_positions(batch.labels).sum())
     return {name: 1000 * statistics.median(t) for name, t in times.items()}, scored, batch.inputs
 
 
@@ -161,8 +137,11 @@ def main(argv: list[str] | None = None) -> None:
             ms, scored, inputs = forward_ms(models, kind, args)
             batch_file = folder / "batch.npz"
             np.savez(batch_file, **inputs)
-            memory = {name: rss(args.rss_repeats, "tune", str(path), kind, vars(args)) for name, path in models.items()}
-            inference = rss(args.rss_repeats, "inference", str(model), str(batch_file), args.threads)
+            # the median of fresh children: glibc's mmap threshold moves a single figure by ±15 %
+            memory = {name: statistics.median(child_peak_rss("bench_lm_head", "child_tune", (str(path), kind, vars(args)),
+                                                             args.rss_repeats)) for name, path in models.items()}
+            inference = statistics.median(child_peak_rss("bench_smollm2_rt", "child_inference",
+                                                         (str(model), str(batch_file), args.threads), args.rss_repeats))
             tokens = int(np.prod(inputs["input_ids"].shape))
             results[label] = {"ms_per_forward": ms, "tune_peak_rss_mb": memory, "inference_peak_rss_mb": inference,
                               "scored_tokens": scored, "batch_tokens": tokens}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_smollm2_rt import TEMPLATE, VERBALIZER  # noqa: E402
-from common import demo_model, long_texts_jsonl, machine, peak_rss_mb, write_results  # noqa: E402
+from common import child_peak_rss, demo_model, long_texts_jsonl, machine, write_results  # noqa: E402
 
 from edgetune.plan import Planner  # noqa: E402
 
@@ -95,14 +94,7 @@ def child_torch(batch: int, length: int, mode: str) -> None:
 
 
 def measure(kind: str, *args, repeats: int = 1) -> tuple[float, list[float]]:
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_plan as b; "
-            f"b.child_{kind}(*{json.dumps(args)}); print(b.peak_rss_mb())")
-    values = []
-    for _ in range(repeats):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        if out.returncode != 0:
-            raise RuntimeError(f"child {kind}{args} failed: {out.stderr.strip().splitlines()[-1:]}")
-        values.append(float(out.stdout.strip().splitlines()[-1]))
+    values = child_peak_rss("bench_plan", f"child_{kind}", args, repeats)
     return statistics.median(values), values
 
 

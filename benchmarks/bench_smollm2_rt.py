@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, peak_rss_mb, write_results  # noqa: E402
+from common import child_peak_rss, machine, write_results  # noqa: E402
 
 from edgetune import Tuner  # noqa: E402
 from edgetune.datasets import write_rotten_tomatoes_splits  # noqa: E402
@@ -84,15 +83,6 @@ def child_tune(model: str, train: str, options: dict) -> None:
     tuner.fit(train, steps=3, batch_size=args.batch_size, lr=args.lr, eps=args.eps, queries=args.queries)
 
 
-def rss(mode: str, *call_args) -> float:
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_smollm2_rt as b; "
-            f"b.child_{mode}(*{call_args!r}); print(b.peak_rss_mb())")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if out.returncode:
-        raise SystemExit(out.stderr.strip().splitlines()[-1])
-    return float(out.stdout.strip().splitlines()[-1])
-
-
 def measure_rss(model: Path, train: Path, args) -> dict:
     probe = Tuner.from_onnx(model, trainable=None, max_length=args.max_length, threads=args.threads,
                             verbalizer=args.verbalizer, template=args.template)
@@ -100,8 +90,8 @@ def measure_rss(model: Path, train: Path, args) -> dict:
     del probe
     batch_file = Path(tempfile.gettempdir()) / "edgetune_smollm2_batch.npz"
     np.savez(batch_file, **batch.inputs)
-    infer = rss("inference", str(model), str(batch_file), args.threads)
-    tune = rss("tune", str(model), str(train), vars(args))
+    infer = child_peak_rss("bench_smollm2_rt", "child_inference", (str(model), str(batch_file), args.threads))[0]
+    tune = child_peak_rss("bench_smollm2_rt", "child_tune", (str(model), str(train), vars(args)))[0]
     return {"inference_mb": infer, "tune_mb": tune, "ratio": tune / infer,
             "batch": list(batch.inputs["input_ids"].shape)}
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import platform
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
@@ -47,6 +50,22 @@ def peak_rss_mb() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+def child_peak_rss(module: str, function: str, args: Sequence, repeats: int = 1) -> list[float]:
+    """Peak RSS (MB) of ``repeats`` fresh Pythons, each running ``module.function(*args)`` and nothing else.
+
+    ``module`` is a benchmark script in this folder; ``args`` are literals (their ``repr`` is the call).
+    """
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import {module} as m; "
+            f"m.{function}(*{list(args)!r}); from common import peak_rss_mb; print(peak_rss_mb())")
+    values = []
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(f"child {module}.{function} failed: {out.stderr.strip().splitlines()[-1:]}")
+        values.append(float(out.stdout.strip().splitlines()[-1]))
+    return values
 
 
 def median_time(fn, repeats: int) -> float:
