@@ -10,8 +10,6 @@ Writes benchmarks/results/step.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -20,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import demo_model, long_texts_jsonl, machine, median_time, peak_rss_mb, write_results  # noqa: E402
+from common import child_peak_rss, demo_model, long_texts_jsonl, machine, median_time, write_results  # noqa: E402
 
 from edgetune import Tuner, _core  # noqa: E402
 from edgetune.engine.session import session_options  # noqa: E402
@@ -70,18 +68,15 @@ def rss_child(mode: str, args, trainable: str | None = None) -> float:
 
     The child gets the model's path, so it never imports the exporter (torch alone is ~0.5 GB).
     """
-    code = f"""
-import sys
-sys.path.insert(0, {str(Path(__file__).parent)!r})
-import bench_step as b
-args = b.parse_args({json.dumps(args.argv + ["--onnx", str(args.onnx), "--data", str(args.data)])})
-args.rss_trainable = {trainable!r}
-b.prepare_data(args)
-b.child_{mode}(args)
-print(b.peak_rss_mb())
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    argv = args.argv + ["--onnx", str(args.onnx), "--data", str(args.data)]
+    return child_peak_rss("bench_step", "child", (mode, argv, trainable))[0]
+
+
+def child(mode: str, argv: list[str], trainable: str | None) -> None:
+    args = parse_args(argv)
+    args.rss_trainable = trainable
+    prepare_data(args)
+    {"inference": child_inference, "tune": child_tune}[mode](args)
 
 
 def child_inference(args):
