@@ -151,12 +151,12 @@ def report(name: str, levels: list[float], runs: dict[str, list[dict[str, Any]]]
     fixed, fixed_runs = means[fixed_label], runs[fixed_label]
     accuracy_target, loss_target = fixed[-1]["accuracy"], fixed[-1]["loss"]
     targets = sorted({*levels, accuracy_target})
+    per_seed_fixed = [forwards_to(base["curve"], "accuracy", base["curve"][-1]["accuracy"]) for base in fixed_runs]
     rows, summary = [], {}
     for label, curve in means.items():
         seeded = runs[label]
         per_seed = [forwards_to(run["curve"], "accuracy", base["curve"][-1]["accuracy"])
                     for run, base in zip(seeded, fixed_runs)]
-        per_seed_fixed = [forwards_to(base["curve"], "accuracy", base["curve"][-1]["accuracy"]) for base in fixed_runs]
         summary[label] = {
             "mean_curve": curve,
             "forwards_to_accuracy": {f"{t:.3f}": forwards_to(curve, "accuracy", t) for t in targets},
