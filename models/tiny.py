@@ -560,6 +560,15 @@ def build_causal_lm(
 # ---------------------------------------------------------------------------------------------
 
 
+def wrap_lm_head(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` (in place) with an Identity after its LM head, so ``logits`` do not come straight from a
+    MatMul, as with a soft-capped or cast head."""
+    head = next(n for n in model.graph.node if "logits" in n.output)
+    head.output[0] = "raw_logits"
+    model.graph.node.append(helper.make_node("Identity", ["raw_logits"], ["logits"]))
+    return model
+
+
 def _bundle_vocab(vocab_size: int) -> list[str]:
     if vocab_size < len(SPECIAL_TOKENS) + len(TINY_VOCAB):
         raise ValueError(

@@ -11,7 +11,7 @@ from edgetune.graph import prepare
 from edgetune.graph.blocks import find_params
 from edgetune.graph.loss import add_loss, labelled_positions
 from edgetune.graph.select import select_params
-from models.tiny import build_causal_lm, build_classifier
+from models.tiny import build_causal_lm, build_classifier, wrap_lm_head
 
 
 def placement(model):
@@ -114,10 +114,7 @@ def test_causal_lm_loss_shifts_ignores_masked_tokens_and_runs_the_head_on_scored
 
 def test_causal_lm_loss_keeps_full_logits_when_the_head_is_not_a_lone_matmul():
     """E.g. a soft-capped or cast head: the loss reads the model's logits as they are."""
-    model = build_causal_lm(None)
-    head = next(n for n in model.graph.node if "logits" in n.output)
-    head.output[0] = "raw_logits"
-    model.graph.node.append(onnx.helper.make_node("Identity", ["raw_logits"], ["logits"]))
+    model = wrap_lm_head(build_causal_lm(None))
     logits = _session(model).run(["logits"], _without_labels(_lm_feeds()))[0]
     add_loss(model, "lm")
     assert "logits" in [o.name for o in model.graph.output] and "token_logits" not in [o.name for o in model.graph.output]
