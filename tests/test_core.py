@@ -11,6 +11,8 @@ import sys
 import numpy as np
 import pytest
 
+import reference_noise as ref_noise
+
 
 def _load_core():
     """The compiled extension. With `pythonpath = .` the source tree's edgetune/ is imported; if it
@@ -79,6 +81,57 @@ def test_derive_seed_distinct():
     assert 0 <= core.derive_seed(2**64 - 1, 2**64 - 1, 0) < 2**64
 
 
+GOLDEN = os.path.join(os.path.dirname(__file__), "c", "noise_golden.txt")
+
+
+def read_golden(path: str) -> list[tuple[int, int, int, int, int, list[int] | None]]:
+    """The golden file's cases: (dist, seed, offset, count, fnv1a64, bit patterns or None past 128 values)."""
+    with open(path) as f:
+        lines = [line.split() for line in f if not line.startswith("#")]
+    cases, at = [], 0
+    while at < len(lines):
+        dist, seed, offset, count = (int(v) for v in lines[at][:4])
+        digest, at = int(lines[at][4], 16), at + 1
+        bits = None
+        if count <= 128:
+            rows = -(-count // 8)
+            bits = [int(v, 16) for row in lines[at:at + rows] for v in row]
+            at += rows
+        cases.append((dist, seed, offset, count, digest, bits))
+    return cases
+
+
+def test_golden_noise_is_the_spec():
+    """tests/reference_noise.py implements csrc/noise.h's written specification independently; the golden
+    file (written by the C code) and every compiled ISA must equal it bit for bit, so a changed generator
+    with a regenerated golden file fails here."""
+    cases = read_golden(GOLDEN)
+    assert len(cases) == 8 and {c[0] for c in cases} == {0, 1} and max(c[3] for c in cases) == 1_000_000
+    for dist, seed, offset, count, digest, bits in cases:
+        expected = ref_noise.noise(seed, offset, count, dist)
+        assert ref_noise.fnv1a64(expected) == digest, (dist, seed, offset)
+        if bits is not None:
+            assert expected.view(np.uint32).tolist() == bits, (dist, seed, offset)
+        for isa in core.available_isas():
+            core.set_isa(isa)
+            got = core.noise(seed, offset, count, DISTS[dist])
+            np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32), err_msg=isa)
+
+
+@pytest.mark.parametrize("dist", DISTS)
+def test_noise_matches_the_spec_across_key_boundaries(dist):
+    """Ranges that cross a change of the keys' high word (2^32 Gaussian pairs, 2^32 Rademacher words)."""
+    for base in [(1 << 33) - 50, (1 << 37) - 70, 2**64 - 300]:
+        expected = ref_noise.noise(77, base, 299, dist)  # the last ends at index 2^64 - 2
+        got = core.noise(77, base, expected.size, dist)
+        np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32), err_msg=str(base))
+
+
+def test_derive_seed_is_the_spec():
+    for args in [(0, 0, 0), (7, 1, 2), (2**64 - 1, 2**64 - 1, 0), (0xDEADBEEF, 12345, 7)]:
+        assert core.derive_seed(*args) == ref_noise.derive_seed(*args), args
+
+
 @pytest.mark.parametrize("dist", DISTS)
 def test_noise_is_counter_based(dist):
     full = core.noise(99, 0, 10_000, dist)
@@ -135,7 +188,7 @@ def test_perturb_matches_numpy(dist, offset):
     ref = buf.copy()
     scale = 3.7e-3
     core.perturb(buf, 42, scale, dist, offset)
-    z = core.noise(42, offset, ref.size, dist)
+    z = ref_noise.noise(42, offset, ref.size, dist)
     ref = ref + f32(scale) * z
     np.testing.assert_array_equal(buf.view(np.uint32), ref.view(np.uint32))
 
@@ -151,7 +204,7 @@ def test_combine_matches_numpy(dist, k):
     decay, offset = 0.9995, 3
     acc = f32(decay) * buf
     for s, c in zip(seeds, coefs):
-        acc = acc + f32(c) * core.noise(s, offset, n, dist)
+        acc = acc + f32(c) * ref_noise.noise(s, offset, n, dist)
     for isa in core.available_isas():
         core.set_isa(isa)
         b = buf.copy()

@@ -2,9 +2,12 @@
 bit on every ISA; learning on the tiny classifier; resume and replay bit for bit; the state's size."""
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
+import reference_noise as ref_noise
 
 from edgetune import Tuner, _core
 from edgetune.replay import replay_run
@@ -24,18 +27,19 @@ def _restore_isa():
 
 
 def dense_adam_reference(theta, window, m_weights, v_weights, decay, lr, restore, nxt, dist, offset):
-    """The kernel's formula with dense numpy arrays, in the kernel's float32 order."""
+    """The kernel's documented formula (csrc/kernels.h, et_adam_window) with dense numpy arrays, in float32
+    and the documented order; z comes from the independent reference of the noise spec, not from _core."""
     n = theta.size
-    theta = theta + f32(restore[1]) * _core.noise(restore[0], offset, n, dist)
+    theta = theta + f32(restore[1]) * ref_noise.noise(restore[0], offset, n, dist)
     m, v = np.zeros(n, f32), np.zeros(n, f32)
     for (seeds, coefs), wm, wv in zip(window, m_weights, v_weights):
-        ghat = f32(coefs[0]) * _core.noise(seeds[0], offset, n, dist)
+        ghat = f32(coefs[0]) * ref_noise.noise(seeds[0], offset, n, dist)
         for seed, coef in zip(seeds[1:], coefs[1:]):
-            ghat = ghat + f32(coef) * _core.noise(seed, offset, n, dist)
+            ghat = ghat + f32(coef) * ref_noise.noise(seed, offset, n, dist)
         m = m + f32(wm) * ghat
         v = v + f32(wv) * (ghat * ghat)
     theta = f32(decay) * theta - f32(lr) * (m / (np.sqrt(v) + f32(ADAM_DELTA)))
-    return theta + f32(nxt[1]) * _core.noise(nxt[0], offset, n, dist)
+    return theta + f32(nxt[1]) * ref_noise.noise(nxt[0], offset, n, dist)
 
 
 @pytest.mark.parametrize("dist", ["gaussian", "rademacher"])
@@ -62,6 +66,23 @@ def test_adam_kernel_equals_dense_numpy_on_every_isa(dist):
     _core.set_num_threads(1)
 
 
+def test_window_cpp_expected_hash_is_the_spec():
+    """tests/c/test_window.cpp (run natively and as AArch64 under qemu) compares the scalar kernel with
+    EXPECTED, a hash the C++ once printed itself; here the same inputs through the documented formula and
+    the independent noise reference must give that hash, so EXPECTED is not the code's own say-so."""
+    source = (Path(__file__).parent / "c" / "test_window.cpp").read_text()
+    expected = int(re.search(r"EXPECTED = 0x([0-9a-f]{16})ULL", source).group(1), 16)
+    n = 70_001
+    theta = (np.arange(n) % 201 - 100).astype(f32) * f32(0.01)
+    window = [([11, 12], [0.5, -0.25]), ([13], [1.5]), ([0xDEADBEEFCAFEF00D, 15, 16], [-0.75, 0.125, 2.0])]
+    digest = 0
+    for dist in ("gaussian", "rademacher"):
+        out = dense_adam_reference(theta, window, [0.5, 0.3, 0.2], [0.4, 0.35, 0.25], 0.999, 1e-2, (5, 1e-3),
+                                   (6, 2e-3), dist, 13)
+        digest = (digest * 31 + ref_noise.fnv1a64(out)) & ref_noise.U64
+    assert f"{digest:#018x}" == f"{expected:#018x}"
+
+
 def test_adam_kernel_rejects_inconsistent_windows():
     buf = np.zeros(10, f32)
     with pytest.raises(ValueError, match="sum\\(queries\\)"):
@@ -86,7 +107,7 @@ def test_adam_window_covering_the_run_is_adam_with_a_recursive_ema(noise, querie
     theta, m, v = np.zeros(n), np.zeros(n), np.zeros(n)
     for t in range(steps):
         record = opt.step(t, quadratic(buf, target))
-        ghat = sum(g * _core.noise(s, 0, n, noise).astype(np.float64) for s, g in zip(record.seeds, record.grads))
+        ghat = sum(g * ref_noise.noise(s, 0, n, noise).astype(np.float64) for s, g in zip(record.seeds, record.grads))
         ghat /= len(record.seeds)
         m, v = beta1 * m + (1 - beta1) * ghat, beta2 * v + (1 - beta2) * ghat**2
         m_hat, v_hat = m / (1 - beta1 ** (t + 1)), v / (1 - beta2 ** (t + 1))

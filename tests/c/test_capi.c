@@ -2,7 +2,8 @@
  *   test_capi <golden-file>            run all checks, including noise vs. the committed golden file
  *   test_capi <golden-file> --write    regenerate the golden file from the scalar kernels
  * The golden file is produced by the x86-64 scalar build; matching it on AArch64/NEON proves the
- * noise is bit-identical across builds. */
+ * noise is bit-identical across builds. It is not its own authority: tests/test_core.py reproduces
+ * every case from tests/reference_noise.py, an independent numpy reading of csrc/noise.h's spec. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,7 +46,9 @@ static int write_golden(const char *path) {
     FILE *f = fopen(path, "w");
     if (!f) { perror(path); return 1; }
     fprintf(f, "# edgetune noise golden v1 (x86-64 scalar build). Per case: dist seed offset count fnv1a64,\n"
-               "# then (count <= 128) the float32 bit patterns in hex. Regenerate: test_capi <file> --write\n");
+               "# then (count <= 128) the float32 bit patterns in hex. Regenerate: test_capi <file> --write\n"
+               "# fnv1a64: FNV-1a 64 of the float32 bit patterns' bytes, least significant first. tests/test_core.py\n"
+               "# checks every case against tests/reference_noise.py, written from the spec in csrc/noise.h.\n");
     for (size_t c = 0; c < N_GOLDEN; ++c) {
         const gcase *g = &golden_cases[c];
         float *v = malloc(g->count * sizeof(float));
