@@ -142,9 +142,15 @@ def test_non_finite_loss_stops_with_a_clear_error(classifier):
 
 
 def test_batch_order_does_not_depend_on_history():
-    stream = BatchStream(37, 8, seed=5)
-    later = stream.indices(100).tolist()
-    assert BatchStream(37, 8, seed=5).indices(100).tolist() == later
+    """A stream that has served many steps (its epoch cache filled and cleared, steps out of order) gives
+    every step the batch a fresh stream gives it: a resumed run sees the batches of an uninterrupted one."""
+    used = BatchStream(37, 8, seed=5)
+    for step in [*range(120), 7, 300, 2, 119]:  # 26 epochs: the cache of permutations is cleared several times
+        used.indices(step)
+    for step in (0, 3, 100, 301):
+        assert used.indices(step).tolist() == BatchStream(37, 8, seed=5).indices(step).tolist(), step
+    fresh = BatchStream(37, 8, seed=5)
+    assert fresh.indices(100).tolist() != fresh.indices(101).tolist()  # the batches do depend on the step
 
 
 def test_resume_refuses_a_different_tokenizer(classifier, tmp_path):
