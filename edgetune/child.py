@@ -4,7 +4,7 @@ Some jobs (graph surgery, Hugging Face export) hold far more memory than inferen
 Run in the tuning process they would set its *peak* RSS, the number an on-device tuner must keep at
 inference level. A child does them and exits; the parent only reads the files it wrote.
 
-Protocol: the parent runs ``python -m <module> <json args>``; the module's ``__main__`` calls
+Protocol: the parent runs ``<module>`` as ``__main__`` with ``<json args>`` (see :data:`_BOOTSTRAP`); it calls
 :func:`child_main`, which prints one JSON line last on stdout: ``{"result": ...}`` on success, or
 ``{"error": {"module", "kind", "message"}}`` for a user-facing :class:`EdgetuneError`, which the
 parent raises again as the same class with the same one-line message.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -24,14 +23,26 @@ from typing import Any
 from edgetune import errors
 
 
+# Not ``python -m module``: -m (like -c) puts the working directory first on sys.path, and PYTHONPATH comes
+# before site-packages, so run from a source checkout (the README's first command) the child would import
+# the uncompiled ./edgetune (no _core) instead of the installed edgetune the parent runs. The bootstrap puts
+# the parent's package root first, drops the working directory ('') and runs the module as -m would. (-P
+# would drop the working directory only, and needs Python 3.11.)
+_BOOTSTRAP = (
+    "import runpy, sys; root, module = sys.argv.pop(1), sys.argv.pop(1); "
+    "sys.path[:] = [root] + [p for p in sys.path if p not in ('', root)]; "
+    "runpy.run_module(module, run_name='__main__', alter_sys=True)"
+)
+
+
 def run_child(module: str, args: list, what: str, fallback: type[errors.EdgetuneError] = errors.ModelError) -> Any:
     """Run ``module``'s :func:`child_main` on ``args``; return its result or re-raise its error here.
 
     ``what`` names the job for errors that are not the child's own (a crash, an import failure).
     """
-    package_root = str(Path(errors.__file__).resolve().parent.parent)  # the same edgetune as ours
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-m", module, json.dumps(args)], capture_output=True, text=True, env=env)
+    package_root = str(Path(errors.__file__).resolve().parent.parent)
+    proc = subprocess.run([sys.executable, "-c", _BOOTSTRAP, package_root, module, json.dumps(args)],
+                          capture_output=True, text=True)
     try:
         report = json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
