@@ -94,7 +94,8 @@ def measure(peer_factory, argv: list[str] | None = None) -> None:
     if args.mode == "time":
         result = _time_steps(peer, data, config["timed_steps"])
     else:
-        result = _train_for_budget(peer, data, config["budget_s"], config["budget_clock"], config["eval_batch_size"])
+        result = _train_for_budget(peer, data, config["budget_s"], config["budget_clock"], config["eval_batch_size"],
+                                   config.get("max_steps"))
     print(RESULT_MARK + json.dumps({**peer.describe(), **result}), flush=True)
 
 
@@ -114,8 +115,10 @@ def _time_steps(peer: Peer, data: PeerData, steps: int) -> dict:
             "step_cpu_ms": float(np.median(cpu)) * 1e3, "peak_rss_mb": peak_rss_mb()}
 
 
-def _train_for_budget(peer: Peer, data: PeerData, budget_s: float, clock: str, eval_batch_size: int) -> dict:
-    """Dev accuracy before, and after as many steps as fit in ``budget_s`` seconds of training.
+def _train_for_budget(peer: Peer, data: PeerData, budget_s: float, clock: str, eval_batch_size: int,
+                      max_steps: int | None = None) -> dict:
+    """Dev accuracy before, and after as many steps as fit in ``budget_s`` seconds of training (and at most
+    ``max_steps``: a test's fixed count, which a loaded machine cannot shorten).
 
     ``clock`` "wall" counts elapsed time; "cpu" counts this process's CPU time, which other load on
     a shared machine does not eat into. Evaluation is outside the budget. The first logits are
@@ -126,7 +129,8 @@ def _train_for_budget(peer: Peer, data: PeerData, budget_s: float, clock: str, e
                                      - data.reference_logits)))
     before = _accuracy(peer, data, eval_batch_size)
     steps, losses, began, wall_began = 0, [], now(), time.perf_counter()
-    while now() - began < budget_s and steps < len(data.order):
+    limit = len(data.order) if max_steps is None else min(max_steps, len(data.order))
+    while now() - began < budget_s and steps < limit:
         losses.append(peer.step(steps, data.train.batch(data.order[steps])))
         steps += 1
     wall = time.perf_counter() - wall_began
