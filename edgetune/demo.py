@@ -8,9 +8,13 @@ The export and the data are cached in the work directory, so a second run starts
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from edgetune.progress import ConsoleProgress, console
+
+T = TypeVar("T")
 
 # Measured (README, benchmarks/bench_minilm_rt.py): a fresh head over the encoder's mean-pooled
 # sentence embedding learns fast by ZO when each step averages many queries, and queries are nearly
@@ -42,12 +46,14 @@ def run_demo(steps: int | None = None, workdir: str | None = None, output_dir: s
     from edgetune.tuner import Tuner
 
     work = Path(workdir) if workdir else default_workdir()
-    console.print("[bold]1/3[/] exporting all-MiniLM-L6-v2 with a new 2-label head to ONNX (cached)")
-    model = export_isolated("classification", minilm_dir(), work / "minilm-rt", labels=["negative", "positive"],
-                            seed=0, pooling=RECIPE["pooling"])
-    console.print("[bold]2/3[/] writing Rotten Tomatoes snippets as JSONL (cached)")
-    train, dev = write_rotten_tomatoes_splits(work / "rotten_tomatoes", n_train=RECIPE["n_train"],
-                                              n_dev=RECIPE["n_dev"], seed=0)
+    console.print("[bold]1/3[/] all-MiniLM-L6-v2 with a new 2-label head, as ONNX")
+    model = _made_or_reused(work / "minilm-rt" / "model.onnx", "exported", lambda: export_isolated(
+        "classification", minilm_dir(), work / "minilm-rt", labels=["negative", "positive"], seed=0,
+        pooling=RECIPE["pooling"]))
+    console.print("[bold]2/3[/] Rotten Tomatoes review snippets, as JSONL")
+    snippets = work / "rotten_tomatoes"
+    train, dev = _made_or_reused(snippets / "train.jsonl", "wrote", lambda: write_rotten_tomatoes_splits(
+        snippets, n_train=RECIPE["n_train"], n_dev=RECIPE["n_dev"], seed=0))
     console.print(f"[bold]3/3[/] tuning {RECIPE['trainable']} forward-only")
     tuner = Tuner.from_onnx(model, trainable=RECIPE["trainable"], max_length=RECIPE["max_length"], threads=threads)
     sample = _Sample(tuner, dev)
@@ -64,6 +70,26 @@ def run_demo(steps: int | None = None, workdir: str | None = None, output_dir: s
         f"({result.seconds:.0f} s, peak RSS {result.peak_rss_mb:.0f} MB); tuned model in {output_dir}/model.onnx"
     )
     return 0
+
+
+def _made_or_reused(output: Path, made: str, make: Callable[[], T]) -> T:
+    """``make()``, then say whether it wrote ``output`` or found it made by an earlier run (its cache).
+
+    Told by the file itself, not guessed beforehand: a rewrite (atomic, so a new inode) or an in-place
+    write changes its identity."""
+    before = _identity(output)
+    result = make()
+    reused = before is not None and before == _identity(output)
+    console.print(f"    reused {output} ({made} by an earlier run)" if reused else f"    {made} {output}", markup=False)
+    return result
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
 
 
 class _Sample:

@@ -371,7 +371,7 @@ def test_tuner_nonfinite_and_errors():
         t.set_lr_eps(1e-3, -1.0)
 
 
-@pytest.mark.skipif(not core.cuda_available(), reason="no CUDA GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("dist", DISTS)
 def test_cuda_noise_bit_identical(dist):
     for off in (0, 1, (1 << 33) - 11):

@@ -87,3 +87,48 @@ def test_run_child_from_a_source_checkout_imports_the_parents_edgetune(installed
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1]) is None
     assert (directory / MANIFEST).is_file()
+
+
+SKIPPING_SUITE = {
+    "test_runs.py": "import pytest\n\n\ndef test_passes():\n    pass\n\n\ndef test_skips():\n"
+                    "    pytest.skip('a tool is missing')\n\n\n@pytest.mark.gpu\ndef test_on_gpu():\n    pass\n",
+    "test_imports.py": "import pytest\n\npytest.importorskip('edgetune_no_such_module')\n\n\n"
+                       "def test_never_runs():\n    pass\n",
+}
+
+
+def _pytest_with_our_hooks(directory: Path, ci: str) -> subprocess.CompletedProcess:
+    """pytest on ``directory`` with this suite's conftest as a plugin (and not this repository's pytest.ini)."""
+    env = {**os.environ, "CI": ci,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider", "-q",
+                           "-rs", directory], cwd=directory, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_skip_fails_the_run_under_ci_except_a_gpu_test(tmp_path):
+    for name, text in SKIPPING_SUITE.items():
+        (tmp_path / name).write_text(text)
+    assert _pytest_with_our_hooks(tmp_path, "").returncode == 0
+    proc = _pytest_with_our_hooks(tmp_path, "true")
+    assert proc.returncode == pytest.ExitCode.TESTS_FAILED, proc.stdout
+    section = proc.stdout.split("CI is set: these skips fail the run")[1]
+    failed = section.split("\n", 1)[1].split("=====")[0]  # the section's lines, up to the next header
+    assert "test_runs.py::test_skips: a tool is missing" in failed
+    assert "test_imports.py" in failed and "edgetune_no_such_module" in failed
+    assert "test_on_gpu" not in failed
+
+
+def test_demo_says_whether_a_step_made_its_output_or_reused_an_earlier_one(tmp_path):
+    from edgetune.datasets import write_rotten_tomatoes_splits
+    from edgetune.demo import _made_or_reused
+    from edgetune.progress import console
+
+    def step(seed: int) -> str:
+        with console.capture() as said:
+            _made_or_reused(tmp_path / "train.jsonl", "wrote", lambda: write_rotten_tomatoes_splits(
+                tmp_path, n_train=8, n_dev=4, seed=seed))
+        return said.get()
+
+    assert step(0).split() == ["wrote", str(tmp_path / "train.jsonl")]
+    assert step(0).split()[:2] == ["reused", str(tmp_path / "train.jsonl")]
+    assert step(1).split()[0] == "wrote"  # other parameters: the cache does not apply

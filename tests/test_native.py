@@ -61,11 +61,8 @@ def test_host_core_ctest(cmake, tmp_path_factory):
 def test_aarch64_cross_ctest_under_qemu(cmake, tmp_path_factory):
     missing = [pkg for tool, pkg in CROSS_TOOLS.items() if shutil.which(tool) is None]
     if missing:
-        msg = ("aarch64 cross toolchain / qemu-user not found; install with: "
-               f"apt-get install -y {' '.join(missing)}")
-        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
-            pytest.fail(f"CI is set but {msg}", pytrace=False)
-        pytest.skip(msg)
+        pytest.skip(f"aarch64 cross toolchain / qemu-user not found; install with: apt-get install -y "
+                    f"{' '.join(missing)}")  # under CI=true, tests/conftest.py turns this skip into a failure
     build = tmp_path_factory.mktemp("build-aarch64")
     env = _env()
     env["BUILD"] = str(build)
