@@ -14,6 +14,7 @@ A LoRA run writes, next to the usual files:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -38,10 +39,12 @@ from edgetune.graph.lora import (
     initial_values,
     insert_lora,
     merge_lora,
+    merged_weight,
     plan_lora,
 )
 from edgetune.graph.model import load_model
 from edgetune.graph.select import split_lora
+from edgetune.graph.stream import ModelFile, Tensor
 from edgetune.io import atomic_write_bytes, atomic_write_text
 from edgetune.sparse_diff import apply_sparse_diff
 
@@ -72,22 +75,23 @@ def save_lora_outputs(out: Path, base_path: Path, trainable: str, weights: Mappi
                       metadata: Mapping[str, str], task: str) -> None:
     """Write ``model.onnx`` (merged), ``model_lora.onnx`` + ``adapter.onnx_adapter`` and ``peft/``."""
     _, spec = split_lora(trainable)
-    base = load_model(base_path)
-    linears = find_linears(base)
-    layers = plan_lora(base, spec, str(base_path))
+    base = ModelFile(base_path)  # the graph without its weights; each weight is read when written
+    linears = find_linears(base.skeleton)
+    layers = plan_lora(base.skeleton, spec, str(base_path))
     values = initial_values(layers, spec.seed)  # LoRA-FA's frozen A is not among the tuned weights
     values.update({name: np.asarray(w) for name, w in weights.items() if name in values})
     others = {name: np.asarray(w) for name, w in weights.items() if name not in values}
-    peft_tensors = _peft_tensors(base, layers, values, others)
+    peft_tensors = _peft_tensors(base.skeleton, layers, values, others)
 
-    fold_weights(base, others, metadata)
-    merge_lora(base, layers, values)
-    save_model(base, out / "model.onnx")
-    del base
+    merged: dict[str, Tensor] = dict(others)
+    for layer in layers:  # one merged weight in memory at a time, computed as it is written
+        merged[layer.linear.weight] = functools.partial(_merged, base, layer, values, others.get(layer.linear.weight))
+    base.write(out / "model.onnx", merged, metadata)
 
-    graph = fold_weights(load_model(base_path), {}, metadata)
+    graph = onnx.ModelProto()
+    graph.CopyFrom(base.skeleton)
     _declare_adapter_inputs(graph, layers, others)
-    save_model(graph, out / LORA_GRAPH)
+    base.write(out / LORA_GRAPH, {}, metadata, skeleton=graph)
     del graph
     params = dict(others)
     for layer in layers:
@@ -114,6 +118,11 @@ def save_lora_outputs(out: Path, base_path: Path, trainable: str, weights: Mappi
         peft.mkdir(exist_ok=True)
         atomic_write_bytes(peft / "adapter_model.safetensors", safetensors_bytes(tensors, metadata={"format": "pt"}))
         atomic_write_text(peft / "adapter_config.json", json.dumps(config, indent=2) + "\n")
+
+
+def _merged(base: ModelFile, layer: LoraLayer, values: Mapping[str, np.ndarray], tuned: np.ndarray | None) -> np.ndarray:
+    """The layer's weight with its adapter merged, over its tuned value when it was tuned too."""
+    return merged_weight(base.array(layer.linear.weight) if tuned is None else tuned, layer, values)
 
 
 def _declare_adapter_inputs(model: onnx.ModelProto, layers: list[LoraLayer], others: Mapping[str, np.ndarray]) -> None:

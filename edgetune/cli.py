@@ -254,6 +254,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if ranking is not None:
         summary["importance"] = [score.to_json() for score in ranking]
     model_path = tuner.save(run["output_dir"], summary)
+    result.peak_rss_mb = summary["result"]["peak_rss_mb"]  # save() re-read it: the peak includes the save
     _print_summary(result, model_path)
     return 0
 

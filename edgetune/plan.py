@@ -167,12 +167,13 @@ def _skim(f: io.BufferedReader, end: int, inner: dict, keep: tuple[int, ...] | N
     return bytes(out)
 
 
-def read_skeleton(path: str | Path) -> onnx.ModelProto:
-    """The model with every initializer's bytes left out (name, type and shape kept)."""
+def read_skeleton(path: str | Path, tensor_fields: tuple[int, ...] = _KEEP_TENSOR_FIELDS) -> onnx.ModelProto:
+    """The model with every initializer's bytes left out (of its TensorProto fields, ``tensor_fields``
+    are kept: by default name, type and shape)."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: model not found")
-    tensor = ({}, _KEEP_TENSOR_FIELDS)
+    tensor = ({}, tensor_fields)
     graph = ({_GRAPH_INITIALIZER: tensor}, None)
     try:
         with open(path, "rb") as f:

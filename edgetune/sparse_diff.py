@@ -12,6 +12,7 @@ The header names the base model (its sha256) and each tensor: ``name`` (the base
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,9 +24,10 @@ import onnx
 from edgetune import framed
 from edgetune.checkpoint import file_digest
 from edgetune.errors import EdgetuneError
-from edgetune.graph.lift import fold_weights, save_model
+from edgetune.graph.lift import fold_weights
 from edgetune.graph.model import load_model
-from edgetune.graph.sparse import add_deltas, plan_sparse, split_sparse
+from edgetune.graph.sparse import add_delta, add_deltas, plan_sparse, split_sparse
+from edgetune.graph.stream import ModelFile, Tensor
 
 MAGIC = b"ETDIFF"
 VERSION = 1
@@ -88,14 +90,21 @@ def save_sparse_outputs(out: Path, base_path: Path, trainable: str, weights: Map
                         metadata: Mapping[str, str]) -> None:
     """Write ``model.onnx`` (δ added into the base weights; plain ORT runs it) and ``sparse.etdiff``."""
     _, spec = split_sparse(trainable)
-    base = load_model(base_path)
-    slices = plan_sparse(base, spec, str(base_path))
+    base = ModelFile(base_path)  # the graph without its weights; each weight is read when needed
+    slices = plan_sparse(base.skeleton, spec, str(base_path), read=base.array)
     deltas = {piece.linear.weight: (piece.indices, np.asarray(weights[piece.delta_name])) for piece in slices}
     delta_names = {piece.delta_name for piece in slices}
     diff = SparseDiff(file_digest(base_path), deltas, {n: np.asarray(w) for n, w in weights.items() if n not in delta_names})
-    diff.apply(base, str(base_path))
-    save_model(fold_weights(base, {}, metadata), out / "model.onnx")
+    tuned: dict[str, Tensor] = dict(diff.values)
+    for name in deltas:  # as SparseDiff.apply: the dense value (if any), then δ; one weight at a time
+        tuned[name] = functools.partial(_with_delta, base, diff, name, str(base_path))
+    base.write(out / "model.onnx", tuned, metadata)
     diff.write(out / FILE_NAME)
+
+
+def _with_delta(base: ModelFile, diff: SparseDiff, name: str, where: str) -> np.ndarray:
+    weight = diff.values[name] if name in diff.values else base.array(name)
+    return add_delta(weight, *diff.deltas[name], name, where)
 
 
 def apply_sparse_diff(base_path: Path, diff_path: Path) -> onnx.ModelProto:

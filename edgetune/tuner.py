@@ -32,7 +32,7 @@ from edgetune.errors import EdgetuneError, ModelError, TrainingError
 from edgetune.export.shared import Relink
 from edgetune.graph import prepare
 from edgetune.graph.cache import prepare_cached
-from edgetune.graph.lift import fold_weights, save_model
+from edgetune.graph.stream import ModelFile
 from edgetune.graph.loss import labelled_positions
 from edgetune.graph.prge import copy_batched
 from edgetune.graph.model import LABELS_KEY, TASK_KEY, load_model
@@ -425,7 +425,10 @@ class Tuner:
 
         A LoRA slice merges the adapters into ``model.onnx`` and adds the adapter files of
         :func:`edgetune.adapters.save_lora_outputs`; a sparse slice adds δ into the weights and writes
-        ``sparse.etdiff`` (:func:`edgetune.sparse_diff.save_sparse_outputs`).
+        ``sparse.etdiff`` (:func:`edgetune.sparse_diff.save_sparse_outputs`). Models are written by
+        streaming the base file's tensors (:class:`edgetune.graph.stream.ModelFile`), never a second copy
+        in memory. ``summary.json`` is written last, with ``summary["result"]["peak_rss_mb"]`` (when
+        present) updated to the process's high-water mark so far, the save included.
         """
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -439,7 +442,7 @@ class Tuner:
             elif sparse:  # model.onnx gets δ added into its weights; sparse.etdiff beside it
                 save_sparse_outputs(out, self.model_path, self.trainable_spec, self.weights, metadata)
             else:
-                save_model(fold_weights(load_model(self.model_path), self.weights, metadata), out / "model.onnx")
+                ModelFile(self.model_path).write(out / "model.onnx", self.weights, metadata)
             if with_past is not None:  # generation then keeps its KV cache, now over the tuned weights
                 with_past.write(out / "model.onnx")
             state = {"step": -1, "summary": summary or {}, "trainable": self.trainable_spec}
@@ -449,7 +452,9 @@ class Tuner:
                 for sidecar in TOKENIZER_SIDECARS:  # chat rendering, eos for generate
                     if (self.tokenizer_path.parent / sidecar).is_file():
                         shutil.copyfile(self.tokenizer_path.parent / sidecar, out / sidecar)
-            if summary is not None:
+            if summary is not None:  # last, so that its peak RSS covers writing everything else
+                if isinstance(summary.get("result"), dict) and "peak_rss_mb" in summary["result"]:
+                    summary["result"]["peak_rss_mb"] = peak_rss_mb()
                 atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         except OSError as exc:
             raise EdgetuneError(f"{out}: could not write the tuned model ({exc.strerror})") from None
@@ -457,4 +462,5 @@ class Tuner:
 
 
 def peak_rss_mb() -> float:
+    """The process's high-water resident set so far (VmHWM), in MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -54,13 +54,18 @@ def fold_weights(
         if name not in index:
             raise ModelError(f"tuned weight '{name}' is not an initializer of the base model")
         model.graph.initializer[index[name]].CopyFrom(numpy_helper.from_array(np.asarray(value, np.float32), name))
+    update_metadata(model, metadata)
+    return model
+
+
+def update_metadata(model: onnx.ModelProto, metadata: Mapping[str, str] | None) -> None:
+    """Set ``metadata`` in ``model.metadata_props`` (in place): a key it has keeps its place, new keys follow."""
     if metadata:
         props = {p.key: p.value for p in model.metadata_props}
         props.update(metadata)
         del model.metadata_props[:]
         for key, value in props.items():
             model.metadata_props.add(key=key, value=value)
-    return model
 
 
 def save_model(model: onnx.ModelProto, path: str | Path) -> None:

@@ -138,7 +138,13 @@ def plan_lora(model: onnx.ModelProto, spec: LoraSpec, where: str = "model") -> l
         span = f"blocks {blocks[0]}-{blocks[-1]}" if blocks else "no blocks found"
         first, last = spec.layers
         raise ModelError(f"{where}: lora layers={first}-{last} matches no linear layer ({span})")
-    return [LoraLayer(linear, spec.rank, spec.scale) for linear in match_targets(in_range, spec.targets, where)]
+    chosen = match_targets(in_range, spec.targets, where)
+    narrowest = min(chosen, key=lambda linear: min(linear.in_features, linear.out_features))
+    width = min(narrowest.in_features, narrowest.out_features)
+    if spec.rank > width:  # BA could not have that rank, and A and B would outgrow the layer itself
+        raise ModelError(f"{where}: lora r={spec.rank} is more than layer '{narrowest.module}' is wide "
+                         f"({narrowest.in_features}→{narrowest.out_features}); r must be at most {width}")
+    return [LoraLayer(linear, spec.rank, spec.scale) for linear in chosen]
 
 
 def initial_values(layers: list[LoraLayer], seed: int) -> dict[str, np.ndarray]:
@@ -219,12 +225,16 @@ def merge_lora(model: onnx.ModelProto, layers: list[LoraLayer], values: Mapping[
     """Fold each adapter into its base weight: W ← W + s·(BA)ᵀ (in place)."""
     index = {init.name: i for i, init in enumerate(model.graph.initializer)}
     for layer in layers:
-        a = check_shape(values, layer.a_name, layer.a_shape, layer)
-        b = check_shape(values, layer.b_name, layer.b_shape, layer)
         init = model.graph.initializer[index[layer.linear.weight]]
-        w = numpy_helper.to_array(init).astype(np.float32)
-        delta = (np.float32(layer.scale) * (b.astype(np.float64) @ a.astype(np.float64)).T).astype(np.float32)
-        init.CopyFrom(numpy_helper.from_array(w + delta, init.name))
+        init.CopyFrom(numpy_helper.from_array(merged_weight(numpy_helper.to_array(init), layer, values), init.name))
+
+
+def merged_weight(w: np.ndarray, layer: LoraLayer, values: Mapping[str, np.ndarray]) -> np.ndarray:
+    """One layer's W + s·(BA)ᵀ in float32, from its base weight ``w`` and the adapter ``values``."""
+    a = check_shape(values, layer.a_name, layer.a_shape, layer)
+    b = check_shape(values, layer.b_name, layer.b_shape, layer)
+    delta = (np.float32(layer.scale) * (b.astype(np.float64) @ a.astype(np.float64)).T).astype(np.float32)
+    return w.astype(np.float32) + delta
 
 
 def check_shape(values: Mapping[str, np.ndarray], name: str, shape: tuple[int, int], layer: LoraLayer) -> np.ndarray:

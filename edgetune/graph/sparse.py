@@ -20,6 +20,7 @@ cache. A data-driven sensitivity score would need the training data at prepare t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,17 +82,20 @@ def _parse(tokens: list[str], spec: str) -> SparseSpec:
     return SparseSpec(density, score, parsed.targets)
 
 
-def plan_sparse(model: onnx.ModelProto, spec: SparseSpec, where: str = "model") -> list[SparseSlice]:
-    """The index set of every targeted linear layer; the same model and spec give the same indices."""
+def plan_sparse(model: onnx.ModelProto, spec: SparseSpec, where: str = "model",
+                read: Callable[[str], np.ndarray] | None = None) -> list[SparseSlice]:
+    """The index set of every targeted linear layer; the same model and spec give the same indices.
+    ``read`` gives a weight's values by name (default: from ``model``'s initializers; a skeleton has none)."""
     linears = find_linears(model)
     if spec.targets is not None:
         linears = match_targets(linears, spec.targets, where)
     if not linears:
         raise ModelError(f"{where}: the sparse: term finds no linear layer (a MatMul on a [in, out] weight) to tune")
     weights = {init.name: init for init in model.graph.initializer}
+    read = read or (lambda name: numpy_helper.to_array(weights[name]))
     slices = []
     for linear in linears:
-        magnitude = np.abs(numpy_helper.to_array(weights[linear.weight]).reshape(-1))
+        magnitude = np.abs(read(linear.weight).reshape(-1))
         count = max(1, math.ceil(spec.density * magnitude.size))
         # stable: equal magnitudes are broken by position, so prepare, save and apply agree on ties
         top = np.argsort(-magnitude, kind="stable")[:count]
@@ -154,8 +158,13 @@ def add_deltas(model: onnx.ModelProto, deltas: dict[str, tuple[np.ndarray, np.nd
         if name not in index:
             raise ModelError(f"{where}: tensor '{name}' is not a weight of the model")
         init = model.graph.initializer[index[name]]
-        flat = numpy_helper.to_array(init).astype(np.float32).reshape(-1)
-        if indices.size != delta.size or (indices.size and (indices.min() < 0 or indices.max() >= flat.size)):
-            raise ModelError(f"{where}: the entries of '{name}' lie outside its {flat.size} values")
-        flat[indices] = flat[indices] + delta
-        init.CopyFrom(numpy_helper.from_array(flat.reshape(tuple(init.dims)), name))
+        init.CopyFrom(numpy_helper.from_array(add_delta(numpy_helper.to_array(init), indices, delta, name, where), name))
+
+
+def add_delta(weight: np.ndarray, indices: np.ndarray, delta: np.ndarray, name: str, where: str) -> np.ndarray:
+    """``weight`` (float32, a copy) with ``weight.flat[indices] += δ``, in float32 as the graph adds."""
+    flat = weight.astype(np.float32).reshape(-1)
+    if indices.size != delta.size or (indices.size and (indices.min() < 0 or indices.max() >= flat.size)):
+        raise ModelError(f"{where}: the entries of '{name}' lie outside its {flat.size} values")
+    flat[indices] = flat[indices] + delta
+    return flat.reshape(weight.shape)
