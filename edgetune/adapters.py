@@ -30,6 +30,7 @@ from safetensors.numpy import save as safetensors_bytes
 
 from edgetune.checkpoint import load_checkpoint
 from edgetune.errors import EdgetuneError, ModelError
+from edgetune.finite import require_finite_tensors
 from edgetune.graph.lift import fold_weights, save_model
 from edgetune.graph.lora import (
     Linear,
@@ -46,6 +47,7 @@ from edgetune.graph.model import load_model
 from edgetune.graph.select import split_lora
 from edgetune.graph.stream import ModelFile, Tensor
 from edgetune.io import atomic_write_bytes, atomic_write_text
+from edgetune.outdir import refuse_input_file
 from edgetune.sparse_diff import apply_sparse_diff
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,13 @@ class Adapter:
 
     lora: dict[str, tuple[np.ndarray, np.ndarray, float]] = field(default_factory=dict)  # module → (A, B, s)
     tensors: dict[str, np.ndarray] = field(default_factory=dict)  # base initializer name → new value
+
+    def require_finite(self, where: Path) -> None:
+        """Refuse NaN or infinite values (a scale too): merged, they would make every output NaN."""
+        tensors = dict(self.tensors)
+        for module, (a, b, scale) in self.lora.items():
+            tensors.update({f"{module}.lora_A": a, f"{module}.lora_B": b, f"{module} scale": np.float64(scale)})
+        require_finite_tensors(tensors, str(where))
 
 
 # -- writing a LoRA run's outputs -------------------------------------------------------------
@@ -226,13 +235,16 @@ def apply_adapter(base_path: str | Path, adapter_path: str | Path, output: str |
     """Merge an ``.onnx_adapter``, a PEFT folder, a LoRA run's ``trainable.safetensors`` or a sparse run's
     ``.etdiff`` into ``base_path``."""
     base_path, adapter_path, output = Path(base_path), Path(adapter_path), Path(output)
+    refuse_input_file(output, [base_path, adapter_path])
     if not adapter_path.exists():
         raise EdgetuneError(f"{adapter_path}: adapter not found")
     if adapter_path.suffix == DIFF_SUFFIX:
         model = apply_sparse_diff(base_path, adapter_path)
     else:
         model = load_model(base_path)
-        merge_adapter(model, read_adapter(adapter_path, model), base_path)
+        adapter = read_adapter(adapter_path, model)
+        adapter.require_finite(adapter_path)
+        merge_adapter(model, adapter, base_path)
     try:
         save_model(model, output)
     except OSError as exc:

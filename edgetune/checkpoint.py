@@ -17,6 +17,7 @@ from safetensors import safe_open
 from safetensors.numpy import save as safetensors_bytes
 
 from edgetune.errors import EdgetuneError
+from edgetune.finite import loads_finite, require_finite_tensors
 from edgetune.io import atomic_write_bytes
 
 FORMAT = "edgetune.checkpoint"
@@ -26,10 +27,12 @@ VERSION = 1
 def save_checkpoint(path: str | Path, tensors: dict[str, np.ndarray], state: dict[str, Any]) -> None:
     metadata = {"format": FORMAT, "version": str(VERSION), "state": json.dumps(state, sort_keys=True)}
     data = safetensors_bytes({name: np.ascontiguousarray(t) for name, t in tensors.items()}, metadata=metadata)
+    previous = Path(path).is_file()  # the claim below must be true: a first save has nothing to keep
     try:
         atomic_write_bytes(path, data)
     except OSError as exc:
-        raise EdgetuneError(f"{path}: could not write checkpoint ({exc.strerror}); the previous one is kept") from None
+        kept = "the previous one is kept" if previous else "no checkpoint was saved"
+        raise EdgetuneError(f"{path}: could not write checkpoint ({exc.strerror}); {kept}") from None
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -47,7 +50,15 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, 
         raise EdgetuneError(f"{path}: not an edgetune checkpoint")
     if metadata.get("version") != str(VERSION):
         raise EdgetuneError(f"{path}: checkpoint version {metadata.get('version')} is not supported (expected {VERSION})")
-    return tensors, json.loads(metadata["state"])
+    # resuming from (or merging) NaN weights or state would carry them into every later step
+    require_finite_tensors(tensors, str(path))
+    try:
+        state = loads_finite(metadata["state"])
+    except (KeyError, ValueError) as exc:
+        raise EdgetuneError(f"{path}: checkpoint state is not readable ({exc})") from None
+    if not isinstance(state, dict):
+        raise EdgetuneError(f"{path}: checkpoint state is not readable (not a JSON object)")
+    return tensors, state
 
 
 def file_digest(path: str | Path) -> str:

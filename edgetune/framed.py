@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.errors import EdgetuneError
+from edgetune.finite import loads_finite
 from edgetune.io import atomic_write_bytes
 
 _DIGEST_SIZE = 32
@@ -55,7 +56,7 @@ def read(path: str | Path, magic: bytes, version: int, what: str) -> tuple[dict[
         raise EdgetuneError(f"{path}: {what} is truncated or corrupt (it does not match its checksum)")
     start = preamble.size + header_len
     try:
-        header = json.loads(data[preamble.size:start].decode("utf-8"))
+        header = loads_finite(data[preamble.size:start].decode("utf-8"))  # a NaN lr or δ scale is corrupt too
     except (ValueError, UnicodeDecodeError):
         header = None
     if not isinstance(header, dict):

@@ -17,7 +17,9 @@ from edgetune.config import TrainConfig
 from edgetune.data import LabelSet
 from edgetune.data.verbalizer import TEMPLATE_KEY, VERBALIZER_KEY
 from edgetune.errors import EdgetuneError, ModelError
+from edgetune.finite import require_finite_numbers, require_finite_tensors
 from edgetune.graph.model import LABELS_KEY
+from edgetune.outdir import refuse_input_folder
 from edgetune.trajectory import Trajectory
 from edgetune.tuner import Tuner
 from edgetune.zo import build_optimizer
@@ -28,6 +30,8 @@ def replay_run(base_path: str | Path, log_path: str | Path, output_dir: str | Pa
                tokenizer: str | Path | None = None, threads: int | None = None) -> tuple[Path, Trajectory]:
     """Write the tuned model of the run logged in ``log_path`` to ``output_dir``; returns its path and the log."""
     base_path, log_path = Path(base_path), Path(log_path)
+    refuse_input_folder(output_dir, [base_path, tokenizer or base_path.with_name("tokenizer.json"), log_path],
+                        "--output")
     log = Trajectory.read(log_path)
     header = log.header
     if not base_path.is_file():
@@ -38,21 +42,28 @@ def replay_run(base_path: str | Path, log_path: str | Path, output_dir: str | Pa
                             f"not {base_path} ({digest[:12]}…)")
     try:
         config = TrainConfig(**header["config"])
-    except (TypeError, KeyError) as exc:
+        require_finite_numbers(header["config"].items(), f"{log_path}: run configuration")
+    except (TypeError, KeyError, AttributeError) as exc:
         raise EdgetuneError(f"{log_path}: run configuration this edgetune cannot read ({exc})") from None
     config.validate()
     metadata = header.get("metadata", {})
-    verbalizer = json.loads(metadata[VERBALIZER_KEY]) if VERBALIZER_KEY in metadata else None
+    try:
+        verbalizer = json.loads(metadata[VERBALIZER_KEY]) if VERBALIZER_KEY in metadata else None
+        labels = LabelSet(json.loads(metadata[LABELS_KEY])) if LABELS_KEY in metadata else None
+    except (ValueError, TypeError):
+        raise EdgetuneError(f"{log_path}: the model metadata in its header is not readable") from None
     tuner = Tuner.from_onnx(base_path, trainable=header.get("trainable"), tokenizer=tokenizer, threads=threads,
                             verbalizer=verbalizer, template=metadata.get(TEMPLATE_KEY) if verbalizer else None)
     if [[p.name, list(p.shape)] for p in tuner.params] != header.get("arena"):
         raise EdgetuneError(f"{log_path}: --trainable '{header.get('trainable')}' selects other tensors on "
                             f"{base_path} than the run tuned (a different edgetune version?)")
-    if verbalizer is None and LABELS_KEY in metadata:
-        tuner.labels = LabelSet(json.loads(metadata[LABELS_KEY]))  # labels from the run's data, not the base
+    if verbalizer is None and labels is not None:
+        tuner.labels = labels  # labels from the run's data, not the base
     optimizer = build_optimizer(config, tuner.arena.buffer(), anchors=tuner.anchors,
                                 subsets=block_subsets(config, tuner.params, tuner.arena))
     for record in log.records:
         optimizer.replay(record)
+    # finite steps can still overflow (a huge lr): never write a model of NaNs and infinities
+    require_finite_tensors(tuner.weights, f"{log_path}: the replayed weights")
     summary = {"replayed": str(log_path), "base": str(base_path), "steps": len(log.records), "config": header["config"]}
     return tuner.save(output_dir, summary), log

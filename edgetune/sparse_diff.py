@@ -24,6 +24,7 @@ import onnx
 from edgetune import framed
 from edgetune.checkpoint import file_digest
 from edgetune.errors import EdgetuneError
+from edgetune.finite import require_finite_tensors
 from edgetune.graph.lift import fold_weights
 from edgetune.graph.model import load_model
 from edgetune.graph.sparse import add_delta, add_deltas, plan_sparse, split_sparse
@@ -78,6 +79,7 @@ class SparseDiff:
             raise EdgetuneError(f"{path}: corrupt sparse diff header") from None
         if offset != len(data):
             raise EdgetuneError(f"{path}: sparse diff has {len(data) - offset} bytes its header does not describe")
+        require_finite_tensors({**{name: delta for name, (_, delta) in diff.deltas.items()}, **diff.values}, str(path))
         return diff
 
     def apply(self, model: onnx.ModelProto, where: str) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 from edgetune import framed
 from edgetune.errors import EdgetuneError
+from edgetune.finite import loads_finite, require_finite_numbers
 from edgetune.zo import StepRecord
 
 MAGIC = b"ETLOG"
@@ -35,6 +36,11 @@ _RECORD = struct.Struct("<IHHffff")  # step, q, extra length, lr, ε, weight dec
 _QUERY = struct.Struct("<Qf")  # seed, g
 _WHAT = "trajectory log"
 _CORE_FIELDS = ("step", "seeds", "grads", "lr", "eps", "weight_decay", "noise", "loss")
+# The widths of a record's u32 step, u16 q and u16 extra length: a run beyond them cannot be logged.
+MAX_STEPS = 2**32
+MAX_QUERIES = 2**16 - 1
+MAX_EXTRA_BYTES = 2**16 - 1
+_LONGEST_FLOAT = -2.2250738585072014e-308  # a float64 with the longest JSON spelling (24 characters)
 
 
 def record_size(queries: int, extra: int = 0) -> int:
@@ -90,9 +96,29 @@ class Trajectory:
         return cls(header, _decode_all(body, count, noise, Path(path)))
 
 
-def _encode(record: StepRecord) -> bytes:
+def check_room(config, tensor_names: list[str]) -> None:
+    """Refuse, before the first forward, a run whose largest step record this format cannot hold: the
+    extension a DiZO projection (a slope per iteration, a scale per tensor) or a rotated step adds."""
+    q = config.queries
+    worst = StepRecord(step=0, seeds=[0] * q, grads=[0.0] * q, lr=0.0, eps=0.0, weight_decay=0.0, noise=config.noise,
+                       loss=0.0, divisor=q - 1 if q > 1 else None, blocks=[99999] * config.rotate or None,
+                       projection={"slopes": [_LONGEST_FLOAT] * config.dizo_iters,
+                                   "scales": dict.fromkeys(tensor_names, _LONGEST_FLOAT)}
+                       if config.optimizer == "dizo" else None)
+    size = len(_extra_bytes(worst))
+    if size > MAX_EXTRA_BYTES:
+        raise EdgetuneError(f"--optimizer dizo with --dizo-iters {config.dizo_iters} on {len(tensor_names)} tensors: "
+                            f"a projection step needs up to {size} bytes of the trajectory log's {MAX_EXTRA_BYTES}-byte "
+                            "record extension; lower --dizo-iters or tune fewer tensors")
+
+
+def _extra_bytes(record: StepRecord) -> bytes:
     extra = {k: v for k, v in record.to_json().items() if k not in _CORE_FIELDS}
-    extra_bytes = json.dumps(extra, separators=(",", ":"), sort_keys=True).encode("utf-8") if extra else b""
+    return json.dumps(extra, separators=(",", ":"), sort_keys=True).encode("utf-8") if extra else b""
+
+
+def _encode(record: StepRecord) -> bytes:
+    extra_bytes = _extra_bytes(record)
     q = len(record.seeds)
     head = _RECORD.pack(record.step, q, len(extra_bytes), record.lr, record.eps, record.weight_decay, record.loss)
     queries = b"".join(_QUERY.pack(seed, g) for seed, g in zip(record.seeds, record.grads))
@@ -112,11 +138,18 @@ def _decode_all(body: bytes, count: int, noise: str, path: Path) -> list[StepRec
             raise EdgetuneError(f"{path}: trajectory log is truncated after {len(records)} of {count} steps")
         pairs = [_QUERY.unpack_from(body, offset + i * _QUERY.size) for i in range(q)]
         offset += q * _QUERY.size
-        extra = json.loads(body[offset:end]) if extra_len else {}
+        try:
+            extra = loads_finite(body[offset:end]) if extra_len else {}
+        except ValueError as exc:
+            raise EdgetuneError(f"{path}: step {step} has unreadable fields ({exc})") from None
         offset = end
-        unknown = set(extra) - known
+        unknown = set(extra) - known if isinstance(extra, dict) else {"(not a JSON object)"}
         if unknown:
             raise EdgetuneError(f"{path}: step {step} has fields this edgetune does not know ({', '.join(sorted(unknown))})")
+        # replaying a NaN or infinite lr, ε, decay or projected gradient would write a model of NaNs
+        require_finite_numbers([("lr", lr), ("eps", eps), ("weight_decay", wd), ("loss", loss)]
+                               + [(f"the projected gradient of query {i}", g) for i, (_, g) in enumerate(pairs)],
+                               f"{path}: step {step}")
         records.append(StepRecord(step=step, seeds=[s for s, _ in pairs], grads=[g for _, g in pairs], lr=lr, eps=eps,
                                   weight_decay=wd, noise=noise, loss=loss, **extra))
     if offset != len(body):
