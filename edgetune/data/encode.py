@@ -10,12 +10,21 @@ that names its line. (HF TRL truncates the same way and keeps such examples sile
 token-averaged loss they add no tokens, so leaving them out trains on what TRL trains on.)
 Verbaliser prompts are the exception: they keep their end, where the template's cue and the label
 word are, as MeZO does.
+
+Memory is bounded whatever the records hold: before tokenising, a record (a text, a prompt with its
+completion, each chat turn and the rendered chat, a verbaliser prompt) is cut to
+``max_length × CHARS_PER_TOKEN`` characters, from the end a truncation keeps, and records are
+tokenised a chunk at a time (a truncating tokenizer keeps the overflow, so one 50 MB record at
+``--max-length 32`` once reached 5 GB). The cut leaves the first ``max_length`` tokens as they were
+unless those tokens average more than 64 characters each; real text averages about 4 (English) and
+a vocabulary's longest entries are tens of characters. Only text made of what a pre-tokenizer drops
+(long runs of whitespace) or WordPiece's one [UNK] per word longer than 100 characters can differ.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +36,8 @@ from edgetune.data.verbalizer import Verbalizer
 from edgetune.errors import DataError
 
 IGNORE_INDEX = -100  # label value that the causal-LM loss skips, as in PyTorch and HF
+CHARS_PER_TOKEN = 64  # characters kept per token of max_length before tokenising (see above)
+_CHUNK = 256  # records per encode_batch call: the truncated encodings of one chunk live at a time
 _LOG = logging.getLogger(__name__)
 
 
@@ -50,13 +61,9 @@ class Encoded:
 def encode_classification(examples: Sequence[Example], tokenizer: Tokenizer, max_length: int,
                           labels: LabelSet) -> Encoded:
     """Text with the tokenizer's special tokens, truncated at the end; the class index per example."""
-    tokenizer.enable_truncation(max_length)
-    try:
-        encodings = tokenizer.encode_batch([ex.text for ex in examples])
-    finally:
-        tokenizer.no_truncation()
+    budget = char_budget(max_length)
     out = Encoded()
-    for ex, enc in zip(examples, encodings):
+    for ex, enc in zip(examples, _encode(tokenizer, [ex.text[:budget] for ex in examples], max_length)):
         out.add(enc.ids, enc.type_ids, (), ex.where)
         out.classes.append(labels.index(ex))
     return out
@@ -66,13 +73,16 @@ def encode_lm(examples: Sequence[Example], tokenizer: Tokenizer, max_length: int
               chat: ChatTemplate | None = None, eos_token: str | None = None) -> Encoded:
     """Language-model examples of one format; ``eos_token`` ends each completion (as TRL does)."""
     kind = examples[0].format
+    budget = char_budget(max_length)
     if kind == FORMAT_MESSAGES:
         if chat is None:
             raise DataError(
                 f"{examples[0].where}: \"messages\" need the model's chat template; none beside the tokenizer "
                 "(chat_template.jinja, or \"chat_template\" in tokenizer_config.json)"
             )
-        rendered = [chat.render_with_spans(ex.messages, ex.where) for ex in examples]
+        # a turn longer than the budget is cut at it: its start already fills max_length tokens
+        rendered = [chat.render_with_spans(tuple((role, text[:budget]) for role, text in ex.messages), ex.where)
+                    for ex in examples]
         texts = [text for text, _ in rendered]
         spans = [s for _, s in rendered]
         add_special = False  # the template writes the special tokens itself
@@ -86,11 +96,8 @@ def encode_lm(examples: Sequence[Example], tokenizer: Tokenizer, max_length: int
         spans = None
         add_special = True
 
-    tokenizer.enable_truncation(max_length)
-    try:
-        encodings = tokenizer.encode_batch(texts, add_special_tokens=add_special)
-    finally:
-        tokenizer.no_truncation()
+    # spans past the cut select no token: a target cut off here was beyond max_length tokens anyway
+    encodings = _encode(tokenizer, [text[:budget] for text in texts], max_length, add_special_tokens=add_special)
 
     out, empty = Encoded(), []
     for k, (ex, enc) in enumerate(zip(examples, encodings)):
@@ -111,6 +118,23 @@ def encode_lm(examples: Sequence[Example], tokenizer: Tokenizer, max_length: int
         _LOG.warning("warning: %s: %s entirely beyond --max-length %d; %d example(s) skipped",
                      shown, noun, max_length, len(empty))
     return out
+
+
+def char_budget(max_length: int) -> int:
+    """Characters of a record that can hold its first ``max_length`` tokens (see the module docstring)."""
+    return max(1, max_length) * CHARS_PER_TOKEN
+
+
+def _encode(tokenizer: Tokenizer, texts: Sequence[str], max_length: int | None, **options) -> Iterator[Encoding]:
+    """``tokenizer.encode_batch`` a chunk at a time, truncated to ``max_length`` tokens (None: not)."""
+    for start in range(0, len(texts), _CHUNK):
+        if max_length is not None:
+            tokenizer.enable_truncation(max_length)
+        try:
+            encodings = tokenizer.encode_batch(list(texts[start:start + _CHUNK]), **options)
+        finally:
+            tokenizer.no_truncation()
+        yield from encodings
 
 
 def _span_labels(enc: Encoding, spans: list[tuple[int, int]], tail_is_target: bool) -> list[int]:
@@ -135,8 +159,10 @@ def encode_verbalized(examples: Sequence[Example], tokenizer: Tokenizer, max_len
     if max_length < 2:
         raise DataError("--max-length must be at least 2 with a verbaliser (a prompt token and the word)")
     classes = [labels.index(ex) for ex in examples]
-    prompts = [verbalizer.prompt(ex.text) for ex in examples]
-    encodings = tokenizer.encode_batch([p + " " + verbalizer.words[c] for p, c in zip(prompts, classes)])
+    budget = char_budget(max_length)
+    # the prompt's end is kept: the text's, then (a long template) the filled-in prompt's
+    prompts = [verbalizer.prompt(ex.text[-budget:])[-budget:] for ex in examples]
+    encodings = _encode(tokenizer, [p + " " + verbalizer.words[c] for p, c in zip(prompts, classes)], None)
     out = Encoded()
     for ex, prompt, cls, enc in zip(examples, prompts, classes, encodings):
         word_id = verbalizer.token_ids[cls]

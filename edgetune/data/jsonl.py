@@ -9,12 +9,16 @@ Record shapes, by task:
   - ``{"prompt": str, "completion": str}``: loss on the completion's tokens only;
   - ``{"messages": [{"role": "system" | "user" | "assistant", "content": str}, ...]}``: rendered
     with the model's chat template, loss on the assistant turns only.
+
+A line may hold at most :data:`MAX_LINE_BYTES` (16 MiB): the file is read one line at a time, so a
+hostile or broken file (a whole corpus on one line) is refused naming its line instead of being read,
+decoded and parsed whole. Tokenisation cuts a long record further (``edgetune.data.encode``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,8 @@ from edgetune.errors import DataError
 
 TASK_CLASSIFICATION = "classification"
 TASK_LM = "lm"
+
+MAX_LINE_BYTES = 16 << 20  # one JSONL record; a longer line is refused (it is no training example)
 
 FORMAT_TEXT = "text"
 FORMAT_PROMPT = "prompt/completion"
@@ -46,27 +52,19 @@ class Example:
         return FORMAT_PROMPT if self.prompt is not None else FORMAT_TEXT
 
 
-def read_examples(path: str | Path, task: str) -> list[Example]:
-    """Parse and validate a JSONL file for ``task``; raise :class:`DataError` on the first bad line."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        lines = raw.decode("utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        line_no = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line_no}: not valid UTF-8") from None
+def read_examples(path: str | Path, task: str, *, lm_labels: bool = True) -> list[Example]:
+    """Parse and validate a JSONL file for ``task``; raise :class:`DataError` on the first bad line.
 
+    ``lm_labels=False`` refuses language-model records with a ``"label"`` (a causal LM trains on the
+    text and would silently drop it).
+    """
+    path = Path(path)
     examples: list[Example] = []
     first_line = 0
-    for i, line in enumerate(lines, start=1):
+    for i, line in _lines(path):
         if not line.strip():
             continue
-        example = _parse_line(path, i, line, task)
+        example = _parse_line(path, i, line, task, lm_labels)
         if not examples:
             first_line = i
         elif example.format != examples[0].format:
@@ -80,7 +78,34 @@ def read_examples(path: str | Path, task: str) -> list[Example]:
     return examples
 
 
-def _parse_line(path: Path, line_no: int, line: str, task: str) -> Example:
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of each line, read and decoded one at a time, each at most MAX_LINE_BYTES."""
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    with handle:
+        line_no = 0
+        while True:
+            line_no += 1
+            try:
+                raw = handle.readline(MAX_LINE_BYTES + 2)  # the limit, and room for a CR LF
+            except OSError as exc:
+                raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+            if not raw:
+                return
+            if len(raw.rstrip(b"\r\n")) > MAX_LINE_BYTES:
+                raise DataError(f"{path}:{line_no}: line is longer than {MAX_LINE_BYTES >> 20} MiB, the most "
+                                "edgetune reads as one record")
+            try:
+                yield line_no, raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{path}:{line_no}: not valid UTF-8") from None
+
+
+def _parse_line(path: Path, line_no: int, line: str, task: str, lm_labels: bool) -> Example:
     where = f"{path}:{line_no}"
     try:
         record = json.loads(line)
@@ -89,6 +114,10 @@ def _parse_line(path: Path, line_no: int, line: str, task: str) -> Example:
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if task == TASK_LM:
+        if not lm_labels and "label" in record:
+            raise DataError(f'{where}: record has a "label", but a causal LM without --verbalizer trains on the '
+                            'text alone and would ignore it; pass --verbalizer "label=word,..." to classify, '
+                            'drop the labels, or pass --task lm to train on the text anyway')
         return _parse_lm(record, where)
     text = _string_field(record, "text", where)
     if "label" not in record:
@@ -186,6 +215,17 @@ class LabelSet:
         if num_classes is not None and len(names) < num_classes:
             names += [f"LABEL_{i}" for i in range(len(names), num_classes)]
         return cls(names)
+
+    @classmethod
+    def from_ids(cls, examples: Sequence[Example], num_classes: int | None, model: str) -> LabelSet:
+        """Classes for evaluating a model that stores no label names: integer labels are class ids."""
+        named = next((ex for ex in examples if not isinstance(ex.label, int)), None)
+        if named is not None:
+            raise DataError(f'{named.where}: label "{named.label}" is a name, but {model} stores no label names, so '
+                            "its class is unknown; export the model with --labels, tune it first (a tuned model "
+                            "stores them), or give class ids 0..C-1")
+        count = num_classes if num_classes is not None else max(int(ex.label) for ex in examples) + 1  # type: ignore[arg-type]
+        return cls([str(i) for i in range(count)])
 
     def index(self, example: Example) -> int:
         label = example.label
