@@ -7,46 +7,94 @@ import json
 import logging
 import os
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from edgetune import __version__
-from edgetune.config import DEFAULT_TRAINABLE, TrainConfig, field_names, read_yaml_config
+from edgetune.config import (DEFAULT_TRAINABLE, SEED, THREADS, Bound, ModelOptions, TrainConfig, check_option,
+                             field_names, read_yaml_config, typed_options)
 from edgetune.errors import EdgetuneError
+from edgetune.interrupt import Interrupted
 from edgetune.progress import ConsoleProgress, console
 
+
+@dataclass
+class _RunOptions:
+    """Options of `tune` that are neither TrainConfig fields nor ModelOptions: flags and YAML keys, typed."""
+
+    onnx: str | None = None
+    data: str | None = None
+    eval_data: str | None = None
+    output_dir: str = "out"
+    trainable: str = DEFAULT_TRAINABLE
+    resume: bool = False
+    overwrite: bool = False
+    importance_probes: int = 8
+
+    def validate(self) -> None:
+        check_option("importance_probes", self.importance_probes, int, Bound(1))
+
+
 # Options of `tune` that are not TrainConfig fields, with their defaults.
-_RUN_DEFAULTS: dict[str, Any] = {
-    "onnx": None,
-    "data": None,
-    "eval_data": None,
-    "output_dir": "out",
-    "tokenizer": None,
-    "task": None,
-    "trainable": DEFAULT_TRAINABLE,
-    "split": True,
-    "max_length": 128,
-    "threads": None,
-    "resume": False,
-    "verbalizer": None,
-    "template": None,
-    "importance_probes": 8,
-}
+_RUN_DEFAULTS: dict[str, Any] = {**asdict(_RunOptions()), **asdict(ModelOptions())}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as the one ``edgetune: error:`` line every other error gets (not the usage block)."""
+
+    def error(self, message: str) -> None:
+        command = self.prog.partition(" ")[2]
+        self.exit(2, f"edgetune: error: {command + ': ' if command else ''}{message}\n")
+
+
+def _int_in(bound: Bound):
+    """An int flag's parser that refuses values outside ``bound`` as it parses (one argparse error line)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: '{text}'") from None
+        if not bound.holds(value):
+            raise argparse.ArgumentTypeError(f"must be {bound.describe()}, got {value}")
+        return value
+    return parse
+
+
+def _opset(text: str) -> int:
+    """From the oldest opset edgetune's loss nodes need to the newest the installed onnx knows."""
+    from onnx.defs import onnx_opset_version
+
+    from edgetune.graph.loss import MIN_OPSET
+
+    return _int_in(Bound(MIN_OPSET, onnx_opset_version()))(text)
+
+
+def _finite_float(text: str) -> float:
+    """A float flag's value; NaN and infinity are refused here, before numpy could warn about them."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: '{text}'") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got '{text}'")
+    return value
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--onnx", help="ONNX model with input_ids/attention_mask inputs and a logits output")
     parser.add_argument("--tokenizer", help="tokenizer.json (default: beside the model)")
     parser.add_argument("--task", choices=["classification", "lm"], help="default: from the model")
-    parser.add_argument("--max-length", type=int, help="truncate examples to this many tokens (default 128)")
-    parser.add_argument("--threads", type=int, help="ONNX Runtime and kernel threads (default: all cores)")
+    parser.add_argument("--max-length", type=int, help="truncate examples to this many tokens (default 128, "
+                        "or the model's positions where it has fewer)")
+    parser.add_argument("--threads", type=_int_in(THREADS), help="ONNX Runtime and kernel threads (default: all cores)")
     parser.add_argument("--verbalizer", help='classify {"text","label"} data with a causal LM by the word it says '
                         'after the prompt: "negative=terrible,positive=great" (default: from the model\'s metadata)')
     parser.add_argument("--template", help='prompt for --verbalizer, with {text} where the text goes (default "{text}")')
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgetune", description="Forward-only fine-tuning in ONNX Runtime.")
+    parser = _Parser(prog="edgetune", description="Forward-only fine-tuning in ONNX Runtime.")
     parser.add_argument("--version", action="version", version=f"edgetune {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -64,26 +112,32 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run the whole graph per evaluation instead of caching the frozen prefix")
     tune.add_argument("--config", help="YAML file whose keys mirror these flags")
     tune.add_argument("--resume", action="store_const", const=True, help="continue from OUTPUT_DIR/checkpoint")
+    tune.add_argument("--overwrite", action="store_const", const=True,
+                      help="replace the run OUTPUT_DIR already holds (without it, such a folder is refused)")
     for name, default in TrainConfig().to_dict().items():
         flag = "--" + name.replace("_", "-")
-        tune.add_argument(flag, type=type(default), help=f"default {default}")
+        tune.add_argument(flag, type=_finite_float if isinstance(default, float) else type(default),
+                          help=f"default {default}")
 
     evaluate = commands.add_parser("eval", help="accuracy / loss of a model on a JSONL file")
     _add_model_args(evaluate)
     evaluate.add_argument("--data", required=True, help="evaluation JSONL")
-    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--batch-size", type=_int_in(Bound(1)), default=64)
 
     _add_apply_parser(commands)
     _add_replay_parser(commands)
     _add_export_parser(commands)
     _add_generate_parser(commands)
     _add_plan_parser(commands)
+    _add_cache_parser(commands)
 
     demo = commands.add_parser("demo", help="tune all-MiniLM-L6-v2 on Rotten Tomatoes (needs the export extra)")
-    demo.add_argument("--steps", type=int, default=None, help="tuning steps (default from the demo recipe)")
+    demo.add_argument("--steps", type=_int_in(Bound(1)), default=None, help="tuning steps (default from the demo recipe)")
     demo.add_argument("--workdir", default=None, help="cache for the exported model and data")
     demo.add_argument("--output-dir", default="out/demo")
-    demo.add_argument("--threads", type=int)
+    demo.add_argument("--threads", type=_int_in(THREADS))
+    demo.add_argument("--overwrite", action="store_true",
+                      help="replace the run OUTPUT_DIR holds (default: use the next free OUTPUT_DIR-2, -3, ...)")
     return parser
 
 
@@ -110,7 +164,7 @@ def _add_replay_parser(commands) -> None:
     replay.add_argument("--log", required=True, help="the run's trajectory log (run.etlog in its output dir)")
     replay.add_argument("--output", required=True, help="folder for the rebuilt model.onnx, tokenizer, ...")
     replay.add_argument("--tokenizer", help="tokenizer.json (default: beside the base model)")
-    replay.add_argument("--threads", type=int, help="kernel threads (default: all cores)")
+    replay.add_argument("--threads", type=_int_in(THREADS), help="kernel threads (default: all cores)")
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -129,11 +183,11 @@ def _add_export_parser(commands) -> None:
     export.add_argument("--output", required=True, help="folder for model.onnx, tokenizer.json, ...")
     export.add_argument("--labels", help="classification: comma-separated label names (default negative,positive)")
     export.add_argument("--pooling", choices=["cls", "mean"], help="classification: head on the first token or the mean")
-    export.add_argument("--seed", type=int, help="classification: seed of a new head (default 0)")
+    export.add_argument("--seed", type=_int_in(SEED), help="classification: seed of a new head (default 0)")
     export.add_argument("--eos-token", help="causal-lm: the token that ends a reply (smollm2: <|im_end|>)")
     export.add_argument("--no-past", dest="with_past", action="store_false",
                         help="causal-lm: skip model_with_past.onnx (the KV-cache graph for generate)")
-    export.add_argument("--opset", type=int, default=17)
+    export.add_argument("--opset", type=_opset, default=17)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -141,11 +195,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     os.environ["HF_HUB_OFFLINE"] = os.environ["TRANSFORMERS_OFFLINE"] = "1"
     from edgetune.export import MANIFEST, export_model
+    from edgetune.outdir import refuse_input_folder
     from edgetune.resources import resolve_model
 
     source, defaults = resolve_model(args.model)
     if not source.exists():
         raise EdgetuneError(f"{source}: not found (give a Hugging Face folder, a .gguf file, minilm or smollm2)")
+    if source.is_dir():  # the export's config.json, tokenizer.json, ... would replace the Hugging Face folder's
+        refuse_input_folder(args.output, [source], "--output")
     task = args.task or defaults.get("task")
     if task is None:
         raise EdgetuneError(f"--task is required for {source} (classification or causal-lm)")
@@ -177,13 +234,13 @@ def _add_generate_parser(commands) -> None:
     generate.add_argument("--tokenizer", help="tokenizer.json (default: beside the model)")
     generate.add_argument("--prompt", required=True)
     generate.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat template")
-    generate.add_argument("--max-new-tokens", type=int, default=64)
-    generate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    generate.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0)")
-    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--max-new-tokens", type=_int_in(Bound(1)), default=64)
+    generate.add_argument("--temperature", type=_finite_float, default=0.0, help="0 = greedy (default)")
+    generate.add_argument("--top-p", type=_finite_float, default=1.0, help="nucleus sampling mass (default 1.0)")
+    generate.add_argument("--seed", type=_int_in(SEED), default=0)
     generate.add_argument("--no-past", dest="use_past", action="store_const", const=False,
                           help="rerun the whole sequence per token even if a KV-cache graph is there")
-    generate.add_argument("--threads", type=int)
+    generate.add_argument("--threads", type=_int_in(THREADS))
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -206,49 +263,57 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _resolve_tune_options(args: argparse.Namespace) -> tuple[dict[str, Any], TrainConfig]:
-    """Defaults < --config file < explicit flags."""
+    """Defaults < --config file < explicit flags, each value checked against its field's type and range
+    before any work starts."""
     options = {**_RUN_DEFAULTS, **TrainConfig().to_dict()}
     if args.config:
         from_file = read_yaml_config(args.config)
         unknown = sorted(set(from_file) - set(options))
         if unknown:
             raise EdgetuneError(f"{args.config}: unknown option '{unknown[0]}'")
-        options.update(from_file)
+        for cls in (_RunOptions, ModelOptions, TrainConfig):
+            options.update(typed_options(cls, _fields_of(cls, from_file), args.config))
     options.update({k: v for k, v in vars(args).items() if v is not None and k in options})
     for required in ("onnx", "data"):
         if not options[required]:
             raise EdgetuneError(f"--{required} is required (as a flag or in --config)")
-    train_keys = field_names(TrainConfig)
-    try:
-        config = TrainConfig(**{k: v for k, v in options.items() if k in train_keys})
-    except TypeError as exc:
-        raise EdgetuneError(f"bad option value ({exc})") from None
+    _RunOptions(**_fields_of(_RunOptions, options)).validate()
+    ModelOptions(**_fields_of(ModelOptions, options)).validate()
+    config = TrainConfig(**_fields_of(TrainConfig, options))
     config.validate()
-    return {k: v for k, v in options.items() if k not in train_keys}, config
+    config.check_eval_data(options["eval_data"])
+    return {k: v for k, v in options.items() if k not in field_names(TrainConfig)}, config
+
+
+def _fields_of(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    names = field_names(cls)
+    return {k: v for k, v in options.items() if k in names}
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from edgetune.tuner import Tuner
+    from edgetune.outdir import claim_output
 
     run, config = _resolve_tune_options(args)
+    inputs = [run["onnx"], run["tokenizer"] or Path(run["onnx"]).parent / "tokenizer.json"]
+    # before the model loads, and held until the tuned model's last file is written
+    with claim_output(run["output_dir"], inputs, run["resume"], run["overwrite"]):
+        return _tune(run, config)
+
+
+def _tune(run: dict[str, Any], config: TrainConfig) -> int:
+    from edgetune.tuner import Tuner
+
     ranking = _rank_blocks_if_asked(run, config)
     tuner = Tuner.from_onnx(
         run["onnx"], trainable=run["trainable"], tokenizer=run["tokenizer"], task=run["task"],
         max_length=run["max_length"], threads=run["threads"], split=run["split"],
         verbalizer=run["verbalizer"], template=run["template"],
     )
-    console.print(
-        f"[bold]edgetune[/] {tuner.info.task} model {run['onnx']}: tuning {tuner.trainable_params:,} of "
-        f"{tuner.total_params:,} weights ({run['trainable']}), "
-        f"{'frozen prefix cached' if tuner.split else 'whole graph per evaluation'}"
-    )
-    if tuner.verbalizer is not None:
-        console.print(f"classifying by the next word after {tuner.verbalizer.template!r}: {tuner.verbalizer.describe()}",
-                      markup=False)
-    with ConsoleProgress() as progress:
+    # announced once the data are read and checked: a bad file is then the only line on stderr
+    with ConsoleProgress(announce=lambda: _announce(run, tuner)) as progress:
         result = tuner.fit(
             run["data"], eval_data=run["eval_data"], output_dir=run["output_dir"], resume=run["resume"],
-            progress=progress, **config.to_dict(),
+            overwrite=run["overwrite"], progress=progress, **config.to_dict(),
         )
     summary = {"config": {**run, **config.to_dict()}, "result": result.to_json()}
     if ranking is not None:
@@ -257,6 +322,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
     result.peak_rss_mb = summary["result"]["peak_rss_mb"]  # save() re-read it: the peak includes the save
     _print_summary(result, model_path)
     return 0
+
+
+def _announce(run: dict[str, Any], tuner) -> None:
+    console.print(
+        f"[bold]edgetune[/] {tuner.info.task} model {run['onnx']}: tuning {tuner.trainable_params:,} of "
+        f"{tuner.total_params:,} weights ({run['trainable']}), "
+        f"{'frozen prefix cached' if tuner.split else 'whole graph per evaluation'}"
+    )
+    if tuner.verbalizer is not None:
+        console.print(f"classifying by the next word after {tuner.verbalizer.template!r}: {tuner.verbalizer.describe()}",
+                      markup=False)
 
 
 def _rank_blocks_if_asked(run: dict[str, Any], config: TrainConfig):
@@ -296,17 +372,18 @@ def _print_summary(result, model_path: Path) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from edgetune.finite import dumps_finite
     from edgetune.tuner import Tuner
 
     if not args.onnx:
         raise EdgetuneError("--onnx is required")
     tuner = Tuner.from_onnx(
         args.onnx, trainable=None, tokenizer=args.tokenizer, task=args.task,
-        max_length=args.max_length or 128, threads=args.threads,
+        max_length=args.max_length, threads=args.threads,
         verbalizer=args.verbalizer, template=args.template,
     )
     metrics = tuner.evaluate(args.data, batch_size=args.batch_size)
-    print(json.dumps(metrics))
+    print(dumps_finite(metrics))  # evaluate refuses non-finite losses; NaN is no JSON any reader parses
     return 0
 
 
@@ -365,10 +442,41 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_cache_parser(commands) -> None:
+    cache = commands.add_parser(
+        "cache", help="list or empty the prepared-graph cache (EDGETUNE_CACHE)",
+        description="Tuning prepares a model's graphs once per model and --trainable and keeps them in "
+        "$EDGETUNE_CACHE/prepared (default ~/.cache/edgetune/prepared), capped at EDGETUNE_CACHE_MAX "
+        "(default 2GB) by evicting the least recently used entries.")
+    cache.add_argument("--clear", action="store_true", help="delete every entry")
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    import time
+
+    from edgetune.graph.cache import cache_entries, cache_limit, clear_cache, default_cache_root
+
+    root = default_cache_root()
+    limit = cache_limit()  # a bad EDGETUNE_CACHE_MAX is reported before anything is deleted
+    if args.clear:
+        removed = clear_cache(root)
+        print(f"removed {len(removed)} entries ({sum(e.bytes for e in removed) / 2**20:.1f} MB) from {root}")
+        return 0
+    entries = cache_entries(root)
+    print(f"prepared-graph cache {root} (EDGETUNE_CACHE):")
+    for entry in reversed(entries):  # most recently used first
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.last_used))
+        print(f"  {entry.bytes / 2**20:9.1f} MB  last used {used}  {entry.model}  --trainable {entry.trainable}")
+    print(f"{len(entries)} entries, {sum(e.bytes for e in entries) / 2**20:.1f} MB of "
+          f"{limit / 2**20:.0f} MB (EDGETUNE_CACHE_MAX)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgetune.demo import run_demo
 
-    return run_demo(steps=args.steps, workdir=args.workdir, output_dir=args.output_dir, threads=args.threads)
+    return run_demo(steps=args.steps, workdir=args.workdir, output_dir=args.output_dir, threads=args.threads,
+                    overwrite=args.overwrite)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -377,14 +485,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="edgetune: warning: %(message)s", level=logging.WARNING, stream=sys.stderr)
     handler = {"tune": cmd_tune, "eval": cmd_eval, "demo": cmd_demo, "apply": cmd_apply,
                "export": cmd_export, "generate": cmd_generate, "plan": cmd_plan,
-               "replay": cmd_replay}[args.command]
+               "replay": cmd_replay, "cache": cmd_cache}[args.command]
     try:
         return handler(args)
     except EdgetuneError as exc:
         print(f"edgetune: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("edgetune: interrupted; the last checkpoint is kept", file=sys.stderr)
+    except Interrupted as exc:  # a run stopped between steps: the message says what it saved
+        print(f"edgetune: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:  # outside a run's steps: claim nothing about what was saved
+        print("edgetune: interrupted", file=sys.stderr)
         return 130
     except MemoryError:
         print("edgetune: error: out of memory; lower --batch-size or --max-length", file=sys.stderr)

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edgetune.data.tokenizer import load_tokenizer, read_tokenizer_config, special_tokens
+from edgetune.data.tokenizer import check_vocabulary, load_tokenizer, read_tokenizer_config, special_tokens
 from edgetune.errors import EdgetuneError, ModelError
 from edgetune.export.shared import WITH_PAST, linked_to
+from edgetune.graph.model import check_model_file
 
 __all__ = ["GenerationConfig", "GenerationError", "Generator", "empty_past"]
 
@@ -72,8 +73,7 @@ class Generator:
         """``use_past``: None picks the KV-cache graph when one is linked to ``onnx_path``'s weights;
         True requires it; False always recomputes with ``onnx_path``."""
         onnx_path = Path(onnx_path)
-        if not onnx_path.is_file():
-            raise ModelError(f"{onnx_path}: model not found")
+        check_model_file(onnx_path)
         self.tokenizer_path = Path(tokenizer) if tokenizer else onnx_path.parent / "tokenizer.json"
         self.tokenizer = load_tokenizer(self.tokenizer_path)
         past_path = onnx_path.with_name(WITH_PAST)
@@ -96,7 +96,17 @@ class Generator:
         self.outputs = [o.name for o in self.session.get_outputs()]
         if "logits" not in self.outputs or "input_ids" not in self.inputs:
             raise ModelError(f"{self.path}: not a language model (needs input 'input_ids' and output 'logits')")
+        self._check_causal_lm()
         self.stop_ids = self._stop_ids()
+
+    def _check_causal_lm(self) -> None:
+        """Refuse a classifier, and a tokenizer with ids past the vocabulary, before the first token."""
+        shape = next(o.shape for o in self.session.get_outputs() if o.name == "logits")
+        if len(shape) != 3:  # [batch, classes]: a classifier's head says no next token
+            raise ModelError(f"{self.path}: 'logits' have rank {len(shape)}, not [batch, sequence, vocabulary]; "
+                             "generate needs a causal language model, not a classifier")
+        vocab = shape[-1] if isinstance(shape[-1], int) else None  # the rows its head scores
+        check_vocabulary(self.tokenizer, self.tokenizer_path, vocab, self.path)
 
     def _stop_ids(self) -> set[int]:
         """Ids that end a reply: the model's ``edgetune.eos_token`` and tokenizer_config's ``eos_token``."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -20,7 +21,9 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 class ConsoleProgress:
     """Implements the ``Progress`` protocol of :meth:`Tuner.fit`."""
 
-    def __init__(self, log_every: int = 50):
+    def __init__(self, log_every: int = 50, announce: Callable[[], None] | None = None):
+        """``announce`` prints what the run is, when it starts: after its data and checkpoint were read."""
+        self.announce = announce
         self.live = console.is_terminal
         self.log_every = log_every
         self.loss_ema: float | None = None
@@ -41,6 +44,8 @@ class ConsoleProgress:
         return self._bar.__exit__(*exc)
 
     def on_start(self, start: int, total: int) -> None:
+        if self.announce is not None:
+            self.announce()
         self._task = self._bar.add_task("tune", total=total, completed=start, info="")
         self._started, self._first = time.perf_counter(), start
 

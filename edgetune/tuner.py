@@ -18,7 +18,7 @@ import numpy as np
 from edgetune import _core
 from edgetune.adapters import save_lora_outputs
 from edgetune.checkpoint import file_digest, load_checkpoint, save_checkpoint
-from edgetune.config import DEFAULT_TRAINABLE, TrainConfig
+from edgetune.config import DEFAULT_TRAINABLE, Bound, ModelOptions, TrainConfig, check_option
 from edgetune.data import BatchStream, LabelSet, TokenizedSet, load_tokenizer, read_examples
 from edgetune.data.batching import IGNORE_INDEX
 from edgetune.data.chat import ChatTemplate
@@ -35,14 +35,16 @@ from edgetune.graph.cache import prepare_cached
 from edgetune.graph.stream import ModelFile
 from edgetune.graph.loss import labelled_positions
 from edgetune.graph.prge import copy_batched
-from edgetune.graph.model import LABELS_KEY, TASK_KEY, load_model
+from edgetune.graph.model import LABELS_KEY, TASK_KEY, check_model_file, load_model, max_length_for
 from edgetune.graph.prepare import arena_group
 from edgetune.graph.select import split_lora
 from edgetune.graph.sparse import split_sparse
+from edgetune.interrupt import Interrupted, StopRequest
 from edgetune.io import atomic_write_text
+from edgetune.outdir import claim_output
 from edgetune.runlog import JsonlLog
 from edgetune.sparse_diff import save_sparse_outputs
-from edgetune.trajectory import FILE_NAME as TRAJECTORY, Trajectory
+from edgetune.trajectory import FILE_NAME as TRAJECTORY, Trajectory, check_room
 from edgetune.zo import Anchors, StepRecord, build_optimizer
 from edgetune.zo.importance import importance_count
 from edgetune.zo.prge import ParallelZO, parallel_strategy
@@ -110,6 +112,7 @@ class Tuner:
         self.labels = LabelSet(self.info.labels) if self.info.labels else None
         self.verbalizer: Verbalizer | None = None  # set by from_onnx: classification through the LM's words
         self.trainable_spec: str | None = None  # save() writes adapter files when it has a lora: term
+        self.explicit_task: str | None = None  # --task as the user gave it (from_onnx sets it)
 
     @classmethod
     def from_onnx(
@@ -118,7 +121,7 @@ class Tuner:
         trainable: str | None = DEFAULT_TRAINABLE,
         tokenizer: str | Path | None = None,
         task: str | None = None,
-        max_length: int = 128,
+        max_length: int | None = None,
         threads: int | None = None,
         providers: Sequence[str] | None = None,
         split: bool = True,
@@ -127,13 +130,15 @@ class Tuner:
     ) -> Tuner:
         """Prepare ``onnx_path`` for tuning the weights selected by ``trainable`` (see ``graph.select``).
 
-        ``trainable=None`` prepares the model for evaluation only. ``verbalizer`` (``"neg=bad,pos=good"``)
+        ``trainable=None`` prepares the model for evaluation only. ``max_length`` (tokens per example) may not
+        exceed the model's position table; None is 128, or the table's rows where it has fewer. ``verbalizer`` (``"neg=bad,pos=good"``)
         with a causal LM classifies ``{"text", "label"}`` data by the word the LM says after
         ``template`` (default ``"{text}"``); a model tuned that way carries both in its metadata.
         """
+        ModelOptions(tokenizer, task, max_length, threads, split, verbalizer, template).validate()
+        check_option("trainable", trainable, str | None)
         onnx_path = Path(onnx_path)
-        if not onnx_path.is_file():
-            raise ModelError(f"{onnx_path}: model not found")
+        check_model_file(onnx_path)  # before it is hashed: an unreadable or empty file is one line
         if importance_count(trainable) is not None:
             raise EdgetuneError(f"--trainable '{trainable}': importance:K is measured on data; resolve it with "
                                 "edgetune.zo.importance.rank_blocks and resolve_importance first (the CLI does)")
@@ -146,9 +151,10 @@ class Tuner:
         else:
             prepared = prepare_cached(onnx_path, trainable, file_digest(onnx_path), task=task, split=split)
         check_vocabulary(tok, tokenizer_path, prepared.info.embedding_rows, onnx_path)
-        tuner = cls(prepared, tok, tokenizer_path, max_length, threads, providers)
+        tuner = cls(prepared, tok, tokenizer_path, max_length_for(prepared.info, max_length), threads, providers)
         tuner._set_verbalizer(verbalizer, template)
         tuner.trainable_spec = trainable
+        tuner.explicit_task = task
         return tuner
 
     def _set_verbalizer(self, spec: str | dict[str, str] | None, template: str | None) -> None:
@@ -183,26 +189,37 @@ class Tuner:
     # -- data ---------------------------------------------------------------------------------
 
     def load_data(self, path: str | Path) -> TokenizedSet:
+        """Training data. A classifier that stores no label names takes them from this file (sorted
+        names, or class ids); :meth:`save` stores them with the tuned model."""
+        return self._load(path, name_labels=True)
+
+    def _load(self, path: str | Path, name_labels: bool) -> TokenizedSet:
         if self.verbalizer is not None:
             examples = read_examples(path, TASK_CLASSIFICATION)
             return TokenizedSet(examples, self.tokenizer, self.max_length, TASK_LM, self.labels,
                                 verbalizer=self.verbalizer)
-        examples = read_examples(path, self.info.task)
-        if self.info.task == TASK_CLASSIFICATION and self.labels is None:
-            self.labels = LabelSet.from_examples(examples, self.info.num_classes)
+        # {"text", "label"} on a causal LM would train on the text and drop the labels: only when asked to
+        examples = read_examples(path, self.info.task, lm_labels=self.explicit_task == TASK_LM)
+        labels = self.labels
+        if self.info.task == TASK_CLASSIFICATION and labels is None:
+            if name_labels:
+                labels = self.labels = LabelSet.from_examples(examples, self.info.num_classes)
+            else:  # which logit a name is cannot be told from an evaluation file (one class would be class 0)
+                labels = LabelSet.from_ids(examples, self.info.num_classes, str(self.model_path))
         kind = examples[0].format
         chat = ChatTemplate.beside(self.tokenizer_path) if kind == FORMAT_MESSAGES else None
         eos = special_tokens(read_tokenizer_config(self.tokenizer_path)).get("eos_token") if kind == FORMAT_PROMPT else None
         if eos is not None and self.tokenizer.token_to_id(eos) is None:
             eos = None  # a config naming a token the tokenizer lacks: appending it would add unknown text
-        return TokenizedSet(examples, self.tokenizer, self.max_length, self.info.task, self.labels,
+        return TokenizedSet(examples, self.tokenizer, self.max_length, self.info.task, labels,
                             chat=chat, eos_token=eos)
 
     # -- evaluation ---------------------------------------------------------------------------
 
     def evaluate(self, data: str | Path | TokenizedSet, batch_size: int = 64) -> dict[str, float]:
         """Mean loss, and accuracy (classification, verbaliser) or perplexity (language modelling)."""
-        dataset = data if isinstance(data, TokenizedSet) else self.load_data(data)
+        check_option("batch_size", batch_size, int, Bound(1))
+        dataset = data if isinstance(data, TokenizedSet) else self._load(data, name_labels=False)
         verbalized = dataset.classes is not None
         # A causal LM's run allocates batch x sequence x vocabulary logits several times over (the
         # output, the loss's shifted copy and log-softmax): cap the tokens per run instead of the rows.
@@ -216,7 +233,12 @@ class Tuner:
                 correct += int(np.sum(self._verbalizer_predictions(batch, logits) == batch.classes))
             elif self.info.task == TASK_CLASSIFICATION:
                 correct += int(np.sum(np.argmax(logits, axis=-1) == batch.labels))
-        mean_loss = float(np.mean(np.concatenate(losses)))
+        per_example = np.concatenate(losses)
+        if not np.isfinite(per_example).all():  # NaN metrics would pass for results (and are not JSON)
+            first = int(np.argmin(np.isfinite(per_example)))
+            raise ModelError(f"{self.model_path}: the loss on {dataset.where[first]} is {per_example[first]}; "
+                             "the model computes non-finite logits (broken weights, or a tuning run that diverged)")
+        mean_loss = float(np.mean(per_example))
         metrics = {"loss": mean_loss, "examples": len(dataset)}
         if verbalized or self.info.task == TASK_CLASSIFICATION:
             metrics["accuracy"] = correct / len(dataset)
@@ -245,14 +267,30 @@ class Tuner:
         output_dir: str | Path | None = None,
         resume: bool = False,
         progress: Progress | None = None,
+        overwrite: bool = False,
         **options: Any,
     ) -> FitResult:
-        """Tune on ``data``; ``options`` are :class:`TrainConfig` fields (steps, lr, eps, ...)."""
-        config = TrainConfig(**options)
-        config.validate()
+        """Tune on ``data``; ``options`` are :class:`TrainConfig` fields (steps, lr, eps, ...).
+
+        ``output_dir`` (checkpoint and logs; :meth:`save` writes the model there) must not be the folder
+        of the model or its tokenizer, and one that already holds a run (:data:`edgetune.outdir.RUN_FILES`)
+        needs ``resume`` (continue it) or ``overwrite`` (replace it). The run holds the folder alone.
+        Ctrl-C or SIGTERM, or a KeyboardInterrupt from ``progress.on_step``, stops the run after the
+        current step (and the next one when the current one was chained): it writes a checkpoint to
+        ``output_dir`` and raises :class:`edgetune.interrupt.Interrupted`, a KeyboardInterrupt.
+        """
+        config = TrainConfig.from_options(options)  # before the output folder is claimed or data read
+        config.check_eval_data(eval_data)
+        with claim_output(output_dir, [self.model_path, self.tokenizer_path], resume, overwrite), \
+                StopRequest() as stop:
+            return self._fit(data, eval_data, output_dir, resume, progress, stop, config)
+
+    def _fit(self, data: str | Path, eval_data: str | Path | None, output_dir: str | Path | None, resume: bool,
+             progress: Progress | None, stop: StopRequest, config: TrainConfig) -> FitResult:
         if not self.weights:
             raise EdgetuneError("nothing to tune: the tuner was created with trainable=None")
         subsets = block_subsets(config, self.params, self.arena)  # a --rotate K the slice cannot take fails here
+        check_room(config, [p.name for p in self.params])  # DiZO's per-tensor scales must fit a step record
         out = Path(output_dir) if output_dir else None
         train = self.load_data(data)
         dev = self.load_data(eval_data) if eval_data else None
@@ -311,7 +349,9 @@ class Tuner:
                 engine.set_batch(train.batch(indices, self.info.data_inputs))
                 try:
                     # θ is read between steps; with a forward budget, a step may be the last one
-                    chain = done < config.steps and not eval_now and not save_now and not config.forward_budget
+                    # and a step after a stop request: only an unchained step leaves θ exact for the checkpoint
+                    chain = (done < config.steps and not eval_now and not save_now and not config.forward_budget
+                             and stop.signum is None)
                     record = optimizer.step(t, engine.mean_loss, chain=chain)
                 except TrainingError as exc:
                     lines = ", ".join(sorted({train.where[int(i)] for i in indices}))
@@ -321,7 +361,14 @@ class Tuner:
                 steplog.append(record.to_json())
                 trajectory.append(record)
                 if progress:
-                    progress.on_step(record)
+                    try:
+                        progress.on_step(record)
+                    except KeyboardInterrupt:  # an embedder's hook stops the run as Ctrl-C does
+                        stop.request()
+                if stop.signum is not None and not chain:
+                    if out:
+                        save(done)
+                    raise Interrupted.at_step(done, out / CHECKPOINT if out else None, stop.signum)
                 if out_of_budget():
                     break  # the budget's end is the run's end: evaluated and saved below
                 if eval_now:

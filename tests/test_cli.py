@@ -5,24 +5,23 @@ import resource
 import signal
 import subprocess
 import sys
-import time
 
 import onnx
 import pytest
 
 from edgetune.checkpoint import load_checkpoint
 from models.tiny import build_classifier, build_tokenizer, write_jsonl
+from tests.badinput import assert_rejected
 
 TUNE = ("tune", "--steps", "6", "--lr", "0.01", "--batch-size", "8")
 
 
-def assert_one_line_error(proc, *fragments):
-    assert proc.returncode not in (0, None), proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("edgetune:")]
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+def assert_failed_after_start(proc: subprocess.CompletedProcess, *fragments: str, code: int) -> None:
+    """A run that started (its one banner line on stderr) and then failed: after the banner, stderr is the
+    bad-input corpus's one ``edgetune: error:`` line, with the error class's exit code."""
+    banner, _, rest = proc.stderr.partition("\n")
+    assert banner.startswith("edgetune ") and " model " in banner, proc.stderr
+    assert_rejected(subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout, rest), *fragments, code=code)
 
 
 def test_tune_then_eval_reports_before_and_after(classifier, tmp_path, cli):
@@ -51,9 +50,9 @@ def test_config_file_keys_mirror_flags_and_flags_win(classifier, tmp_path, cli):
     assert summary["config"]["lr"] == 0.01
 
     config.write_text("onnx: x.onnx\ndata: y.jsonl\nlearning_rate: 3\n")
-    assert_one_line_error(cli("tune", "--config", config), "unknown option 'learning_rate'")
+    assert_rejected(cli("tune", "--config", config), "unknown option 'learning_rate'")
     config.write_text("onnx: [unclosed\n")
-    assert_one_line_error(cli("tune", "--config", config), "tune.yaml", "invalid YAML")
+    assert_rejected(cli("tune", "--config", config), "tune.yaml", "invalid YAML")
 
 
 @pytest.fixture(scope="module")
@@ -81,21 +80,21 @@ def bad(tmp_path_factory, classifier):
     ("empty", ["empty.jsonl", "no examples"]),
 ])
 def test_bad_data_files(bad, classifier, cli, case, fragments):
-    assert_one_line_error(cli(*TUNE, "--onnx", classifier["model"], "--data", bad / f"{case}.jsonl",
-                              "--output-dir", bad / "out"), *fragments)
+    assert_rejected(cli(*TUNE, "--onnx", classifier["model"], "--data", bad / f"{case}.jsonl",
+                        "--output-dir", bad / "out"), *fragments)
 
 
 def test_bad_models_and_tokenizers(bad, classifier, cli):
     data = classifier["train"]
-    assert_one_line_error(cli(*TUNE, "--onnx", bad / "nologits.onnx", "--tokenizer", classifier["tokenizer"],
-                              "--data", data), "nologits.onnx", "no output named 'logits'")
-    assert_one_line_error(cli(*TUNE, "--onnx", classifier["model"], "--tokenizer", bad / "big_tokenizer.json",
-                              "--data", data), "big_tokenizer.json", "does not belong to the model")
-    assert_one_line_error(cli(*TUNE, "--onnx", bad / "garbage.onnx", "--tokenizer", classifier["tokenizer"],
-                              "--data", data), "garbage.onnx", "not a readable ONNX model")
-    assert_one_line_error(cli(*TUNE, "--onnx", bad / "missing.onnx", "--data", data), "missing.onnx: model not found")
-    assert_one_line_error(cli(*TUNE, "--onnx", classifier["model"], "--data", data, "--trainable", "nothing.*"),
-                          "--trainable term 'nothing.*' selects no weights")
+    assert_rejected(cli(*TUNE, "--onnx", bad / "nologits.onnx", "--tokenizer", classifier["tokenizer"],
+                        "--data", data), "nologits.onnx", "no output named 'logits'")
+    assert_rejected(cli(*TUNE, "--onnx", classifier["model"], "--tokenizer", bad / "big_tokenizer.json",
+                        "--data", data), "big_tokenizer.json", "does not belong to the model")
+    assert_rejected(cli(*TUNE, "--onnx", bad / "garbage.onnx", "--tokenizer", classifier["tokenizer"],
+                        "--data", data), "garbage.onnx", "not a valid ONNX model")
+    assert_rejected(cli(*TUNE, "--onnx", bad / "missing.onnx", "--data", data), "missing.onnx: model not found")
+    assert_rejected(cli(*TUNE, "--onnx", classifier["model"], "--data", data, "--trainable", "nothing.*"),
+                    "--trainable term 'nothing.*' selects no weights")
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_the_checkpoint(classifier, tmp_path, cli):
@@ -105,8 +104,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_checkpoint(classifier, tmp_p
     before = (out / "checkpoint.safetensors").read_bytes()
     proc = cli("tune", "--onnx", classifier["model"], "--data", classifier["train"], "--output-dir", out,
                "--steps", "50", "--lr", "1e30")
-    assert_one_line_error(proc, "non-finite loss at step", "train.jsonl:")
-    assert proc.returncode == 3
+    assert_failed_after_start(proc, "non-finite loss at step", "train.jsonl:", code=3)  # a TrainingError
     assert (out / "checkpoint.safetensors").read_bytes() == before
 
 
@@ -125,22 +123,49 @@ def test_full_disk_during_save_keeps_the_last_checkpoint(classifier, tmp_path):
     # Writes past the limit fail with EFBIG, as a full disk fails with ENOSPC.
     proc = subprocess.run([*args[:-2], "--steps", "12", "--output-dir", out, "--resume"], capture_output=True,
                           text=True, timeout=300, preexec_fn=_limit_file_size(len(good) // 2))
-    assert_one_line_error(proc, "checkpoint.safetensors", "the previous one is kept")
+    assert_failed_after_start(proc, "checkpoint.safetensors", "the previous one is kept", code=2)
     assert (out / "checkpoint.safetensors").read_bytes() == good
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
 
 
-def test_kill_during_frequent_saves_never_leaves_a_torn_checkpoint(classifier, tmp_path):
+# Runs the CLI with os.replace patched to SIGKILL the process at the third checkpoint save: the new checkpoint's
+# temporary file is complete and fsynced, the rename has not happened. A kill from outside would land at a
+# random moment, mostly between writes, and prove nothing about the write itself.
+KILL_AT_THIRD_CHECKPOINT_RENAME = """
+import os, signal, sys
+from pathlib import Path
+rename, saves = os.replace, []
+def replace(src, dst, *args, **kwargs):
+    if Path(dst).name == "checkpoint.safetensors":
+        saves.append(src)
+        if len(saves) == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return rename(src, dst, *args, **kwargs)
+os.replace = replace
+from edgetune.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill_during_a_checkpoint_write_keeps_the_previous_one_and_resume_finishes_the_run(classifier, tmp_path,
+                                                                                         cli):
+    run = (*TUNE, "--onnx", classifier["model"], "--data", classifier["train"], "--save-every", "1")
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "edgetune.cli", "tune", "--onnx", classifier["model"], "--data",
-            classifier["train"], "--output-dir", out, "--steps", "100000", "--save-every", "1", "--lr", "0.01"]
-    for delay in (2.5, 3.1, 3.7):
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        while not (out / "checkpoint.safetensors").exists() and time.time() < deadline:
-            time.sleep(0.05)
-        time.sleep(delay - 2.5)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        tensors, state = load_checkpoint(out / "checkpoint.safetensors")
-        assert state["step"] >= 1 and tensors
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_THIRD_CHECKPOINT_RENAME, *map(str, run), "--output-dir",
+                             str(out)], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    written = [p for p in out.iterdir() if p.name.startswith(".checkpoint.safetensors.tmp-")]
+    assert len(written) == 1, "the kill did not land between the write and the rename"
+    _, pending = load_checkpoint(written[0])
+    tensors, state = load_checkpoint(out / "checkpoint.safetensors")
+    assert tensors and state["step"] == 2 and pending["step"] == 3  # the second save is intact, the third pending
+
+    resumed = cli(*run, "--output-dir", out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    whole = cli(*run, "--output-dir", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    final, state = load_checkpoint(out / "checkpoint.safetensors")
+    expected, _ = load_checkpoint(tmp_path / "whole" / "checkpoint.safetensors")
+    assert state["step"] == 6 and final.keys() == expected.keys()
+    for name, value in expected.items():
+        assert final[name].tobytes() == value.tobytes(), name

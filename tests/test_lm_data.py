@@ -12,7 +12,7 @@ from edgetune.data.jsonl import TASK_LM
 from edgetune.errors import DataError, ModelError
 from edgetune.tuner import Tuner
 from models.tiny import TINY_VOCAB, build_tokenizer, write_jsonl
-from tests.test_cli import assert_one_line_error
+from tests.badinput import assert_rejected
 
 CHATML = (
     "{% for message in messages %}"
@@ -221,8 +221,8 @@ def bad_lm(tmp_path_factory):
 ])
 def test_cli_bad_lm_data_is_one_line(bad_lm, lm, cli, case, fragments):
     # the tiny LM's folder has no chat template, so a valid conversation fails too
-    assert_one_line_error(cli("tune", "--steps", "2", "--onnx", lm["model"], "--data", bad_lm / f"{case}.jsonl",
-                              "--output-dir", bad_lm / "out"), *fragments)
+    assert_rejected(cli("tune", "--steps", "2", "--onnx", lm["model"], "--data", bad_lm / f"{case}.jsonl",
+                        "--output-dir", bad_lm / "out"), *fragments)
 
 
 def test_prompt_completion_loss_is_the_cross_entropy_of_the_completion_tokens(lm, tmp_path):

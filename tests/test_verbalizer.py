@@ -13,7 +13,7 @@ from edgetune.errors import DataError, EdgetuneError
 from edgetune.tuner import Tuner
 from models.tiny import (NEGATIVE_WORDS, NEUTRAL_WORDS, POSITIVE_WORDS, TINY_VOCAB, build_causal_lm, build_tokenizer,
                          write_jsonl)
-from tests.test_cli import assert_one_line_error
+from tests.badinput import assert_rejected
 from tests.test_lm_data import byte_level_bpe
 
 VERBALIZER = "negative=bad,positive=good"
@@ -138,11 +138,15 @@ def test_bad_verbalizers_are_one_line_errors(task, tmp_path, cli):
 
     args = ("tune", "--steps", "2", "--onnx", task / "model.onnx", "--data", task / "train.jsonl",
             "--output-dir", tmp_path / "o")
-    assert_one_line_error(cli(*args, "--verbalizer", "negative=bad,positive=good-bad"),
-                          'verbaliser word "good-bad" is 3 tokens')
+    assert_rejected(cli(*args, "--verbalizer", "negative=bad,positive=good-bad"),
+                    'verbaliser word "good-bad" is 3 tokens')
+
+
+def test_data_labels_outside_the_verbalizer_are_one_line_errors(task, tmp_path, cli):
+    args = ("tune", "--steps", "2", "--onnx", task / "model.onnx", "--output-dir", tmp_path / "o")
     other_labels = write_jsonl(tmp_path / "three.jsonl", [{"text": "meh", "label": "neutral"}])
-    assert_one_line_error(cli(*args[:-4], "--data", other_labels, "--verbalizer", VERBALIZER),
-                          "three.jsonl:1:", 'unknown label "neutral"')
+    assert_rejected(cli(*args, "--data", other_labels, "--verbalizer", VERBALIZER),
+                    "three.jsonl:1:", 'unknown label "neutral"')
 
 
 def test_verbalizer_needs_a_causal_lm_and_template_needs_a_verbalizer(classifier, task):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from edgetune.errors import ModelError
 DATA_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 LABELS_KEY = "edgetune.labels"
 TASK_KEY = "edgetune.task"
+DEFAULT_MAX_LENGTH = 128  # tokens per example when --max-length is not given
 
 
 @dataclass
@@ -26,17 +28,46 @@ class ModelInfo:
     labels: list[str] | None
     embedding_rows: int | None
     metadata: dict[str, str] = field(default_factory=dict)
+    max_positions: int | None = None  # rows of a learned position table (None: rotary or none found)
 
 
-def load_model(path: str | Path) -> onnx.ModelProto:
+def max_length_for(info: ModelInfo, max_length: int | None) -> int:
+    """--max-length as given, refused beyond the model's position table (which ONNX Runtime would index
+    past); None: :data:`DEFAULT_MAX_LENGTH`, or the table's rows where it has fewer."""
+    if max_length is None:
+        return min(DEFAULT_MAX_LENGTH, info.max_positions or DEFAULT_MAX_LENGTH)
+    if info.max_positions is not None and max_length > info.max_positions:
+        raise ModelError(f"--max-length {max_length} is more than the {info.max_positions} positions "
+                         f"{info.path} has (its position table's rows)")
+    return max_length
+
+
+def check_model_file(path: str | Path) -> None:
+    """Refuse a model path that is missing, unreadable or empty, before anything hashes or loads it."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: model not found")
     try:
-        return onnx.load(str(path))
+        with open(path, "rb") as handle:
+            empty = not handle.read(1)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the model ({exc.strerror})") from None
+    if empty:
+        raise ModelError(f"{path}: not a valid ONNX model (the file is empty)")
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    path = Path(path)
+    check_model_file(path)
+    try:
+        model = onnx.load(str(path))
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"{path}: not a readable ONNX model ({reason})") from None
+        what = "valid" if type(exc).__name__ == "DecodeError" else "readable"  # cut or corrupt: not protobuf
+        raise ModelError(f"{path}: not a {what} ONNX model ({reason})") from None
+    if not model.opset_import or not model.graph.node:  # protobuf parses a file cut between two fields
+        raise ModelError(f"{path}: not a valid ONNX model (no graph or no opset: truncated?)")
+    return model
 
 
 def inspect_model(model: onnx.ModelProto, path: Path, task: str | None = None) -> ModelInfo:
@@ -57,7 +88,11 @@ def inspect_model(model: onnx.ModelProto, path: Path, task: str | None = None) -
     logits_type = outputs["logits"].type.tensor_type
     rank = len(logits_type.shape.dim) if logits_type.HasField("shape") else None
     metadata = {p.key: p.value for p in model.metadata_props}
-    task = task or metadata.get(TASK_KEY) or {2: TASK_CLASSIFICATION, 3: TASK_LM}.get(rank or 0)
+    by_rank = {2: TASK_CLASSIFICATION, 3: TASK_LM}
+    if task is not None and rank in by_rank and by_rank[rank] != task:  # it would fail inside ORT, or later
+        raise ModelError(f"{path}: --task {task} does not fit this model: its 'logits' have rank {rank}, "
+                         f"as a{' causal LM' if rank == 3 else ' classifier'}'s do; leave --task out")
+    task = task or metadata.get(TASK_KEY) or by_rank.get(rank or 0)
     if task not in (TASK_CLASSIFICATION, TASK_LM):
         raise ModelError(f"{path}: cannot tell the task from 'logits' of rank {rank}; pass --task")
     num_classes = None
@@ -79,6 +114,7 @@ def inspect_model(model: onnx.ModelProto, path: Path, task: str | None = None) -
         labels=labels,
         embedding_rows=_embedding_rows(model),
         metadata=metadata,
+        max_positions=_position_rows(model),
     )
 
 
@@ -93,4 +129,20 @@ def _embedding_rows(model: onnx.ModelProto) -> int | None:
             return shapes[node.input[0]][0]
         if node.op_type in ("Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"):
             frontier.update(node.output)
+    return None
+
+
+_POSITION_TABLE = re.compile(r"position_embeddings|embed_positions|\bwpe\b")
+
+
+def _position_rows(model: onnx.ModelProto) -> int | None:
+    """Rows of the learned position table (BERT's ``position_embeddings``, GPT-2's ``wpe``): the most
+    tokens an example may have. Found by a Gather on a 2-D initializer whose name, or its node's scope,
+    says so (exporters keep the module path in node names even where they mangle weight names)."""
+    shapes = {init.name: list(init.dims) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "Gather" or len(shapes.get(node.input[0], ())) != 2:
+            continue
+        if _POSITION_TABLE.search(node.input[0].replace(".", " ")) or _POSITION_TABLE.search(node.name.replace("/", " ")):
+            return shapes[node.input[0]][0]
     return None
