@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-import reference_noise as ref_noise
+from tests import reference_noise as ref_noise
 
 
 def _load_core():

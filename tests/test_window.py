@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import reference_noise as ref_noise
 
 from edgetune import Tuner, _core
 from edgetune.replay import replay_run
@@ -15,6 +14,7 @@ from edgetune.zo import ZOSGD, StepRecord, ZOAdam, ZOMicroAdam, ZOMomentum
 from edgetune.zo.microadam import QUANT_BLOCK, QuantizedErrorFeedback, top_k
 from edgetune.zo.schedules import Schedule
 from edgetune.zo.window import ADAM_DELTA, ema_weights
+from tests import reference_noise as ref_noise
 
 f32 = np.float32
 WINDOWED = {"zo-momentum": ZOMomentum, "zo-adam": ZOAdam, "zo-microadam": ZOMicroAdam}
