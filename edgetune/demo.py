@@ -38,13 +38,31 @@ def default_workdir() -> Path:
     return Path(base) / "edgetune" / "demo"
 
 
+def free_output_dir(output_dir: str | Path) -> Path:
+    """``output_dir``, or when it already holds a run, the first of ``output_dir-2``, ``-3``, ... that does not.
+
+    The demo is run again and again (it is the README's first command): a second run should work, and
+    must not replace the first one's model, which the user may have kept on purpose."""
+    from edgetune.outdir import run_files
+
+    candidate, number = Path(output_dir), 1
+    while run_files(candidate):
+        number += 1
+        candidate = Path(f"{output_dir}-{number}")
+    return candidate
+
+
 def run_demo(steps: int | None = None, workdir: str | None = None, output_dir: str = "out/demo",
-             threads: int | None = None) -> int:
+             threads: int | None = None, overwrite: bool = False) -> int:
     from edgetune.datasets import write_rotten_tomatoes_splits
     from edgetune.export import export_isolated
     from edgetune.resources import minilm_dir
     from edgetune.tuner import Tuner
 
+    if not overwrite and (free := free_output_dir(output_dir)) != Path(output_dir):
+        console.print(f"{output_dir} holds an earlier run; this one goes to {free} (--overwrite replaces it)",
+                      markup=False)
+        output_dir = str(free)
     work = Path(workdir) if workdir else default_workdir()
     console.print("[bold]1/3[/] all-MiniLM-L6-v2 with a new 2-label head, as ONNX")
     model = _made_or_reused(work / "minilm-rt" / "model.onnx", "exported", lambda: export_isolated(
@@ -58,7 +76,7 @@ def run_demo(steps: int | None = None, workdir: str | None = None, output_dir: s
     tuner = Tuner.from_onnx(model, trainable=RECIPE["trainable"], max_length=RECIPE["max_length"], threads=threads)
     sample = _Sample(tuner, dev)
     with ConsoleProgress() as progress:
-        result = tuner.fit(train, eval_data=dev, output_dir=output_dir, progress=progress,
+        result = tuner.fit(train, eval_data=dev, output_dir=output_dir, overwrite=overwrite, progress=progress,
                            steps=steps or RECIPE["steps"], batch_size=RECIPE["batch_size"], lr=RECIPE["lr"],
                            eps=RECIPE["eps"], queries=RECIPE["queries"],
                            eval_every=max((steps or RECIPE["steps"]) // 5, 1))

@@ -483,14 +483,15 @@ def suggest(planner: Planner, batch: int, length: int, modes: Sequence[str], bud
 _BUDGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(k|m|g|t)?(i?b)?\s*$", re.IGNORECASE)
 
 
-def parse_budget(text: str) -> float:
-    """``1.5GB``, ``800MB``, ``800M``, ``2GiB`` or a plain number of MB -> MB (binary: 1 GB = 1024 MB)."""
+def parse_budget(text: str, what: str = "--budget") -> float:
+    """``1.5GB``, ``800MB``, ``800M``, ``2GiB`` or a plain number of MB -> MB (binary: 1 GB = 1024 MB).
+    ``what`` names the flag or variable the text came from in errors."""
     match = _BUDGET_RE.match(text)
     if not match:
-        raise EdgetuneError(f"--budget '{text}': give a size such as 800MB or 1.5GB")
+        raise EdgetuneError(f"{what} '{text}': give a size such as 800MB or 1.5GB")
     value = float(match.group(1))
     unit = (match.group(2) or "m").lower()
     mb = value * {"k": 1 / 1024, "m": 1.0, "g": 1024.0, "t": 1024.0**2}[unit]
     if mb <= 0:
-        raise EdgetuneError(f"--budget '{text}' must be positive")
+        raise EdgetuneError(f"{what} '{text}' must be positive")
     return mb

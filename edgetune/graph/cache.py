@@ -6,6 +6,10 @@ the one number an on-device tuner must not exceed. So a short-lived child prepar
 writes them to a cache directory keyed by the model's digest and the options; the tuning process
 only loads the finished graphs into ONNX Runtime, exactly as inference would, and the next run with
 the same model and slice starts at once.
+
+The cache is capped (:func:`cache_limit`, ``EDGETUNE_CACHE_MAX``, default 2 GB): after each use the
+least recently used entries (an entry's use touches its ``manifest.json``) are evicted until it fits,
+and half-written entries of killed preparations are removed. ``edgetune cache`` lists and clears it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import mmap
 import os
 import shutil
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +32,11 @@ from edgetune.graph.blocks import Param
 from edgetune.graph.lift import save_model
 from edgetune.graph.model import ModelInfo
 from edgetune.graph.prepare import PreparedModel, prepare
+from edgetune.io import remove_stale_temporaries
 
 FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DEFAULT_MAX = "2GB"
 
 
 def default_cache_root() -> Path:
@@ -50,15 +57,105 @@ def prepare_cached(path: str | Path, trainable: str, model_digest: str, task: st
     """Like :func:`prepare`, with the graphs as files in the cache (prefix/suffix are paths)."""
     key = hashlib.sha256(json.dumps([FORMAT_VERSION, _code_digest(), model_digest, trainable, task, split]).encode())
     key = key.hexdigest()[:24]
-    directory = Path(cache_root or default_cache_root()) / key
-    if not (directory / "manifest.json").is_file():
+    root = Path(cache_root or default_cache_root())
+    directory = root / key
+    if (directory / MANIFEST).is_file():
+        _touch(directory)
+    else:
+        remove_stale_temporaries(root)  # what a preparation killed mid-write left
         run_child("edgetune.graph.cache", [str(path), trainable, task, split, str(directory)], f"preparing {path}")
+    evict(root, cache_limit(), keep=directory)
     return _load(directory, Path(path))
+
+
+def cache_limit() -> int:
+    """The cache's size cap in bytes: ``EDGETUNE_CACHE_MAX`` (``500MB``, ``2GB``, a number of MB)."""
+    from edgetune.plan import parse_budget
+
+    return int(parse_budget(os.environ.get("EDGETUNE_CACHE_MAX") or DEFAULT_MAX, "EDGETUNE_CACHE_MAX") * 2**20)
+
+
+@dataclass
+class CacheEntry:
+    path: Path
+    bytes: int
+    last_used: float  # the manifest's mtime: touched on every use
+    model: str  # the model it was prepared from, as given then
+    trainable: str
+
+
+def cache_entries(root: str | Path | None = None) -> list[CacheEntry]:
+    """The complete entries under ``root``, least recently used first."""
+    root = Path(root or default_cache_root())
+    entries = []
+    for directory in sorted(root.iterdir()) if root.is_dir() else []:
+        manifest = directory / MANIFEST
+        try:
+            described = json.loads(manifest.read_text())
+            size = sum(f.stat().st_size for f in directory.iterdir() if f.is_file())
+            last_used = manifest.stat().st_mtime
+        except (OSError, ValueError):  # not an entry, or one being evicted by another process
+            continue
+        entries.append(CacheEntry(directory, size, last_used, str(described.get("info", {}).get("path", "?")),
+                                  str(described.get("trainable", "?"))))
+    return sorted(entries, key=lambda e: e.last_used)
+
+
+def evict(root: str | Path, limit: int, keep: Path | None = None) -> list[CacheEntry]:
+    """Remove least recently used entries (never ``keep``, the one in use) until the cache fits ``limit``."""
+    entries = cache_entries(root)
+    total, evicted = sum(e.bytes for e in entries), []
+    for entry in entries:
+        if total <= limit:
+            break
+        if keep is not None and entry.path == keep:
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        total -= entry.bytes
+        evicted.append(entry)
+    return evicted
+
+
+def clear_cache(root: str | Path | None = None) -> list[CacheEntry]:
+    """Empty the cache: every entry, and the temporaries a killed preparation left; returns the entries."""
+    root = Path(root or default_cache_root())
+    entries = cache_entries(root)
+    for entry in entries:
+        shutil.rmtree(entry.path, ignore_errors=True)
+    remove_stale_temporaries(root)
+    return entries
+
+
+def _touch(directory: Path) -> None:
+    try:
+        os.utime(directory / MANIFEST)
+    except OSError:  # a read-only cache still serves its entries; they just age by their creation
+        pass
+
+
+def _cache_error(root: Path, exc: OSError) -> errors.EdgetuneError:
+    return errors.ModelError(f"prepared-graph cache {root} (EDGETUNE_CACHE): cannot write there "
+                             f"({exc.strerror or exc}); free some space or set EDGETUNE_CACHE to another folder")
 
 
 def _prepare_into(path: str, trainable: str, task: str | None, split: bool, directory: str) -> None:
     target = Path(directory)
     staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    try:
+        _write_entry(path, trainable, task, split, staging)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise _cache_error(target.parent, exc) from None
+    except BaseException:  # a failed preparation (a bad spec, Ctrl-C) leaves no half-written entry
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    try:
+        staging.rename(target)
+    except OSError:  # another process prepared the same thing first; theirs is as good as ours
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_entry(path: str, trainable: str, task: str | None, split: bool, staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     prepared = prepare(path, trainable, task=task, split=split)
@@ -74,16 +171,13 @@ def _prepare_into(path: str, trainable: str, task: str | None, split: bool, dire
         "boundary": prepared.boundary,
         "total_params": prepared.total_params,
         "has_prefix": prepared.prefix is not None,
+        "trainable": trainable,  # for edgetune cache's listing
     }
-    (staging / "manifest.json").write_text(json.dumps(manifest))
-    try:
-        staging.rename(target)
-    except OSError:  # another process prepared the same thing first; theirs is as good as ours
-        shutil.rmtree(staging, ignore_errors=True)
+    (staging / MANIFEST).write_text(json.dumps(manifest))
 
 
 def _load(directory: Path, model_path: Path) -> PreparedModel:
-    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest = json.loads((directory / MANIFEST).read_text())
     info = ModelInfo(**{**manifest["info"], "path": model_path})
     params = [Param(**{**p, "shape": tuple(p["shape"])}) for p in manifest["params"]]
     return PreparedModel(
