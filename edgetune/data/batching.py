@@ -7,6 +7,7 @@ sampler state and continues bit-identically.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ from edgetune.data.encode import IGNORE_INDEX, encode_classification, encode_lm,
 from edgetune.data.jsonl import TASK_LM, Example, LabelSet
 from edgetune.data.tokenizer import pad_id
 from edgetune.data.verbalizer import Verbalizer
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["IGNORE_INDEX", "Batch", "BatchStream", "TokenizedSet"]
 
@@ -122,6 +125,10 @@ class BatchStream:
     """Indices of the batch for any step, reproducible from (seed, step) alone."""
 
     def __init__(self, n_examples: int, batch_size: int, seed: int):
+        if batch_size > n_examples:  # more would repeat examples within a step, and allocate for every repeat
+            logger.warning("--batch-size %d is more than the %d training examples: each step uses all %d",
+                           batch_size, n_examples, n_examples)
+            batch_size = n_examples
         self.n = n_examples
         self.batch_size = batch_size
         self.seed = seed

@@ -122,12 +122,17 @@ def _match_term(term: str, params: list[Param], blocks: list[int]) -> list[Param
         count = _positive_int(arg, term)
         if not blocks:
             raise ModelError(f"--trainable '{term}': no transformer blocks were found in the model")
+        if count > len(blocks):
+            raise ModelError(f"--trainable '{term}': the model has only {len(blocks)} blocks ({_describe(params, blocks)})")
         wanted = set(blocks[-count:])
         return [p for p in params if p.block in wanted or p.region == HEAD]
     if kind == "blocks" and arg:
         low, _, high = arg.partition("-")
         first = _positive_int(low, term, allow_zero=True)
         last = _positive_int(high, term, allow_zero=True) if high else first
+        if blocks and last > blocks[-1]:
+            raise ModelError(f"--trainable '{term}': block {last} is beyond the model's last block "
+                             f"({_describe(params, blocks)})")
         return [p for p in params if p.block is not None and first <= p.block <= last]
     if kind == "re" and arg:
         try:
