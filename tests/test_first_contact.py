@@ -43,7 +43,8 @@ def installed(tmp_path_factory) -> dict[str, Path]:
     python = base / "venv" / "bin" / "python"
     venv_site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                                capture_output=True, text=True, check=True).stdout.strip()
-    deps = dict.fromkeys([*site.getsitepackages(), sysconfig.get_path("purelib"), sysconfig.get_path("platlib")])
+    deps = dict.fromkeys([*site.getsitepackages(), site.getusersitepackages(), sysconfig.get_path("purelib"),
+                          sysconfig.get_path("platlib")])
     (Path(venv_site) / "suite-deps.pth").write_text("\n".join(deps) + "\n")
 
     package = base / "site" / "edgetune"
