@@ -396,7 +396,8 @@ def _add_plan_parser(commands) -> None:
         "<= --batch that fits; exit code 2 when no mode fits.")
     plan.add_argument("--onnx", required=True, help="the model to plan for")
     plan.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
-    plan.add_argument("--max-length", type=int, default=128, help="tokens per example (default 128)")
+    plan.add_argument("--max-length", type=int,
+                      help="tokens per example (default 128, or the model's positions where it has fewer)")
     plan.add_argument("--trainable", action="append",
                       help="an edgetune mode as for tune --trainable; repeat for several "
                       "(default: all, last:1, last:2 and lora:r=8,targets=q,v where the model has q/v layers)")
@@ -408,12 +409,15 @@ def _add_plan_parser(commands) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from edgetune.graph.model import inspect_model, max_length_for
     from edgetune.plan import Planner, parse_budget, suggest
 
     budget = parse_budget(args.budget) if args.budget is not None else None  # before reading the model
-    if args.batch < 1 or args.max_length < 1 or (args.scored_tokens is not None and args.scored_tokens < 1):
+    if any(n is not None and n < 1 for n in (args.batch, args.max_length, args.scored_tokens)):
         raise EdgetuneError("--batch, --max-length and --scored-tokens must be at least 1")
     planner = Planner(args.onnx, args.task, args.scored_tokens)
+    # the length tune would take: a plan for more tokens than the model has positions is one tune refuses
+    args.max_length = max_length_for(inspect_model(planner.model, planner.path, args.task), args.max_length)
     modes = args.trainable or planner.default_modes()
     rows = planner.table(args.batch, args.max_length, modes)
     suggestion = suggest(planner, args.batch, args.max_length, modes, budget) if budget is not None else None

@@ -82,6 +82,7 @@ OTHER_CASES = [
     (("generate", "--seed", "-1"), ["argument --seed: must be between 0 and"]),
     (("plan", "--batch", "0"), ["--batch, --max-length and --scored-tokens must be at least 1"]),
     (("plan", "--max-length", "-4"), ["--batch, --max-length and --scored-tokens must be at least 1"]),
+    (("plan", "--max-length", "65"), ["--max-length 65 is more than the 64 positions"]),
     (("export", "--opset", "5"), ["export: argument --opset: must be between 13 and"]),
     (("export", "--seed", "-1"), ["export: argument --seed: must be between 0 and"]),
     (("replay", "--threads", "0"), ["replay: argument --threads: must be between 1 and 1024"]),
