@@ -94,26 +94,32 @@ def kill_and_resume():
     return run_killed_and_resumed
 
 
-class KillAtStep:
-    """A progress hook that stops a run at ``step`` the way Ctrl-C does."""
+class SimulatedKill(BaseException):
+    """The process dying at a step (SIGKILL, power loss): nothing after it runs, no checkpoint is written."""
 
-    def __init__(self, step: int):
-        self.step = step
+
+class KillAtStep:
+    """A progress hook that stops a run at ``step`` the way Ctrl-C does (``Tuner.fit`` then checkpoints
+    first), or with ``hard`` the way a kill does (the last ``save_every`` checkpoint is all that is left)."""
+
+    def __init__(self, step: int, hard: bool = False):
+        self.step, self.hard = step, hard
 
     def on_start(self, start, total): ...
     def on_eval(self, step, metrics): ...
 
     def on_step(self, record):
         if record.step == self.step:
-            raise KeyboardInterrupt
+            raise SimulatedKill if self.hard else KeyboardInterrupt
 
 
 def run_killed_at(model, data, output_dir, *, trainable: str, kill_at: int, save_every: int = 0,
                   **fit_options) -> None:
-    """Fit until Ctrl-C at step ``kill_at``, leaving in ``output_dir`` the checkpoint ``save_every`` last wrote."""
-    with pytest.raises(KeyboardInterrupt):
+    """Fit until killed at step ``kill_at``, leaving in ``output_dir`` the checkpoint ``save_every`` last wrote
+    and step logs that run past it (what a resume must cut back)."""
+    with pytest.raises(SimulatedKill):
         Tuner.from_onnx(model, trainable=trainable).fit(data, output_dir=output_dir, save_every=save_every,
-                                                         progress=KillAtStep(kill_at), **fit_options)
+                                                         progress=KillAtStep(kill_at, hard=True), **fit_options)
 
 
 def run_killed_and_resumed(model, data, output_dir, *, trainable: str, kill_at: int, save_every: int = 0,
