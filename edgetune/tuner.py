@@ -41,7 +41,7 @@ from edgetune.graph.select import split_lora
 from edgetune.graph.sparse import split_sparse
 from edgetune.interrupt import Interrupted, StopRequest
 from edgetune.io import atomic_write_text
-from edgetune.outdir import claim_output
+from edgetune.outdir import claim_output, refuse_input_folder
 from edgetune.runlog import JsonlLog
 from edgetune.sparse_diff import save_sparse_outputs
 from edgetune.trajectory import FILE_NAME as TRAJECTORY, Trajectory, check_room
@@ -478,6 +478,7 @@ class Tuner:
         present) updated to the process's high-water mark so far, the save included.
         """
         out = Path(output_dir)
+        refuse_input_folder(out, [self.model_path, self.tokenizer_path])  # it streams from the file it would replace
         out.mkdir(parents=True, exist_ok=True)
         metadata = self.output_metadata()
         lora = self.trainable_spec is not None and split_lora(self.trainable_spec)[1] is not None

@@ -136,8 +136,12 @@ def test_python_api_refuses_a_finished_run_unless_overwrite(bundle, tmp_path):
     with pytest.raises(EdgetuneError, match="already holds a run"):
         tuner.fit(bundle["train"], output_dir=out, steps=2)
     tuner.fit(bundle["train"], output_dir=out, steps=2, overwrite=True)
+    snapshot = Snapshot(bundle["dir"])
     with pytest.raises(EdgetuneError, match="holds the input"):
         tuner.fit(bundle["train"], output_dir=bundle["dir"], steps=2)
+    with pytest.raises(EdgetuneError, match="holds the input"):
+        tuner.save(bundle["dir"])
+    snapshot.assert_unchanged()
 
 
 def test_demo_picks_the_next_free_folder_instead_of_replacing_a_run(tmp_path):
