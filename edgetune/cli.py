@@ -309,6 +309,7 @@ def _tune(run: dict[str, Any], config: TrainConfig) -> int:
         max_length=run["max_length"], threads=run["threads"], split=run["split"],
         verbalizer=run["verbalizer"], template=run["template"],
     )
+    run["max_length"] = tuner.max_length  # the summary records the length used, a default resolved
     # announced once the data are read and checked: a bad file is then the only line on stderr
     with ConsoleProgress(announce=lambda: _announce(run, tuner)) as progress:
         result = tuner.fit(

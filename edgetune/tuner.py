@@ -40,6 +40,7 @@ from edgetune.graph.prepare import arena_group
 from edgetune.graph.select import split_lora
 from edgetune.graph.sparse import split_sparse
 from edgetune.interrupt import Interrupted, StopRequest
+from edgetune.finite import require_finite_tensors
 from edgetune.io import atomic_write_text
 from edgetune.outdir import claim_output, refuse_input_folder
 from edgetune.runlog import JsonlLog
@@ -281,6 +282,8 @@ class Tuner:
         """
         config = TrainConfig.from_options(options)  # before the output folder is claimed or data read
         config.check_eval_data(eval_data)
+        for name, value in (("resume", resume), ("overwrite", overwrite)):
+            check_option(name, value, bool)
         with claim_output(output_dir, [self.model_path, self.tokenizer_path], resume, overwrite), \
                 StopRequest() as stop:
             return self._fit(data, eval_data, output_dir, resume, progress, stop, config)
@@ -479,6 +482,8 @@ class Tuner:
         """
         out = Path(output_dir)
         refuse_input_folder(out, [self.model_path, self.tokenizer_path])  # it streams from the file it would replace
+        # a model of NaNs runs and answers NaN: never write one (a diverged run stops before this)
+        require_finite_tensors(self.weights, f"{self.model_path}: the tuned weights", TrainingError)
         out.mkdir(parents=True, exist_ok=True)
         metadata = self.output_metadata()
         lora = self.trainable_spec is not None and split_lora(self.trainable_spec)[1] is not None

@@ -162,6 +162,7 @@ def test_yaml_exponent_is_a_number_and_a_batch_beyond_the_data_is_capped(classif
     assert "edgetune: warning: --batch-size 1000000000 is more than the 256 training examples" in proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["lr"] == 0.001 and isinstance(summary["config"]["lr"], float)
+    assert summary["config"]["max_length"] == 64  # the default 128, capped to the model's 64 positions
 
 
 # -- the Python API: the same checks, the same error classes and messages ---------------------------------
@@ -178,6 +179,7 @@ FIT_CASES = [
     ({"save_every": -1}, "--save-every must be at least 0, got -1"),
     ({"eval_every": 3}, "--eval-every 3 needs --eval-data"),
     ({"stpes": 10}, "unknown option 'stpes'"),
+    ({"resume": "yes"}, "--resume: expected true or false, got 'yes'"),
 ]
 
 
