@@ -91,7 +91,8 @@ class Generator:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises plain exceptions with multi-line text
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ModelError(f"{self.path}: ONNX Runtime cannot load it ({reason})") from None
+            what = "not a valid ONNX model" if "INVALID_PROTOBUF" in reason else "ONNX Runtime cannot load it"
+            raise ModelError(f"{self.path}: {what} ({reason})") from None
         self.inputs = {i.name for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
         if "logits" not in self.outputs or "input_ids" not in self.inputs:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from edgetune.checkpoint import file_digest
 from edgetune.config import TrainConfig
 from edgetune.data import LabelSet
@@ -61,8 +63,9 @@ def replay_run(base_path: str | Path, log_path: str | Path, output_dir: str | Pa
         tuner.labels = labels  # labels from the run's data, not the base
     optimizer = build_optimizer(config, tuner.arena.buffer(), anchors=tuner.anchors,
                                 subsets=block_subsets(config, tuner.params, tuner.arena))
-    for record in log.records:
-        optimizer.replay(record)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, as one line
+        for record in log.records:
+            optimizer.replay(record)
     # finite steps can still overflow (a huge lr): never write a model of NaNs and infinities
     require_finite_tensors(tuner.weights, f"{log_path}: the replayed weights")
     summary = {"replayed": str(log_path), "base": str(base_path), "steps": len(log.records), "config": header["config"]}
