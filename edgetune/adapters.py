@@ -68,6 +68,7 @@ class Adapter:
 
     lora: dict[str, tuple[np.ndarray, np.ndarray, float]] = field(default_factory=dict)  # module → (A, B, s)
     tensors: dict[str, np.ndarray] = field(default_factory=dict)  # base initializer name → new value
+    metadata: dict[str, str] = field(default_factory=dict)  # ONNX metadata the merged model gets (a run's labels)
 
     def require_finite(self, where: Path) -> None:
         """Refuse NaN or infinite values (a scale too): merged, they would make every output NaN."""
@@ -270,7 +271,7 @@ def merge_adapter(model: onnx.ModelProto, adapter: Adapter, where: Path) -> None
             raise ModelError(f"adapter tensor '{name}' is not a weight of {where}")
         if tuple(value.shape) != shapes[name]:
             raise ModelError(f"adapter tensor '{name}' has shape {list(value.shape)}, {where} has {list(shapes[name])}")
-    fold_weights(model, adapter.tensors)
+    fold_weights(model, adapter.tensors, adapter.metadata)
     layers, values = [], {}
     for module, (a, b, scale) in adapter.lora.items():
         if module not in linears:
@@ -361,4 +362,5 @@ def read_trainable(path: Path, model: onnx.ModelProto) -> Adapter:
     values.update({name: v for name, v in tensors.items() if name in values})
     adapter = Adapter({layer.linear.module: (values[layer.a_name], values[layer.b_name], layer.scale) for layer in layers})
     adapter.tensors = {name: np.asarray(v, np.float32) for name, v in tensors.items() if name not in values}
+    adapter.metadata = {str(k): str(v) for k, v in (state.get("metadata") or {}).items()}  # labels, verbaliser
     return adapter

@@ -42,6 +42,8 @@ class SparseDiff:
     base_sha256: str
     deltas: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # weight → (u32 indices, f32 δ)
     values: dict[str, np.ndarray] = field(default_factory=dict)  # densely tuned weight → its values
+    # the tuned model's metadata (task, label names, verbaliser): a merge must mean what the run meant
+    metadata: dict[str, str] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
         tensors, chunks = [], []
@@ -51,7 +53,8 @@ class SparseDiff:
         for name, value in self.values.items():
             tensors.append({"name": name, "op": _SET, "shape": list(value.shape), "dtype": "float32"})
             chunks.append(np.ascontiguousarray(value, "<f4").tobytes())
-        return framed.pack(MAGIC, VERSION, {"base_sha256": self.base_sha256, "tensors": tensors}, chunks)
+        header = {"base_sha256": self.base_sha256, "tensors": tensors, "metadata": self.metadata}
+        return framed.pack(MAGIC, VERSION, header, chunks)
 
     def write(self, path: str | Path) -> None:
         framed.write(path, self.to_bytes(), _WHAT)
@@ -63,6 +66,7 @@ class SparseDiff:
         offset = 0
         try:
             diff = cls(str(header["base_sha256"]))
+            diff.metadata = {str(k): str(v) for k, v in header.get("metadata", {}).items()}  # older diffs: none
             for entry in header["tensors"]:
                 if entry["op"] == _ADD:
                     count = int(entry["count"])
@@ -84,7 +88,7 @@ class SparseDiff:
 
     def apply(self, model: onnx.ModelProto, where: str) -> None:
         """Set the densely tuned weights, then add the δ slices (in place)."""
-        fold_weights(model, self.values)
+        fold_weights(model, self.values, self.metadata)
         add_deltas(model, self.deltas, where)
 
 
@@ -96,7 +100,8 @@ def save_sparse_outputs(out: Path, base_path: Path, trainable: str, weights: Map
     slices = plan_sparse(base.skeleton, spec, str(base_path), read=base.array)
     deltas = {piece.linear.weight: (piece.indices, np.asarray(weights[piece.delta_name])) for piece in slices}
     delta_names = {piece.delta_name for piece in slices}
-    diff = SparseDiff(file_digest(base_path), deltas, {n: np.asarray(w) for n, w in weights.items() if n not in delta_names})
+    diff = SparseDiff(file_digest(base_path), deltas, {n: np.asarray(w) for n, w in weights.items() if n not in delta_names},
+                      dict(metadata))
     tuned: dict[str, Tensor] = dict(diff.values)
     for name in deltas:  # as SparseDiff.apply: the dense value (if any), then δ; one weight at a time
         tuned[name] = functools.partial(_with_delta, base, diff, name, str(base_path))

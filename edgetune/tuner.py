@@ -498,7 +498,7 @@ class Tuner:
                 ModelFile(self.model_path).write(out / "model.onnx", self.weights, metadata)
             if with_past is not None:  # generation then keeps its KV cache, now over the tuned weights
                 with_past.write(out / "model.onnx")
-            state = {"step": -1, "summary": summary or {}, "trainable": self.trainable_spec}
+            state = {"step": -1, "summary": summary or {}, "trainable": self.trainable_spec, "metadata": metadata}
             save_checkpoint(out / "trainable.safetensors", self.weights, state)
             if self.tokenizer_path.resolve() != (out / "tokenizer.json").resolve():
                 shutil.copyfile(self.tokenizer_path, out / "tokenizer.json")

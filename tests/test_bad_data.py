@@ -211,15 +211,20 @@ def test_tuned_model_stores_its_labels_so_a_one_class_file_keeps_its_meaning(unn
     assert correct(parts["negative"]) + correct(parts["positive"]) == pytest.approx(correct(unnamed["dev"]))
 
 
-def test_replayed_and_sparse_models_store_the_labels(unnamed, cli, tmp_path):
+@pytest.mark.parametrize("trainable, adapter", [(SPARSE, "sparse.etdiff"), ("lora:r=2,targets=q,v", "trainable.safetensors")],
+                         ids=["sparse", "lora"])
+def test_every_save_path_stores_the_labels(unnamed, cli, tmp_path, trainable, adapter):
+    """Tuned, replayed and merged (edgetune apply) models of an unnamed base all carry the run's label names."""
     run = tmp_path / "run"
-    tuned = cli(*TUNE, "--trainable", SPARSE, "--onnx", unnamed["model"], "--data", unnamed["train"],
+    tuned = cli(*TUNE, "--trainable", trainable, "--onnx", unnamed["model"], "--data", unnamed["train"],
                 "--output-dir", run)
     assert tuned.returncode == 0, tuned.stderr
     replayed = cli("replay", "--onnx", unnamed["model"], "--log", run / "run.etlog", "--output", tmp_path / "re")
     assert replayed.returncode == 0, replayed.stderr
-    for model in (run / "model.onnx", tmp_path / "re" / "model.onnx"):
-        assert json.loads(_metadata(model)[LABELS_KEY]) == ["negative", "positive"]
+    merged = cli("apply", "--onnx", unnamed["model"], "--adapter", run / adapter, "--output", tmp_path / "merged.onnx")
+    assert merged.returncode == 0, merged.stderr
+    for model in (run / "model.onnx", tmp_path / "re" / "model.onnx", tmp_path / "merged.onnx"):
+        assert json.loads(_metadata(model)[LABELS_KEY]) == ["negative", "positive"], model
 
 
 def test_unknown_label_is_named_with_file_and_line(classifier, cli, tmp_path):
