@@ -7,6 +7,7 @@ inputs. The memory cases run under an address-space limit, so a regression is a 
 """
 
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -280,6 +281,24 @@ def test_empty_or_truncated_onnx_is_not_a_valid_model(classifier, cli, tmp_path,
     # generate hands the file to ONNX Runtime, whose own words name a missing opset
     reason = "Missing opset" if cut == "no-opset" else "not a valid ONNX model"
     assert_rejected(cli("generate", "--onnx", path, "--prompt", "the movie"), "model.onnx", reason)
+    inputs.assert_unchanged()
+
+
+AS_ROOT = os.geteuid() == 0
+
+
+@pytest.mark.skipif(AS_ROOT and shutil.which("setpriv") is None, reason="root reads any file; needs setpriv")
+def test_unreadable_model_is_one_line(classifier, tmp_path):
+    model = _copy(classifier, tmp_path / "model") / "model.onnx"
+    model.chmod(0)
+    inputs = Snapshot(tmp_path)
+    caps = "-dac_override,-dac_read_search"  # root reads any file unless these are dropped
+    prefix = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"] if AS_ROOT else []
+    for args in ((*EVAL, "--data", classifier["dev"]), ("generate", "--prompt", "the movie")):
+        proc = subprocess.run([*prefix, sys.executable, "-m", "edgetune.cli", *map(str, args), "--onnx", str(model)],
+                              capture_output=True, text=True, timeout=300)
+        assert_rejected(proc, "model.onnx", "cannot read the model (Permission denied)")
+    model.chmod(0o644)
     inputs.assert_unchanged()
 
 
