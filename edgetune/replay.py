@@ -18,9 +18,9 @@ from edgetune.checkpoint import file_digest
 from edgetune.config import TrainConfig
 from edgetune.data import LabelSet
 from edgetune.data.verbalizer import TEMPLATE_KEY, VERBALIZER_KEY
-from edgetune.errors import EdgetuneError, ModelError
+from edgetune.errors import EdgetuneError
 from edgetune.finite import require_finite_numbers, require_finite_tensors
-from edgetune.graph.model import LABELS_KEY
+from edgetune.graph.model import LABELS_KEY, check_model_file
 from edgetune.outdir import refuse_input_folder
 from edgetune.trajectory import Trajectory
 from edgetune.tuner import Tuner
@@ -36,8 +36,7 @@ def replay_run(base_path: str | Path, log_path: str | Path, output_dir: str | Pa
                         "--output")
     log = Trajectory.read(log_path)
     header = log.header
-    if not base_path.is_file():
-        raise ModelError(f"{base_path}: model not found")
+    check_model_file(base_path)  # before hashing it: missing, unreadable or empty is one line
     digest = file_digest(base_path)
     if digest != header.get("base_sha256"):
         raise EdgetuneError(f"{log_path}: recorded on another base model (sha256 {str(header.get('base_sha256'))[:12]}…), "

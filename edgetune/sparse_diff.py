@@ -26,7 +26,7 @@ from edgetune.checkpoint import file_digest
 from edgetune.errors import EdgetuneError
 from edgetune.finite import require_finite_tensors
 from edgetune.graph.lift import fold_weights
-from edgetune.graph.model import load_model
+from edgetune.graph.model import check_model_file, load_model
 from edgetune.graph.sparse import add_delta, add_deltas, plan_sparse, split_sparse
 from edgetune.graph.stream import ModelFile, Tensor
 
@@ -117,6 +117,7 @@ def _with_delta(base: ModelFile, diff: SparseDiff, name: str, where: str) -> np.
 def apply_sparse_diff(base_path: Path, diff_path: Path) -> onnx.ModelProto:
     """The base model with ``diff_path`` applied; refuses a diff recorded on another base model."""
     diff = SparseDiff.read(diff_path)
+    check_model_file(base_path)  # before hashing it
     digest = file_digest(base_path)
     if digest != diff.base_sha256:
         raise EdgetuneError(f"{diff_path}: made from another base model (sha256 {diff.base_sha256[:12]}…), "

@@ -288,13 +288,15 @@ AS_ROOT = os.geteuid() == 0
 
 
 @pytest.mark.skipif(AS_ROOT and shutil.which("setpriv") is None, reason="root reads any file; needs setpriv")
-def test_unreadable_model_is_one_line(classifier, tmp_path):
+def test_unreadable_model_is_one_line(classifier, sparse_run, tmp_path):
     model = _copy(classifier, tmp_path / "model") / "model.onnx"
     model.chmod(0)
     inputs = Snapshot(tmp_path)
     caps = "-dac_override,-dac_read_search"  # root reads any file unless these are dropped
     prefix = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"] if AS_ROOT else []
-    for args in ((*EVAL, "--data", classifier["dev"]), ("generate", "--prompt", "the movie")):
+    for args in ((*EVAL, "--data", classifier["dev"]), ("generate", "--prompt", "the movie"),
+                 ("replay", "--log", sparse_run / "run.etlog", "--output", tmp_path / "re"),
+                 ("apply", "--adapter", sparse_run / "sparse.etdiff", "--output", tmp_path / "merged.onnx")):
         proc = subprocess.run([*prefix, sys.executable, "-m", "edgetune.cli", *map(str, args), "--onnx", str(model)],
                               capture_output=True, text=True, timeout=300)
         assert_rejected(proc, "model.onnx", "cannot read the model (Permission denied)")
