@@ -78,10 +78,6 @@
 extern "C" {
 #endif
 
-#define ET_VERSION_MAJOR 0
-#define ET_VERSION_MINOR 1
-#define ET_VERSION_PATCH 0
-
 typedef enum et_status {
     ET_OK = 0,
     ET_DONE = 1,                   /* ask: max_steps reached, nothing more to evaluate */
@@ -94,9 +90,15 @@ typedef enum et_status {
     ET_ERR_INTERNAL = -7
 } et_status;
 
+/* The default is Rademacher, as in the Python trainer, so an app and `edgetune tune` run the same
+ * algorithm unless told otherwise. Its kernel is ~5x faster than the Gaussian one (one hash bit
+ * per value instead of Box-Muller: 0.42 vs 2.1 ns/parameter/pass on AVX2), and it computes no
+ * log/sin/cos, so no port (another ISA, a GPU, another compiler's FMA contraction) can change its
+ * bits: exact replay across devices holds by construction. The Gaussian matches across builds only
+ * while its polynomials are evaluated as noise.h specifies. SPSA is unbiased with either. */
 typedef enum et_noise {
     ET_NOISE_GAUSSIAN = 0,         /* Box-Muller with polynomial log/sincos (noise.h) */
-    ET_NOISE_RADEMACHER = 1        /* +-1 from one hash bit */
+    ET_NOISE_RADEMACHER = 1        /* +-1 from one hash bit (the default) */
 } et_noise;
 
 typedef struct et_tuner et_tuner;  /* opaque */
@@ -110,7 +112,7 @@ typedef struct et_tuner_params {
     float lr;               /* learning rate (default 1e-4) */
     float eps;              /* perturbation scale (default 1e-3, > 0) */
     float weight_decay;     /* decoupled, applied once per step (default 0) */
-    int32_t noise;          /* et_noise (default ET_NOISE_GAUSSIAN) */
+    int32_t noise;          /* et_noise (default ET_NOISE_RADEMACHER, see et_noise) */
     int32_t threads;        /* > 0: set the global kernel pool size; 0: leave as is */
 } et_tuner_params;
 
@@ -122,7 +124,7 @@ typedef struct et_probe {
 } et_probe;
 
 /* Library info; static strings, never free. */
-ET_API const char *et_version(void);                 /* "0.1.0" */
+ET_API const char *et_version(void);                 /* the package version, e.g. "0.1.0" (pyproject.toml) */
 ET_API const char *et_status_string(et_status s);    /* "ok", "invalid argument", ... */
 ET_API const char *et_simd_level(void);              /* "scalar"|"avx2"|"avx512"|"neon" (active) */
 

@@ -179,6 +179,8 @@ static void check_tuner(void) {
     et_tuner_params p;
     et_tuner_default_params(&p);
     CHECK(p.struct_size == sizeof(et_tuner_params), "struct_size");
+    /* the Python trainer's default too (edgetune/config.py), so both run the same algorithm */
+    CHECK(p.noise == ET_NOISE_RADEMACHER, "default noise %d, want ET_NOISE_RADEMACHER", (int)p.noise);
     p.n_params = n; p.lr = 0.02f; p.eps = 1e-2f; p.queries = 2; p.max_steps = 300; p.seed = 17;
     et_tuner *t = NULL;
     CHECK(et_tuner_create(&p, &t) == ET_OK && t, "create");
@@ -253,7 +255,9 @@ static void check_errors(void) {
     CHECK(et_set_isa("bogus") == ET_ERR_UNSUPPORTED, "bogus ISA");
     CHECK(et_set_isa(NULL) == ET_ERR_INVALID_ARGUMENT, "NULL ISA");
     CHECK(et_tuner_ask(NULL, NULL) == ET_ERR_INVALID_ARGUMENT, "NULL tuner");
-    CHECK(strcmp(et_version(), "0.1.0") == 0, "version");
+    /* ET_EXPECTED_VERSION: pyproject.toml's version as tests/c/CMakeLists.txt read it */
+    CHECK(strcmp(et_version(), ET_EXPECTED_VERSION) == 0, "version %s, pyproject.toml says %s", et_version(),
+          ET_EXPECTED_VERSION);
     CHECK(strcmp(et_status_string(ET_ERR_NONFINITE_LOSS), "non-finite loss (arena restored)") == 0, "status string");
     et_tuner_free(NULL);
     CHECK(et_derive_seed(1, 2, 3) != et_derive_seed(1, 2, 4), "derive_seed");
