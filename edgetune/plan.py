@@ -73,7 +73,7 @@ from edgetune.errors import EdgetuneError, ModelError
 from edgetune.graph.blocks import Param, find_params
 from edgetune.graph.lora import add_lora, find_linears
 from edgetune.graph.loss import lm_head
-from edgetune.graph.model import inspect_model
+from edgetune.graph.model import check_model_file, check_parsed, inspect_model
 from edgetune.graph.select import LoraSpec, select_params, split_lora
 from edgetune.graph.split import _node_inputs
 
@@ -171,17 +171,17 @@ def read_skeleton(path: str | Path, tensor_fields: tuple[int, ...] = _KEEP_TENSO
     """The model with every initializer's bytes left out (of its TensorProto fields, ``tensor_fields``
     are kept: by default name, type and shape)."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: model not found")
+    check_model_file(path)
     tensor = ({}, tensor_fields)
     graph = ({_GRAPH_INITIALIZER: tensor}, None)
     try:
         with open(path, "rb") as f:
             data = _skim(f, path.stat().st_size, {_MODEL_GRAPH: graph})
-        return onnx.ModelProto.FromString(data)
+        model = onnx.ModelProto.FromString(data)
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"{path}: not a readable ONNX model ({reason})") from None
+        raise ModelError(f"{path}: not a valid ONNX model ({reason})") from None
+    return check_parsed(model, path)
 
 
 # -- architecture -------------------------------------------------------------------------------

@@ -281,6 +281,7 @@ def test_empty_or_truncated_onnx_is_not_a_valid_model(classifier, cli, tmp_path,
     # generate hands the file to ONNX Runtime, whose own words name a missing opset
     reason = "Missing opset" if cut == "no-opset" else "not a valid ONNX model"
     assert_rejected(cli("generate", "--onnx", path, "--prompt", "the movie"), "model.onnx", reason)
+    assert_rejected(cli("plan", "--onnx", path), "model.onnx", "not a valid ONNX model")
     inputs.assert_unchanged()
 
 

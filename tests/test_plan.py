@@ -36,7 +36,7 @@ def test_skeleton_keeps_shapes_not_bytes(classifier):
 def test_skeleton_of_a_bad_file_is_one_line(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\xff\xff\xff\xff not a model")
-    with pytest.raises(ModelError, match="bad.onnx: not a readable ONNX model") as info:
+    with pytest.raises(ModelError, match="bad.onnx: not a valid ONNX model") as info:
         read_skeleton(bad)
     assert "\n" not in str(info.value)
 

@@ -65,7 +65,13 @@ def load_model(path: str | Path) -> onnx.ModelProto:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         what = "valid" if type(exc).__name__ == "DecodeError" else "readable"  # cut or corrupt: not protobuf
         raise ModelError(f"{path}: not a {what} ONNX model ({reason})") from None
-    if not model.opset_import or not model.graph.node:  # protobuf parses a file cut between two fields
+    return check_parsed(model, path)
+
+
+def check_parsed(model: onnx.ModelProto, path: str | Path) -> onnx.ModelProto:
+    """``model`` as parsed from ``path``, refused when it lacks a graph or an opset: protobuf parses a
+    file cut between two fields, or an empty one, without complaint."""
+    if not model.opset_import or not model.graph.node:
         raise ModelError(f"{path}: not a valid ONNX model (no graph or no opset: truncated?)")
     return model
 
