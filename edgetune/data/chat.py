@@ -115,7 +115,8 @@ class _Timeout(Exception):
 @contextmanager
 def _time_limit(seconds: float) -> Iterator[None]:
     """Interrupt the rendering (pure Python loops included) after ``seconds``, where signals allow it."""
-    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+    if (not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread()
+            or signal.getitimer(signal.ITIMER_REAL)[0] > 0):  # an embedder's own alarm is left alone
         yield  # the output loop's clock is then the only limit
         return
 
