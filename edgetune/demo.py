@@ -70,7 +70,7 @@ def run_demo(steps: int | None = None, workdir: str | None = None, output_dir: s
         pooling=RECIPE["pooling"]))
     console.print("[bold]2/3[/] Rotten Tomatoes review snippets, as JSONL")
     snippets = work / "rotten_tomatoes"
-    train, dev = _made_or_reused(snippets / "train.jsonl", "wrote", lambda: write_rotten_tomatoes_splits(
+    train, dev = _made_or_reused(snippets / "train.jsonl", "written", lambda: write_rotten_tomatoes_splits(
         snippets, n_train=RECIPE["n_train"], n_dev=RECIPE["n_dev"], seed=0))
     console.print(f"[bold]3/3[/] tuning {RECIPE['trainable']} forward-only")
     tuner = Tuner.from_onnx(model, trainable=RECIPE["trainable"], max_length=RECIPE["max_length"], threads=threads)
@@ -98,7 +98,7 @@ def _made_or_reused(output: Path, made: str, make: Callable[[], T]) -> T:
     before = _identity(output)
     result = make()
     reused = before is not None and before == _identity(output)
-    console.print(f"    reused {output} ({made} by an earlier run)" if reused else f"    {made} {output}", markup=False)
+    console.print(f"    {output}: " + (f"reused ({made} by an earlier run)" if reused else f"{made} now"), markup=False)
     return result
 
 

@@ -126,10 +126,10 @@ def test_demo_says_whether_a_step_made_its_output_or_reused_an_earlier_one(tmp_p
 
     def step(seed: int) -> str:
         with console.capture() as said:
-            _made_or_reused(tmp_path / "train.jsonl", "wrote", lambda: write_rotten_tomatoes_splits(
+            _made_or_reused(tmp_path / "train.jsonl", "written", lambda: write_rotten_tomatoes_splits(
                 tmp_path, n_train=8, n_dev=4, seed=seed))
         return said.get()
 
-    assert step(0).split() == ["wrote", str(tmp_path / "train.jsonl")]
-    assert step(0).split()[:2] == ["reused", str(tmp_path / "train.jsonl")]
-    assert step(1).split()[0] == "wrote"  # other parameters: the cache does not apply
+    assert step(0).strip() == f"{tmp_path / 'train.jsonl'}: written now"
+    assert step(0).strip() == f"{tmp_path / 'train.jsonl'}: reused (written by an earlier run)"
+    assert step(1).strip().endswith("written now")  # other parameters: the cache does not apply
