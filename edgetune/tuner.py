@@ -40,7 +40,7 @@ from edgetune.graph.prepare import arena_group
 from edgetune.graph.select import split_lora
 from edgetune.graph.sparse import split_sparse
 from edgetune.interrupt import Interrupted, StopRequest
-from edgetune.finite import require_finite_tensors
+from edgetune.finite import dumps_finite, require_finite_tensors
 from edgetune.io import atomic_write_text
 from edgetune.outdir import claim_output, refuse_input_folder
 from edgetune.runlog import JsonlLog
@@ -484,6 +484,10 @@ class Tuner:
         refuse_input_folder(out, [self.model_path, self.tokenizer_path])  # it streams from the file it would replace
         # a model of NaNs runs and answers NaN: never write one (a diverged run stops before this)
         require_finite_tensors(self.weights, f"{self.model_path}: the tuned weights", TrainingError)
+        try:  # summary.json must be JSON that any reader parses: no NaN or Infinity
+            dumps_finite(summary)
+        except ValueError:
+            raise TrainingError(f"{out / 'summary.json'}: the run's summary holds NaN or infinity; nothing written") from None
         out.mkdir(parents=True, exist_ok=True)
         metadata = self.output_metadata()
         lora = self.trainable_spec is not None and split_lora(self.trainable_spec)[1] is not None
@@ -508,7 +512,7 @@ class Tuner:
             if summary is not None:  # last, so that its peak RSS covers writing everything else
                 if isinstance(summary.get("result"), dict) and "peak_rss_mb" in summary["result"]:
                     summary["result"]["peak_rss_mb"] = peak_rss_mb()
-                atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+                atomic_write_text(out / "summary.json", dumps_finite(summary, indent=2) + "\n")
         except OSError as exc:
             raise EdgetuneError(f"{out}: could not write the tuned model ({exc.strerror})") from None
         return out / "model.onnx"

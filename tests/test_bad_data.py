@@ -23,7 +23,7 @@ from edgetune import Tuner
 from edgetune.checkpoint import save_checkpoint
 from edgetune.data import ChatTemplate, read_examples
 from edgetune.data.jsonl import MAX_LINE_BYTES, TASK_CLASSIFICATION
-from edgetune.errors import DataError, ModelError
+from edgetune.errors import DataError, ModelError, TrainingError
 from edgetune.graph.model import LABELS_KEY
 from edgetune.sparse_diff import SparseDiff
 from edgetune.trajectory import Trajectory
@@ -110,6 +110,17 @@ def test_api_evaluate_refuses_nan(nan_model, classifier):
     with pytest.raises(ModelError, match="non-finite logits"):
         tuner.evaluate(classifier["dev"])
     inputs.assert_unchanged()
+
+
+def test_api_save_refuses_non_finite_weights_and_summaries(classifier, tmp_path):
+    tuner = Tuner.from_onnx(classifier["model"], trainable="head", max_length=32)
+    with pytest.raises(TrainingError, match="summary.json: the run's summary holds NaN"):
+        tuner.save(tmp_path / "summary", {"result": {"after": {"loss": float("nan")}}})
+    name = sorted(tuner.weights)[0]
+    tuner.weights[name][...] = np.inf
+    with pytest.raises(TrainingError, match=f"the tuned weights: tensor '{name}' holds"):
+        tuner.save(tmp_path / "weights")
+    assert not (tmp_path / "summary").exists() and not (tmp_path / "weights").exists()
 
 
 def _edited_log(run, tmp_path, edit):
