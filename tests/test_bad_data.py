@@ -384,6 +384,19 @@ def test_hostile_chat_template_is_one_line_in_bounded_memory(chat_lm, cli, templ
     inputs.assert_unchanged()
 
 
+@pytest.mark.parametrize("source, fragments", [
+    (b"{{ messages }}\xff", ["chat_template.jinja", "not valid UTF-8"]),
+    (b"{% if true %}" * 5000, ["chat_template.jinja", "nests too deeply"]),
+    (b"x" * (5 << 20), ["chat_template.jinja", "longer than 1,048,576 characters"]),
+], ids=["not-utf8", "nested", "huge"])
+def test_unusable_chat_template_file(chat_lm, cli, source, fragments):
+    directory, data = chat_lm
+    (directory / "chat_template.jinja").write_bytes(source)
+    inputs = Snapshot(directory, data)
+    assert_rejected(cli(*EVAL, "--onnx", directory / "model.onnx", "--data", data), *fragments)
+    inputs.assert_unchanged()
+
+
 def test_generate_chat_with_an_include_is_refused(chat_lm, cli):
     directory, _ = chat_lm
     (directory / "chat_template.jinja").write_text("{% include 'system.jinja' %}{{ messages[0].content }}")

@@ -41,6 +41,7 @@ from edgetune.errors import DataError, ModelError
 
 RENDER_SECONDS = 10.0  # one render of one conversation; real templates take milliseconds
 MAX_SIZE = 1 << 24  # the largest string, sequence or repeat count an expression may ask for
+MAX_TEMPLATE_CHARS = 1 << 20  # a chat template's source; real ones are a few kB
 _BASE_CHARS = 1 << 20  # output allowed beyond 4 characters per character of the conversation
 _BIG_WIDTH = re.compile(r"\d{8,}")  # a format width or precision of 10^7 or more
 _REFUSED_TAGS = ((jinja2.nodes.Include, "include"), (jinja2.nodes.Import, "import"),
@@ -132,6 +133,17 @@ def _time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+def _read_template(path: Path) -> str:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(4 * MAX_TEMPLATE_CHARS + 1)  # UTF-8 takes at most 4 bytes a character
+        return data.decode("utf-8")
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the chat template ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ModelError(f"{path}: chat template is not valid UTF-8 (byte {exc.start})") from None
+
+
 class _Generation(jinja2.ext.Extension):
     """``{% generation %}...{% endgeneration %}`` (transformers' assistant-mask tag) renders its body."""
 
@@ -172,10 +184,15 @@ class ChatTemplate:
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = _strftime_now
         env.globals["namespace"] = _BoundedNamespace
+        if len(source) > MAX_TEMPLATE_CHARS:
+            raise ModelError(f"{origin}: chat template is longer than {MAX_TEMPLATE_CHARS:,} characters, the most "
+                             "edgetune compiles (real ones are a few kB)")
         try:
             tree = env.parse(source)
         except jinja2.TemplateSyntaxError as exc:
             raise ModelError(f"{origin}:{exc.lineno}: chat template is not valid Jinja ({exc.message})") from None
+        except RecursionError:  # thousands of nested blocks
+            raise ModelError(f"{origin}: chat template nests too deeply to compile") from None
         for node_type, tag in _REFUSED_TAGS:  # no loader: it would fail at render time, deep in jinja2
             node = next(tree.find_all(node_type), None)
             if node is not None:
@@ -191,7 +208,7 @@ class ChatTemplate:
         tokens = special_tokens(config)
         jinja_file = directory / TEMPLATE_FILE
         if jinja_file.is_file():
-            return cls(jinja_file.read_text(encoding="utf-8"), str(jinja_file), tokens)
+            return cls(_read_template(jinja_file), str(jinja_file), tokens)
         source = config.get("chat_template")
         if isinstance(source, list):  # named templates: [{"name": "default", "template": ...}, ...]
             source = next((t.get("template") for t in source if isinstance(t, dict) and t.get("name") == "default"), None)
