@@ -21,7 +21,7 @@ from safetensors import safe_open
 
 from edgetune import Tuner
 from edgetune.checkpoint import save_checkpoint
-from edgetune.data import ChatTemplate, read_examples
+from edgetune.data import ChatTemplate, LabelSet, read_examples
 from edgetune.data.jsonl import MAX_LINE_BYTES, TASK_CLASSIFICATION
 from edgetune.errors import DataError, ModelError, TrainingError
 from edgetune.graph.model import LABELS_KEY
@@ -331,6 +331,24 @@ def test_non_utf8_line_is_named(classifier, cli, tmp_path):
     inputs = Snapshot(tmp_path, classifier["dir"])
     assert_rejected(cli(*EVAL, "--onnx", classifier["model"], "--data", path), "dev.jsonl:2: not valid UTF-8")
     inputs.assert_unchanged()
+
+
+@pytest.mark.parametrize("line, fragment", [
+    ('{"text": "a", "label": ' + "[" * 100000 + "]" * 100000 + "}", "nested too deeply"),
+    ('{"text": "a", "label": ' + "9" * 5000 + "}", "4300 digits"),
+], ids=["deep", "long-integer"])
+def test_hostile_json_line_is_named(classifier, cli, tmp_path, line, fragment):
+    path = tmp_path / "dev.jsonl"
+    path.write_text('{"text": "good film", "label": "positive"}\n' + line + "\n")
+    inputs = Snapshot(tmp_path, classifier["dir"])
+    assert_rejected(cli(*EVAL, "--onnx", classifier["model"], "--data", path), "dev.jsonl:2: invalid JSON", fragment)
+    inputs.assert_unchanged()
+
+
+def test_integer_labels_of_a_headless_width_are_bounded(tmp_path):
+    path = write_jsonl(tmp_path / "ids.jsonl", [{"text": "good film", "label": 0}, {"text": "bad", "label": 10**30}])
+    with pytest.raises(DataError, match=r"ids\.jsonl:2: label 10+ implies more than 65,536 classes"):
+        LabelSet.from_examples(read_examples(path, TASK_CLASSIFICATION), None)
 
 
 def test_generate_on_a_classifier_is_refused_before_generating(classifier, cli):

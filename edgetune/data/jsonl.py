@@ -111,6 +111,10 @@ def _parse_line(path: Path, line_no: int, line: str, task: str, lm_labels: bool)
         record = json.loads(line)
     except json.JSONDecodeError as exc:
         raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise DataError(f"{where}: invalid JSON ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise DataError(f"{where}: invalid JSON (nested too deeply)") from None
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if task == TASK_LM:
@@ -178,6 +182,17 @@ def _parse_messages(messages: Any, where: str) -> tuple[tuple[str, str], ...]:
     return tuple(turns)
 
 
+MAX_CLASSES = 1 << 16  # integer labels of a head whose width the model does not state
+
+
+def _class_count(examples: Iterable[Example]) -> int:
+    """Classes implied by integer labels 0..C-1, for a model that does not state its head's width."""
+    top = max(examples, key=lambda ex: ex.label)  # type: ignore[arg-type, return-value]
+    if top.label >= MAX_CLASSES:  # type: ignore[operator]
+        raise DataError(f"{top.where}: label {top.label} implies more than {MAX_CLASSES:,} classes")
+    return top.label + 1  # type: ignore[operator, return-value]
+
+
 class LabelSet:
     """The ordered class names of a classifier; class i is logit i."""
 
@@ -201,7 +216,7 @@ class LabelSet:
         """Label names for data whose model carries none: sorted string labels, or class indices."""
         labels = {ex.label for ex in examples}
         if all(isinstance(label, int) for label in labels):
-            count = num_classes if num_classes is not None else max(labels) + 1  # type: ignore[type-var]
+            count = num_classes if num_classes is not None else _class_count(examples)
             return cls([str(i) for i in range(count)])
         if any(isinstance(label, int) for label in labels):
             first_int = next(ex for ex in examples if isinstance(ex.label, int))
@@ -224,7 +239,7 @@ class LabelSet:
             raise DataError(f'{named.where}: label "{named.label}" is a name, but {model} stores no label names, so '
                             "its class is unknown; export the model with --labels, tune it first (a tuned model "
                             "stores them), or give class ids 0..C-1")
-        count = num_classes if num_classes is not None else max(int(ex.label) for ex in examples) + 1  # type: ignore[arg-type]
+        count = num_classes if num_classes is not None else _class_count(examples)
         return cls([str(i) for i in range(count)])
 
     def index(self, example: Example) -> int:
