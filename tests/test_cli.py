@@ -24,6 +24,13 @@ def assert_failed_after_start(proc: subprocess.CompletedProcess, *fragments: str
     assert_rejected(subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout, rest), *fragments, code=code)
 
 
+def assert_same_bits(got: dict, expected: dict) -> None:
+    """Two runs' tensors (``load_checkpoint``'s dicts) hold the same names and the same bits."""
+    assert got.keys() == expected.keys() and expected
+    for name, value in expected.items():
+        assert got[name].tobytes() == value.tobytes(), name
+
+
 def test_tune_then_eval_reports_before_and_after(classifier, tmp_path, cli):
     out = tmp_path / "out"
     proc = cli(*TUNE, "--onnx", classifier["model"], "--data", classifier["train"], "--eval-data",
@@ -98,14 +105,16 @@ def test_bad_models_and_tokenizers(bad, classifier, cli):
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_the_checkpoint(classifier, tmp_path, cli):
-    out = tmp_path / "out"
-    ok = cli(*TUNE, "--onnx", classifier["model"], "--data", classifier["train"], "--output-dir", out)
-    assert ok.returncode == 0, ok.stderr
-    before = (out / "checkpoint.safetensors").read_bytes()
-    proc = cli("tune", "--onnx", classifier["model"], "--data", classifier["train"], "--output-dir", out,
-               "--steps", "50", "--lr", "1e30")
-    assert_failed_after_start(proc, "non-finite loss at step", "train.jsonl:", code=3)  # a TrainingError
-    assert (out / "checkpoint.safetensors").read_bytes() == before
+    # lr 1e30: step 0's loss is finite and its update sends the weights to ~1e29; step 1's loss is NaN
+    run = ("tune", "--onnx", classifier["model"], "--data", classifier["train"], "--lr", "1e30", "--save-every", "1")
+    proc = cli(*run, "--steps", "50", "--output-dir", tmp_path / "out")
+    assert_failed_after_start(proc, "non-finite loss at step 1", "train.jsonl:", code=3)  # a TrainingError
+    one_step = cli(*run, "--steps", "1", "--output-dir", tmp_path / "one")
+    assert one_step.returncode == 0, one_step.stderr
+    kept, state = load_checkpoint(tmp_path / "out" / "checkpoint.safetensors")
+    expected, _ = load_checkpoint(tmp_path / "one" / "checkpoint.safetensors")
+    assert state["step"] == 1  # step 0's checkpoint, as a 1-step run ends
+    assert_same_bits(kept, expected)
 
 
 def _limit_file_size(limit):
@@ -166,6 +175,5 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one_and_resume_finish
     assert whole.returncode == 0, whole.stderr
     final, state = load_checkpoint(out / "checkpoint.safetensors")
     expected, _ = load_checkpoint(tmp_path / "whole" / "checkpoint.safetensors")
-    assert state["step"] == 6 and final.keys() == expected.keys()
-    for name, value in expected.items():
-        assert final[name].tobytes() == value.tobytes(), name
+    assert state["step"] == 6
+    assert_same_bits(final, expected)

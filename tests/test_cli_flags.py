@@ -21,6 +21,7 @@ from edgetune.checkpoint import load_checkpoint
 from edgetune.trajectory import Trajectory
 from models.tiny import write_jsonl
 from tests.badinput import INTERNAL_ERROR
+from tests.test_cli import assert_same_bits
 
 TUNE = ("tune", "--batch-size", "8", "--lr", "0.01", "--steps", "3", "--queries", "2", "--threads", "1")
 
@@ -41,12 +42,6 @@ def summary_of(out: Path) -> dict:
 
 def weights_of(out: Path) -> dict[str, np.ndarray]:
     return load_checkpoint(out / "checkpoint.safetensors")[0]
-
-
-def assert_same_bits(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
-    assert a.keys() == b.keys() and a
-    for name in a:
-        assert a[name].tobytes() == b[name].tobytes(), name
 
 
 @pytest.fixture(scope="module")
