@@ -462,7 +462,7 @@ def suggest(planner: Planner, batch: int, length: int, modes: Sequence[str], bud
     """The edgetune mode with the fewest trainable weights that fits at batch 1, at the largest batch ≤ ``batch``.
 
     Fewest weights first because a zeroth-order estimate's variance grows with the number of
-    perturbed weights (DESIGN.md): that mode learns the most per forward pass.
+    perturbed weights (docs/architecture.md): that mode learns the most per forward pass.
     """
     ranked = sorted(modes, key=lambda m: sum(p.size for p in planner.trainable(m)[1]))
     for mode in ranked:

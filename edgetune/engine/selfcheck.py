@@ -1,6 +1,6 @@
 """Start-up proof that ORT really reads the arena in place.
 
-DESIGN.md records ways ORT can silently keep a stale copy of a weight (prepacking, folded
+docs/architecture.md records ways ORT can silently keep a stale copy of a weight (prepacking, folded
 initializers). Tuning in that state would report progress while changing nothing, so the engine
 checks once: a perturbation must change the loss, and restoring the bytes must restore it exactly.
 """

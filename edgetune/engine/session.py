@@ -38,7 +38,7 @@ def session_options(threads: int | None) -> ort.SessionOptions:
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     # Spinning ORT workers steal the cores that the perturbation kernel needs between forwards
-    # (DESIGN.md: the kernel ran 2x slower with spinning on).
+    # (docs/architecture.md: the kernel ran 2x slower with spinning on).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.log_severity_level = 3

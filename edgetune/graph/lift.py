@@ -1,8 +1,8 @@
 """Moving trainable weights out of the graph into inputs, and folding tuned values back.
 
 A lifted weight becomes a graph input bound zero-copy to the core's arena; everything else stays an
-initializer so ORT still constant-folds and prepacks it (DESIGN.md: editing initializers in place
-is silently ignored by prepacking, inputs are not).
+initializer so ORT still constant-folds and prepacks it (docs/architecture.md: editing initializers in
+place is silently ignored by prepacking, inputs are not).
 """
 
 from __future__ import annotations
