@@ -124,7 +124,7 @@ typedef struct et_probe {
 } et_probe;
 
 /* Library info; static strings, never free. */
-ET_API const char *et_version(void);                 /* the package version, e.g. "0.1.0" (pyproject.toml) */
+ET_API const char *et_version(void);                 /* the package version, as in pyproject.toml */
 ET_API const char *et_status_string(et_status s);    /* "ok", "invalid argument", ... */
 ET_API const char *et_simd_level(void);              /* "scalar"|"avx2"|"avx512"|"neon" (active) */
 
