@@ -127,7 +127,7 @@ def test_forward_budget_ends_the_run_and_the_forwards_are_counted_exactly(classi
     assert evals[-1]["step"] == result.steps and evals[-1]["forwards"] == result.forward_passes
 
     again = Tuner.from_onnx(classifier["model"], trainable="last:1")
-    rerun = again.fit(classifier["train"], output_dir=tmp_path, resume=True, **options)
+    rerun = again.fit(classifier["train"], eval_data=classifier["dev"], output_dir=tmp_path, resume=True, **options)
     assert rerun.steps == 0 and rerun.forward_passes == 0, "a spent budget must not run on after a resume"
     for name, value in tuner.weights.items():
         np.testing.assert_array_equal(value, again.weights[name], err_msg=name)
