@@ -9,30 +9,55 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import save as safetensors_bytes
 
 from edgetune.errors import EdgetuneError
 from edgetune.finite import loads_finite, require_finite_tensors
-from edgetune.io import atomic_write_bytes
+from edgetune.io import atomic_writer
 
 FORMAT = "edgetune.checkpoint"
 VERSION = 1
+_SAFETENSORS_DTYPES = {np.dtype(t): code for t, code in (
+    (np.float32, "F32"), (np.float16, "F16"), (np.float64, "F64"), (np.int64, "I64"), (np.int32, "I32"),
+    (np.int16, "I16"), (np.int8, "I8"), (np.uint8, "U8"), (np.uint16, "U16"), (np.uint32, "U32"),
+    (np.uint64, "U64"), (np.bool_, "BOOL"))}
 
 
 def save_checkpoint(path: str | Path, tensors: dict[str, np.ndarray], state: dict[str, Any]) -> None:
     metadata = {"format": FORMAT, "version": str(VERSION), "state": json.dumps(state, sort_keys=True)}
-    data = safetensors_bytes({name: np.ascontiguousarray(t) for name, t in tensors.items()}, metadata=metadata)
     previous = Path(path).is_file()  # the claim below must be true: a first save has nothing to keep
     try:
-        atomic_write_bytes(path, data)
+        with atomic_writer(path) as handle:
+            write_safetensors(handle, tensors, metadata)
     except OSError as exc:
         kept = "the previous one is kept" if previous else "no checkpoint was saved"
         raise EdgetuneError(f"{path}: could not write checkpoint ({exc.strerror}); {kept}") from None
+
+
+def write_safetensors(handle: BinaryIO, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
+    """The safetensors layout (u64 header size, JSON header, the tensors' bytes back to back), written
+    tensor by tensor: ``safetensors.numpy.save`` builds the file in memory, two copies of a slice that
+    can be the whole model."""
+    arrays = {name: np.ascontiguousarray(t) for name, t in tensors.items()}  # the arena's views are not copied
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, array in arrays.items():
+        if array.dtype not in _SAFETENSORS_DTYPES:
+            raise EdgetuneError(f"tensor '{name}': dtype {array.dtype} cannot be stored in a checkpoint")
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    header["__metadata__"] = dict(metadata)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format pads the header so that the data starts 8-aligned
+    handle.write(len(text).to_bytes(8, "little") + text)
+    for array in arrays.values():
+        handle.write(memoryview(array.reshape(-1).view(np.uint8)))
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -184,3 +184,36 @@ print(json.dumps([result.peak_rss_mb, before_save, peak_rss_mb()]))
     recorded = json.loads((tmp_path / "summary.json").read_text())["result"]["peak_rss_mb"]
     assert before_save > at_fit + 250
     assert before_save <= recorded <= at_exit
+
+
+def test_tensor_locations_point_at_each_tensors_bytes(classifier):
+    """The windowed file reader behind tensor_locations finds every raw_data byte range (used to copy them)."""
+    from edgetune.export.shared import tensor_locations
+
+    model = load_model(classifier["model"])
+    locations = tensor_locations(classifier["model"])
+    data = classifier["model"].read_bytes()
+    assert set(locations) == {t.name for t in model.graph.initializer if t.HasField("raw_data")}
+    for tensor in model.graph.initializer:
+        file, offset, length = locations[tensor.name]
+        assert file == classifier["model"].name and data[offset:offset + length] == tensor.raw_data
+
+
+def test_checkpoints_are_written_in_the_safetensors_layout(tmp_path):
+    """save_checkpoint writes tensor by tensor; safetensors' own reader gets the tensors and metadata back."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    from edgetune.checkpoint import load_checkpoint, save_checkpoint
+
+    rng = np.random.default_rng(1)
+    tensors = {"w": rng.standard_normal((5, 3)).astype(np.float32), "empty": np.zeros((0, 4), np.float32),
+               "b": rng.standard_normal(7).astype(np.float32)[::2]}  # a strided view is written contiguous
+    save_checkpoint(tmp_path / "c.safetensors", tensors, {"step": 4})
+    read = load_file(str(tmp_path / "c.safetensors"))
+    assert read.keys() == tensors.keys()
+    for name, value in tensors.items():
+        np.testing.assert_array_equal(read[name], value)
+    with safe_open(str(tmp_path / "c.safetensors"), framework="numpy") as handle:
+        assert handle.metadata()["format"] == "edgetune.checkpoint"
+    assert load_checkpoint(tmp_path / "c.safetensors")[1] == {"step": 4}

@@ -16,9 +16,9 @@ the bytes. :class:`Relink` moves the references to a tuned copy of ``model.onnx`
 from __future__ import annotations
 
 import hashlib
-import mmap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import onnx
 
@@ -79,7 +79,8 @@ def tensor_locations(path: str | Path) -> dict[str, Location]:
     """
     path = Path(path)
     found: dict[str, Location] = {}
-    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+    with open(path, "rb") as handle:
+        buf = _FileView(handle, path.stat().st_size)
         try:
             for field, g_start, g_end in _fields(buf, 0, len(buf)):
                 if field != _MODEL_GRAPH:
@@ -92,6 +93,40 @@ def tensor_locations(path: str | Path) -> dict[str, Location]:
         except (ValueError, IndexError) as exc:
             raise ModelError(f"{path}: not a readable ONNX model ({exc})") from None
     return found
+
+
+class _FileView:
+    """Indexing and slicing of an open file through a small window, for :func:`_fields`.
+
+    Not ``mmap``: every page a scan touches would count as resident (the kernel maps 64 KB around
+    each fault), 20 MB for SmolLM2's headers, and the scan runs while the tuning sessions are loaded.
+    """
+
+    _WINDOW = 1 << 16
+
+    def __init__(self, handle: BinaryIO, size: int):
+        self._handle, self._size, self._at, self._buf = handle, size, 0, b""
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, key: int | slice):
+        if isinstance(key, slice):
+            start, stop = key.start, min(key.stop, self._size)
+            if stop - start > self._WINDOW:
+                self._handle.seek(start)
+                return self._handle.read(stop - start)
+            self._cover(start, stop)
+            return self._buf[start - self._at:stop - self._at]
+        if not 0 <= key < self._size:
+            raise IndexError(f"byte {key} is past the end of the file")
+        self._cover(key, key + 1)
+        return self._buf[key - self._at]
+
+    def _cover(self, start: int, stop: int) -> None:
+        if not (self._at <= start and stop <= self._at + len(self._buf)):
+            self._handle.seek(start)
+            self._buf, self._at = self._handle.read(self._WINDOW), start
 
 
 def _tensor_location(buf, start: int, end: int, own_name: str) -> tuple[str, Location | None]:

@@ -37,7 +37,7 @@ _TENSOR_FIELDS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 16)
 _TYPED_DATA = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
 # Wire tags (field number << 3 | 2, length-delimited): ModelProto.graph, GraphProto.initializer, TensorProto.raw_data
 _GRAPH_TAG, _INITIALIZER_TAG, _RAW_TAG = _varint(7 << 3 | 2), _varint(5 << 3 | 2), _varint(9 << 3 | 2)
-_CHUNK = 1 << 22  # bytes per read when copying a tensor from the base file
+_CHUNK = 1 << 20  # bytes per read when copying a tensor from the base file
 
 
 class ModelFile:
@@ -141,14 +141,15 @@ class ModelFile:
     def _copy(self, source: object, size: int, out: BinaryIO) -> None:
         if isinstance(source, tuple):
             file, offset, length = source
+            chunk = memoryview(bytearray(min(_CHUNK, length)))  # one buffer, reused: no allocation per read
             with open(self.path.parent / file, "rb") as handle:
                 handle.seek(offset)
                 while length:
-                    chunk = handle.read(min(_CHUNK, length))
-                    if not chunk:
+                    got = handle.readinto(chunk[:min(len(chunk), length)])
+                    if not got:
                         raise ModelError(f"{self.path.parent / file}: ends inside a tensor's bytes")
-                    out.write(chunk)
-                    length -= len(chunk)
+                    out.write(chunk[:got])
+                    length -= got
             return
         value = np.ascontiguousarray(source() if callable(source) else source, "<f4")
         if value.nbytes != size:
