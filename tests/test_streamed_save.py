@@ -217,3 +217,19 @@ def test_checkpoints_are_written_in_the_safetensors_layout(tmp_path):
     with safe_open(str(tmp_path / "c.safetensors"), framework="numpy") as handle:
         assert handle.metadata()["format"] == "edgetune.checkpoint"
     assert load_checkpoint(tmp_path / "c.safetensors")[1] == {"step": 4}
+
+
+def test_summary_peak_rss_is_the_jobs_own_not_its_parents(classifier, tmp_path):
+    """Linux carries ru_maxrss over exec: a tune started by a process that once held 400 MB must not report it."""
+    script = f"""
+import subprocess, sys, numpy as np
+block = np.ones(400 << 18, np.float32)  # 400 MB, touched, then freed: the parent's peak
+del block
+subprocess.run([sys.executable, "-m", "edgetune.cli", "tune", "--onnx", {str(classifier['model'])!r},
+                "--data", {str(classifier['train'])!r}, "--steps", "2", "--trainable", "head",
+                "--output-dir", {str(tmp_path / 'out')!r}], check=True, capture_output=True)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    recorded = json.loads((tmp_path / "out" / "summary.json").read_text())["result"]["peak_rss_mb"]
+    assert 50 < recorded < 350
