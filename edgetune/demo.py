@@ -80,7 +80,9 @@ def run_demo(steps: int | None = None, workdir: str | None = None, output_dir: s
                            steps=steps or RECIPE["steps"], batch_size=RECIPE["batch_size"], lr=RECIPE["lr"],
                            eps=RECIPE["eps"], queries=RECIPE["queries"],
                            eval_every=max((steps or RECIPE["steps"]) // 5, 1))
-    tuner.save(output_dir, {"recipe": RECIPE, "result": result.to_json()})
+    summary = {"recipe": RECIPE, "result": result.to_json()}
+    tuner.save(output_dir, summary)
+    result.peak_rss_mb = summary["result"]["peak_rss_mb"]  # save() re-read it: the peak includes the save
     sample.show()
     before, after = result.before["accuracy"], result.after["accuracy"]
     console.print(
