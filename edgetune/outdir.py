@@ -81,11 +81,13 @@ def claim_output(folder: str | Path | None, inputs: Iterable[str | Path] = (), r
     if folder is None:
         yield
         return
+    if resume and overwrite:
+        raise EdgetuneError("--resume continues the run in --output-dir and --overwrite replaces it: give one")
     folder = Path(folder)
     refuse_input_folder(folder, inputs)
     with output_lock(folder):
         refuse_existing_run(folder, resume, overwrite)
-        if overwrite and not resume:
+        if overwrite:
             remove_run(folder)
         remove_stale_temporaries(folder)
         yield

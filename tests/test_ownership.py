@@ -23,7 +23,7 @@ from edgetune.checkpoint import save_checkpoint
 from edgetune.demo import free_output_dir
 from edgetune.errors import EdgetuneError
 from edgetune.graph.cache import cache_entries, prepare_cached
-from edgetune.interrupt import Interrupted
+from edgetune.interrupt import Interrupted, StopRequest
 from edgetune.outdir import LOCK_FILE, RUN_FILES, claim_output, output_lock
 
 SHORT = ("--steps", "3", "--max-length", "64")
@@ -136,6 +136,8 @@ def test_python_api_refuses_a_finished_run_unless_overwrite(bundle, tmp_path):
     with pytest.raises(EdgetuneError, match="already holds a run"):
         tuner.fit(bundle["train"], output_dir=out, steps=2)
     tuner.fit(bundle["train"], output_dir=out, steps=2, overwrite=True)
+    with pytest.raises(EdgetuneError, match="--resume continues .* --overwrite replaces it: give one"):
+        tuner.fit(bundle["train"], output_dir=out, steps=2, overwrite=True, resume=True)
     snapshot = Snapshot(bundle["dir"])
     with pytest.raises(EdgetuneError, match="holds the input"):
         tuner.fit(bundle["train"], output_dir=bundle["dir"], steps=2)
@@ -238,6 +240,25 @@ def test_an_interrupted_api_run_checkpoints_or_says_nothing_was_saved(bundle, tm
             bundle["train"], output_dir=out, steps=20, progress=KillAtStep(9))
     assert f"checkpoint saved in {out / 'checkpoint.safetensors'}" in str(raised.value)
     assert len((out / "steps.jsonl").read_text().splitlines()) == 11  # step 9's chained successor ends unchained
+
+
+def test_a_second_signal_stops_at_once_and_handlers_are_restored():
+    def own(signum, frame): ...
+
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered to this (main) thread before the next line runs
+        assert stop.signum == signal.SIGTERM
+        with pytest.raises(Interrupted, match="interrupted again: stopped at once") as raised:
+            os.kill(os.getpid(), signal.SIGINT)
+        assert raised.value.exit_code == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    previous = signal.signal(signal.SIGTERM, own)  # an embedder's own handler is left alone
+    try:
+        with StopRequest():
+            assert signal.getsignal(signal.SIGTERM) is own
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # -- 5. temporaries a killed write left ------------------------------------------------------------
