@@ -464,8 +464,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
     root = default_cache_root()
     limit = cache_limit()  # a bad EDGETUNE_CACHE_MAX is reported before anything is deleted
     if args.clear:
-        removed = clear_cache(root)
-        print(f"removed {len(removed)} entries ({sum(e.bytes for e in removed) / 2**20:.1f} MB) from {root}")
+        count, size = clear_cache(root)
+        print(f"removed {count} entries ({size / 2**20:.1f} MB) from {root}")
         return 0
     entries = cache_entries(root)
     print(f"prepared-graph cache {root} (EDGETUNE_CACHE):")

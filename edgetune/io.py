@@ -59,6 +59,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def is_temporary(path: Path) -> bool:
+    """Whether ``path`` is named as a write in progress (``.NAME.tmp-PID``, ``NAME.tmp-PID``)."""
+    return _TEMPORARY.match(path.name) is not None
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process ``pid`` exists (one owned by another user counts)."""
     if pid <= 0:  # 0 and negatives name process groups for kill(), never one writer

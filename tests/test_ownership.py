@@ -22,7 +22,7 @@ from edgetune import Tuner
 from edgetune.checkpoint import save_checkpoint
 from edgetune.demo import free_output_dir
 from edgetune.errors import EdgetuneError
-from edgetune.graph.cache import cache_entries, prepare_cached
+from edgetune.graph.cache import cache_entries, clear_cache, prepare_cached
 from edgetune.interrupt import Interrupted, StopRequest
 from edgetune.outdir import LOCK_FILE, RUN_FILES, claim_output, output_lock
 
@@ -308,6 +308,17 @@ def test_a_failed_preparation_leaves_no_half_written_entry(bundle, tmp_path):
     with pytest.raises(EdgetuneError):
         prepare_cached(bundle["model"], "lora:r=2,targets=nothing_like_this", "d", cache_root=root)
     assert not root.exists() or not list(root.iterdir())
+
+
+def test_a_damaged_cache_entry_is_one_line_naming_the_cache_and_the_cure(bundle, tmp_path):
+    root = tmp_path / "cache"
+    prepare_cached(bundle["model"], "last:1", "d", cache_root=root)
+    (entry,) = cache_entries(root)
+    (entry.path / "manifest.json").write_text('{"info": ')  # cut short
+    with pytest.raises(EdgetuneError, match=r"damaged prepared-graph cache entry \(EDGETUNE_CACHE\): run edgetune "
+                       r"cache --clear"):
+        prepare_cached(bundle["model"], "last:1", "d", cache_root=root)
+    assert clear_cache(root)[0] == 1 and list(root.iterdir()) == []
 
 
 def test_cache_command_lists_and_clears(bundle, tmp_path, cli, monkeypatch):

@@ -32,11 +32,12 @@ from edgetune.graph.blocks import Param
 from edgetune.graph.lift import save_model
 from edgetune.graph.model import ModelInfo
 from edgetune.graph.prepare import PreparedModel, prepare
-from edgetune.io import remove_stale_temporaries
+from edgetune.io import is_temporary, remove_stale_temporaries
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DEFAULT_MAX = "2GB"
+DAMAGED = "a damaged prepared-graph cache entry (EDGETUNE_CACHE): run edgetune cache --clear and retry"
 
 
 def default_cache_root() -> Path:
@@ -65,7 +66,10 @@ def prepare_cached(path: str | Path, trainable: str, model_digest: str, task: st
         remove_stale_temporaries(root)  # what a preparation killed mid-write left
         run_child("edgetune.graph.cache", [str(path), trainable, task, split, str(directory)], f"preparing {path}")
     evict(root, cache_limit(), keep=directory)
-    return _load(directory, Path(path))
+    try:
+        return _load(directory, Path(path))
+    except (OSError, ValueError, KeyError, TypeError):  # a manifest cut short or edited by hand
+        raise errors.ModelError(f"{directory}: {DAMAGED}") from None
 
 
 def cache_limit() -> int:
@@ -92,7 +96,7 @@ def cache_entries(root: str | Path | None = None) -> list[CacheEntry]:
         manifest = directory / MANIFEST
         try:
             described = json.loads(manifest.read_text())
-            size = sum(f.stat().st_size for f in directory.iterdir() if f.is_file())
+            size = _size(directory)
             last_used = manifest.stat().st_mtime
         except (OSError, ValueError):  # not an entry, or one being evicted by another process
             continue
@@ -116,14 +120,20 @@ def evict(root: str | Path, limit: int, keep: Path | None = None) -> list[CacheE
     return evicted
 
 
-def clear_cache(root: str | Path | None = None) -> list[CacheEntry]:
-    """Empty the cache: every entry, and the temporaries a killed preparation left; returns the entries."""
+def clear_cache(root: str | Path | None = None) -> tuple[int, int]:
+    """Empty the cache: every entry, damaged ones included, and what killed preparations left (a live
+    preparation's staging folder is left to it); returns the folders and bytes removed."""
     root = Path(root or default_cache_root())
-    entries = cache_entries(root)
-    for entry in entries:
-        shutil.rmtree(entry.path, ignore_errors=True)
-    remove_stale_temporaries(root)
-    return entries
+    stale = remove_stale_temporaries(root)
+    entries = [p for p in root.iterdir() if p.is_dir() and not is_temporary(p)] if root.is_dir() else []
+    total = sum(_size(p) for p in entries)
+    for directory in entries:
+        shutil.rmtree(directory, ignore_errors=True)
+    return len(entries) + len(stale), total
+
+
+def _size(directory: Path) -> int:
+    return sum(f.stat().st_size for f in directory.iterdir() if f.is_file())
 
 
 def _touch(directory: Path) -> None:
@@ -213,12 +223,11 @@ class _SafetensorsFile(Mapping):
         entry = self._entries[name]
         start, end = entry["data_offsets"]
         if entry["dtype"] != "F32" or tuple(entry["shape"]) != out.shape or not out.flags.c_contiguous:
-            raise errors.ModelError(f"{self._path}: tensor '{name}' does not match its arena view; "
-                                    "delete the cache directory and retry")
+            raise errors.ModelError(f"{self._path}: tensor '{name}' does not match its arena view; {DAMAGED}")
         with open(self._path, "rb") as f:
             f.seek(self._data_start + start)
             if f.readinto(memoryview(out).cast("B")) != end - start:
-                raise errors.ModelError(f"{self._path}: truncated; delete the cache directory and retry")
+                raise errors.ModelError(f"{self._path}: truncated; {DAMAGED}")
 
     def __getitem__(self, name: str) -> np.ndarray:
         out = np.empty(self._entries[name]["shape"], np.float32)
@@ -254,7 +263,7 @@ class MappedTensors(Mapping):
             start, end = entry["data_offsets"]
             if entry["dtype"] != "F32" or data_start + end > len(self._map):
                 raise errors.ModelError(f"{path}: tensor '{name}' is not stored as float32 or the file is "
-                                        "truncated; delete the cache directory and retry")
+                                        f"truncated; {DAMAGED}")
             flat = np.frombuffer(self._map, np.float32, count=(end - start) // 4, offset=data_start + start)
             self._tensors[name] = flat.reshape(entry["shape"])
 
