@@ -316,24 +316,26 @@ def test_tuner_reduces_quadratic(noise):
     assert len(t.last_grads()) == 2 and t.last_loss() is not None
 
 
-def test_tuner_matches_python_reference():
+@pytest.mark.parametrize("dist", DISTS)
+def test_tuner_matches_python_reference(dist):
     """The C tuner's step equals the documented float32 recipe done with the kernels from Python."""
     n, q, eps, lr, wd, seed = 1000, 3, f32(1e-3), f32(1e-2), f32(0.1), 9
     target = np.random.default_rng(2).standard_normal(n)
-    t = core.Tuner(n_params=n, lr=float(lr), eps=float(eps), weight_decay=float(wd), queries=q, seed=seed)
+    t = core.Tuner(n_params=n, lr=float(lr), eps=float(eps), weight_decay=float(wd), queries=q, seed=seed,
+                   noise=dist)
     w = t.arena()
     w[:] = 0.5
     ref = np.full(n, 0.5, f32)
     for step in range(3):
         seeds = [core.derive_seed(seed, step, i) for i in range(q)]
-        core.perturb(ref, seeds[0], float(eps))
+        core.perturb(ref, seeds[0], float(eps), dist)
         for i in range(q):
             probe = t.ask()
             assert probe == (step, i, 1)
             np.testing.assert_array_equal(w, ref)
             lp = f32(_quad(w, target))
             t.tell(probe, float(lp))
-            core.perturb(ref, seeds[i], float(f32(-2) * eps))
+            core.perturb(ref, seeds[i], float(f32(-2) * eps), dist)
             probe = t.ask()
             assert probe == (step, i, -1)
             np.testing.assert_array_equal(w, ref)
@@ -343,9 +345,9 @@ def test_tuner_matches_python_reference():
             decay = f32(1) - lr * wd if i == q - 1 else f32(1)
             c_cur = decay * eps - (lr / f32(q)) * g
             if i + 1 < q:
-                core.combine(ref, float(decay), [seeds[i], seeds[i + 1]], [float(c_cur), float(eps)])
+                core.combine(ref, float(decay), [seeds[i], seeds[i + 1]], [float(c_cur), float(eps)], dist)
             else:
-                core.combine(ref, float(decay), [seeds[i]], [float(c_cur)])
+                core.combine(ref, float(decay), [seeds[i]], [float(c_cur)], dist)
         np.testing.assert_array_equal(w, ref)
 
 
