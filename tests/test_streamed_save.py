@@ -183,7 +183,8 @@ print(json.dumps([result.peak_rss_mb, before_save, peak_rss_mb()]))
     at_fit, before_save, at_exit = json.loads(proc.stdout.splitlines()[-1])
     recorded = json.loads((tmp_path / "summary.json").read_text())["result"]["peak_rss_mb"]
     assert before_save > at_fit + 250
-    assert before_save <= recorded <= at_exit
+    # VmHWM readings may lag by the kernel's per-thread RSS counter batches (64 pages): 1 MB of slack
+    assert before_save - 1 <= recorded <= at_exit + 1
 
 
 def test_tensor_locations_point_at_each_tensors_bytes(classifier):
