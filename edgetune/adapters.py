@@ -232,11 +232,14 @@ def _base_model_name(base_path: Path) -> str | None:
 # -- edgetune apply ---------------------------------------------------------------------------
 
 
-def apply_adapter(base_path: str | Path, adapter_path: str | Path, output: str | Path) -> Path:
+def apply_adapter(base_path: str | Path, adapter_path: str | Path, output: str | Path,
+                  overwrite: bool = False) -> Path:
     """Merge an ``.onnx_adapter``, a PEFT folder, a LoRA run's ``trainable.safetensors`` or a sparse run's
-    ``.etdiff`` into ``base_path``."""
+    ``.etdiff`` into ``base_path``. An existing ``output`` file is replaced only with ``overwrite``."""
     base_path, adapter_path, output = Path(base_path), Path(adapter_path), Path(output)
     refuse_input_file(output, [base_path, adapter_path])
+    if output.exists() and not overwrite:
+        raise EdgetuneError(f"--output {output} already exists: choose another file or replace it with --overwrite")
     if not adapter_path.exists():
         raise EdgetuneError(f"{adapter_path}: adapter not found")
     if adapter_path.suffix == DIFF_SUFFIX:

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -148,12 +149,13 @@ def _add_apply_parser(commands) -> None:
                        help="an .onnx_adapter file, a PEFT folder, a LoRA run's trainable.safetensors, "
                        "or a sparse run's sparse.etdiff")
     apply.add_argument("--output", required=True, help="where the merged model.onnx goes")
+    apply.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
     from edgetune.adapters import apply_adapter
 
-    path = apply_adapter(args.onnx, args.adapter, args.output)
+    path = apply_adapter(args.onnx, args.adapter, args.output, overwrite=args.overwrite)
     console.print(f"merged {args.adapter} into {args.onnx}: {path}")
     return 0
 
@@ -165,12 +167,14 @@ def _add_replay_parser(commands) -> None:
     replay.add_argument("--output", required=True, help="folder for the rebuilt model.onnx, tokenizer, ...")
     replay.add_argument("--tokenizer", help="tokenizer.json (default: beside the base model)")
     replay.add_argument("--threads", type=_int_in(THREADS), help="kernel threads (default: all cores)")
+    replay.add_argument("--overwrite", action="store_true", help="replace the run or replay --output already holds")
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from edgetune.replay import replay_run
 
-    path, log = replay_run(args.onnx, args.log, args.output, tokenizer=args.tokenizer, threads=args.threads)
+    path, log = replay_run(args.onnx, args.log, args.output, tokenizer=args.tokenizer, threads=args.threads,
+                           overwrite=args.overwrite)
     console.print(f"replayed {len(log.records)} steps of {args.log} onto {args.onnx}: {path}", markup=False)
     return 0
 
@@ -502,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # outside a run's steps: claim nothing about what was saved
         print("edgetune: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (`edgetune plan --json | head`), as with `cat`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush stays quiet
+        return 128 + signal.SIGPIPE
     except MemoryError:
         print("edgetune: error: out of memory; lower --batch-size or --max-length", file=sys.stderr)
         return 3

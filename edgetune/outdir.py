@@ -57,12 +57,14 @@ def run_files(folder: str | Path) -> list[str]:
     return [name for name in RUN_FILES if (folder / name).exists()]
 
 
-def refuse_existing_run(folder: str | Path, resume: bool, overwrite: bool) -> None:
-    """A folder that holds a run is tuned into only with ``--resume`` or ``--overwrite``."""
+def refuse_existing_run(folder: str | Path, resume: bool, overwrite: bool, flag: str = "--output-dir") -> None:
+    """A folder that holds a run is written into only with ``--resume`` (``tune``) or ``--overwrite``;
+    ``resume=None`` marks a command that cannot continue a run (``replay``), whose message offers no --resume."""
     found = run_files(folder)
     if found and not resume and not overwrite:
-        raise EdgetuneError(f"--output-dir {folder} already holds a run ({', '.join(found)}): continue it with "
-                            "--resume, choose another folder, or replace it with --overwrite")
+        choices = "continue it with --resume, choose another folder," if resume is not None else "choose another folder"
+        raise EdgetuneError(f"{flag} {folder} already holds a run ({', '.join(found)}): {choices} "
+                            "or replace it with --overwrite")
 
 
 def remove_run(folder: str | Path) -> None:

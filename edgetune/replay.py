@@ -21,7 +21,7 @@ from edgetune.data.verbalizer import TEMPLATE_KEY, VERBALIZER_KEY
 from edgetune.errors import EdgetuneError
 from edgetune.finite import require_finite_numbers, require_finite_tensors
 from edgetune.graph.model import LABELS_KEY, check_model_file
-from edgetune.outdir import refuse_input_folder
+from edgetune.outdir import output_lock, refuse_existing_run, refuse_input_folder, remove_run
 from edgetune.trajectory import Trajectory
 from edgetune.tuner import Tuner
 from edgetune.zo import build_optimizer
@@ -29,11 +29,15 @@ from edgetune.zo.subset import block_subsets
 
 
 def replay_run(base_path: str | Path, log_path: str | Path, output_dir: str | Path,
-               tokenizer: str | Path | None = None, threads: int | None = None) -> tuple[Path, Trajectory]:
-    """Write the tuned model of the run logged in ``log_path`` to ``output_dir``; returns its path and the log."""
+               tokenizer: str | Path | None = None, threads: int | None = None,
+               overwrite: bool = False) -> tuple[Path, Trajectory]:
+    """Write the tuned model of the run logged in ``log_path`` to ``output_dir``; returns its path and the log.
+
+    A folder that already holds a run (or an earlier replay) is replaced only with ``overwrite``."""
     base_path, log_path = Path(base_path), Path(log_path)
     refuse_input_folder(output_dir, [base_path, tokenizer or base_path.with_name("tokenizer.json"), log_path],
                         "--output")
+    refuse_existing_run(output_dir, None, overwrite, "--output")
     log = Trajectory.read(log_path)
     header = log.header
     check_model_file(base_path)  # before hashing it: missing, unreadable or empty is one line
@@ -68,4 +72,8 @@ def replay_run(base_path: str | Path, log_path: str | Path, output_dir: str | Pa
     # finite steps can still overflow (a huge lr): never write a model of NaNs and infinities
     require_finite_tensors(tuner.weights, f"{log_path}: the replayed weights")
     summary = {"replayed": str(log_path), "base": str(base_path), "steps": len(log.records), "config": header["config"]}
-    return tuner.save(output_dir, summary), log
+    with output_lock(output_dir):
+        refuse_existing_run(output_dir, None, overwrite, "--output")  # again: another run may have written since
+        if overwrite:
+            remove_run(output_dir)
+        return tuner.save(output_dir, summary), log

@@ -301,3 +301,13 @@ def test_keyboard_interrupt_exits_130_with_one_line():
     assert proc.returncode == 130
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("edgetune:") and "Traceback" not in proc.stderr
+
+
+def test_a_closed_stdout_ends_quietly_with_the_sigpipe_code(classifier):
+    """`edgetune plan --json | head -1`: the reader leaves first; no internal error, no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "edgetune.cli", "plan", "--onnx", str(classifier["model"]), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the child has imported anything, so its first write finds no reader
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141, stderr
+    assert stderr == ""

@@ -88,6 +88,26 @@ def test_replay_apply_and_export_refuse_to_write_over_their_inputs(bundle, tmp_p
     assert sorted(p.name for p in hf.iterdir()) == ["config.json"]
 
 
+def test_replay_and_apply_replace_an_earlier_output_only_with_overwrite(bundle, tmp_path, cli):
+    run = tmp_path / "run"
+    tuner = Tuner.from_onnx(bundle["model"], trainable="lora:r=2,targets=q", max_length=64)
+    tuner.fit(bundle["train"], output_dir=run, steps=2)
+    tuner.save(run)
+    replay = ("replay", "--onnx", bundle["model"], "--log", run / "run.etlog", "--output", tmp_path / "re")
+    apply = ("apply", "--onnx", bundle["model"], "--adapter", run / "trainable.safetensors",
+             "--output", tmp_path / "merged.onnx")
+    for command in (replay, apply):
+        assert cli(*command).returncode == 0
+    snapshot = Snapshot(tmp_path)
+    assert_rejected(cli(*replay), f"--output {tmp_path / 're'} already holds a run", "--overwrite")
+    assert_rejected(cli(*apply), f"--output {tmp_path / 'merged.onnx'} already exists", "--overwrite")
+    snapshot.assert_unchanged()
+    for command in (replay, apply):
+        proc = cli(*command, "--overwrite")
+        assert proc.returncode == 0, proc.stderr
+    assert Snapshot(tmp_path).before == snapshot.before, "the same log and adapter rebuild the same files"
+
+
 # -- 2. never replace a run silently ---------------------------------------------------------------
 
 
