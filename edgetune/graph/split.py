@@ -4,6 +4,12 @@ A node belongs to the suffix iff it depends, transitively, on a trainable input.
 the same for every perturbation of a step, so it runs once; the tensors crossing the cut become the
 suffix's inputs. This is exact (the suffix computes the same values) and needs no knowledge of the
 architecture.
+
+A crossing tensor computed from initializers alone (a tied LM head's Transpose of the embedding, a
+Reshape or Cast of a weight) is the same for every batch too. Passed at run time, the prefix would
+output a fresh copy of it on every batch, on top of the one the suffix keeps bound (SmolLM2-135M: 113 MB
+each), where plain inference folds it into one initializer at load. So it is evaluated once here and
+becomes an initializer of the suffix.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from edgetune.errors import ModelError
 
@@ -55,35 +61,80 @@ def split_graph(model: onnx.ModelProto, trainable: Iterable[str], outputs: list[
     needed = {n for node in suffix_nodes for n in _node_inputs(node)} - produced_by_suffix
     moved = [constant_nodes[n] for n in needed if n in constant_nodes]  # cheap: recompute in the suffix
     prefix_outputs = {o for n in prefix_nodes for o in n.output}
-    boundary = sorted(n for n in needed if n in prefix_outputs and n not in constant_nodes)
+    crossing = sorted(n for n in needed if n in prefix_outputs and n not in constant_nodes)
+    constant = _constant_tensors(model, prefix_nodes)
+    boundary = [n for n in crossing if n not in constant]
     if not boundary:
         return SplitGraph(prefix=None, suffix=model, boundary=[])
 
     types = _value_types(model)
+    folded = _evaluate(model, prefix_nodes, [n for n in crossing if n in constant], types)
     untyped = [n for n in boundary if n not in types]
     if untyped:
         raise ModelError(f"cannot infer the type of '{untyped[0]}' where the graph is split; use --no-split")
 
-    # Keep only prefix nodes the boundary needs (walk backwards).
-    want = set(boundary)
-    kept_prefix = []
-    for node in reversed(prefix_nodes):
-        if want.intersection(node.output):
-            kept_prefix.append(node)
-            want.update(_node_inputs(node))
-    kept_prefix.reverse()
-
-    prefix = _subgraph(model, "prefix", kept_prefix, [types[n] for n in boundary])
+    prefix = _subgraph(model, "prefix", _producers(prefix_nodes, boundary), [types[n] for n in boundary])
     suffix_outputs = [o for o in graph.output if o.name in outputs]
-    suffix = _subgraph(model, "suffix", moved + suffix_nodes, suffix_outputs, extra_inputs=[types[n] for n in boundary])
+    suffix = _subgraph(model, "suffix", moved + suffix_nodes, suffix_outputs,
+                       extra_inputs=[types[n] for n in boundary], extra_initializers=folded)
     return SplitGraph(prefix=prefix, suffix=suffix, boundary=boundary)
 
 
-def _subgraph(model, label, nodes, outputs, extra_inputs=()):
+def _producers(nodes: list[onnx.NodeProto], names: Iterable[str]) -> list[onnx.NodeProto]:
+    """The nodes (in order) that ``names`` need: walking backwards, so a prefix keeps nothing only a
+    folded constant needed."""
+    want, kept = set(names), []
+    for node in reversed(nodes):
+        if want.intersection(node.output):
+            kept.append(node)
+            want.update(_node_inputs(node))
+    return kept[::-1]
+
+
+# Ops whose output is not a function of their inputs: never evaluated ahead of time.
+_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                     "Bernoulli"}
+
+
+def _constant_tensors(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> set[str]:
+    """Outputs of ``nodes`` computed from initializers and Constant nodes alone (no graph input on their path)."""
+    constant = {init.name for init in model.graph.initializer}
+    for node in nodes:
+        inputs = _node_inputs(node)
+        deterministic = node.op_type not in _NONDETERMINISTIC and (inputs or node.op_type == "Constant")
+        if deterministic and all(n in constant for n in inputs):
+            constant.update(o for o in node.output if o)
+    return constant - {init.name for init in model.graph.initializer}
+
+
+def _evaluate(model: onnx.ModelProto, nodes: list[onnx.NodeProto], names: list[str],
+              types: dict[str, onnx.ValueInfoProto]) -> list[onnx.TensorProto]:
+    """``names`` (constant tensors of ``nodes``) as initializers, computed by ONNX Runtime's CPU kernels: the
+    ones that computed them in the prefix, and that fold them at load in plain inference, so the values
+    are the same bits."""
+    if not names:
+        return []
+    import onnxruntime as ort  # only a split with constant crossings needs it, in the preparing child
+
+    outputs = [types.get(n) or helper.make_empty_tensor_value_info(n) for n in names]
+    graph = _subgraph(model, "constants", _producers(nodes, names), outputs)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        values = session.run(names, {})
+    except Exception as exc:  # noqa: BLE001 - ORT's errors have no common base class
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"cannot evaluate the constant '{names[0]}' where the graph is split ({reason}); "
+                         "use --no-split") from None
+    return [numpy_helper.from_array(value, name) for name, value in zip(names, values)]
+
+
+def _subgraph(model, label, nodes, outputs, extra_inputs=(), extra_initializers=()):
     used = {n for node in nodes for n in _node_inputs(node)}
     graph = model.graph
     inputs = [i for i in graph.input if i.name in used] + list(extra_inputs)
-    initializers = [i for i in graph.initializer if i.name in used]
+    initializers = [i for i in graph.initializer if i.name in used] + list(extra_initializers)
     sub = helper.make_graph(nodes, f"{graph.name}_{label}", inputs, list(outputs), initializer=initializers)
     out = helper.make_model(sub, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     out.producer_name = "edgetune"
