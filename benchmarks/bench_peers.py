@@ -15,6 +15,13 @@ Each peer runs twice in a fresh child process: once to time steps on a fixed bat
 and read its peak RSS (VmHWM), once to train for ``--budget-s`` seconds of wall clock on Rotten
 Tomatoes and score a fixed dev subset before and after. A peer that cannot run (no venv) is reported
 as such in the table. Writes benchmarks/results/peers.{json,md} (peers_<B>x<T> for other shapes).
+
+Every peak is compared with a framework-free floor for the same model and batch (``measure_floor``):
+the VmHWM of a fresh process that imports only onnxruntime and numpy and runs one forward, minus the
+VmHWM of one that only imports them. That is the weights as ORT holds them plus one forward's
+activations; the PyTorch MeZO peer's peak also holds ``import torch`` + ``transformers``, ORT training's
+``import torch`` (its training API imports it), and both the interpreter. ``--floor-only`` measures the
+floor and rebuilds the table from the existing results JSON without rerunning the peers.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import numpy as np
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from common import demo_model, long_texts_jsonl, machine, write_results  # noqa: E402
+from common import RESULTS, child_peak_rss, demo_model, long_texts_jsonl, machine, write_results  # noqa: E402
 from peers_common import DATA_FILE, INPUTS, RESULT_MARK  # noqa: E402
 from peers_mezo import HEAD_FILE  # noqa: E402  (a constant; torch is imported only in its child)
 from peers_ort_venv import VenvUnavailable, ensure_venv  # noqa: E402
@@ -152,23 +159,69 @@ def measure_all(workdir: Path, onnx_path: Path, args) -> dict[str, dict]:
     return results
 
 
-def table(results: dict[str, dict]) -> list[list]:
+FLOOR_REPEATS = 3  # fresh processes per floor figure; the median is kept
+
+
+def measure_floor(onnx_path: Path, args) -> dict:
+    """The framework-free floor (MB) for this model and batch, and what the frameworks' imports cost.
+
+    Medians of fresh processes (``common.child_peak_rss``, VmHWM at exit); see the module docstring.
+    The planner's prediction for the same inference is kept beside it as a cross-check.
+    """
+    from statistics import median
+
+    from edgetune.plan import Planner
+
+    def peak(function: str, *call) -> float:
+        return median(child_peak_rss("peers_common", function, list(call), FLOOR_REPEATS))
+
+    numpy_only = peak("import_only", "numpy")
+    ort_only = peak("import_only", "onnxruntime")
+    forward = peak("inference_forward", str(onnx_path), args.batch_size, args.tokens, args.threads)
+    planned = Planner(onnx_path).inference(args.batch_size, args.tokens)
+    return {"floor_mb": forward - ort_only, "forward_process_mb": forward, "import_onnxruntime_mb": ort_only,
+            "import_numpy_mb": numpy_only, "import_torch_mb": peak("import_only", "torch"),
+            "import_transformers_mb": peak("import_only", "transformers"),
+            "planner_inference": planned.to_json(), "repeats": FLOOR_REPEATS}
+
+
+def table(results: dict[str, dict], floor_mb: float) -> list[list]:
     base = results[BASELINE]
     rows = []
     for peer in PEERS:
         r = results[peer.name]
         if not {"step_ms", "accuracy_after"} <= set(r) or "step_ms" not in base:
-            rows.append([peer.name, "-", "-", "-", "-", "-", f"failed: {r.get('error', '?')}"])
+            rows.append([peer.name, "-", "-", "-", "-", "-", f"{floor_mb:.0f}", "-", f"failed: {r.get('error', '?')}"])
             continue
         rows.append([peer.name, f"{r['trainable_params']:,}", peer.forwards, f"{r['step_ms']:.0f}",
-                     f"{r['step_ms'] / base['step_ms']:.2f}×", f"{r['peak_rss_mb']:.0f}",
+                     f"{r['step_ms'] / base['step_ms']:.2f}×", f"{r['peak_rss_mb']:.0f}", f"{floor_mb:.0f}",
+                     f"{r['peak_rss_mb'] / floor_mb:.2f}×",
                      f"{r['accuracy_before']:.3f} → {r['accuracy_after']:.3f} ({r['budget_steps']} steps)"])
     for peer in (MEZO, ORT_TRAINING):
         other = results[peer]
         if "step_ms" in other and "step_ms" in base:
             rows.append([f"edgetune all ÷ {peer}", "", "", "", f"{base['step_ms'] / other['step_ms']:.2f}×",
-                         f"{base['peak_rss_mb'] / other['peak_rss_mb']:.2f}×", ""])
+                         f"{base['peak_rss_mb'] / other['peak_rss_mb']:.2f}×", "", "", ""])
     return rows
+
+
+def floor_note(floor: dict, rerun: bool) -> str:
+    """The table's note (kept in the .md below the table; update_readme.py copies only the table)."""
+    note = (f"Floor: one onnxruntime forward at this batch in a process importing only onnxruntime + numpy, "
+            f"{floor['forward_process_mb']:.0f} MB, minus that interpreter's {floor['import_onnxruntime_mb']:.0f} MB "
+            f"(median of {floor['repeats']} fresh processes). A process that only imports peaks at: numpy "
+            f"{floor['import_numpy_mb']:.0f} MB, torch {floor['import_torch_mb']:.0f} MB, transformers "
+            f"{floor['import_transformers_mb']:.0f} MB (system Python; MeZO imports both).")
+    if not rerun:
+        note += (" The peers were not rerun: their figures are the existing results JSON's, the floor "
+                 "columns were measured now (bench_peers.py --floor-only).")
+    return note
+
+
+def header(args) -> list[str]:
+    return ["configuration", "trainable weights", "forward passes / step", f"ms / step ({args.batch_size}×{args.tokens})",
+            "÷ edgetune all", "peak RSS (MB)", "framework-free floor (MB)", "peak ÷ floor",
+            f"dev accuracy, {args.budget_s:.0f} s {args.budget_clock} budget"]
 
 
 def parse_args(argv):
@@ -184,6 +237,8 @@ def parse_args(argv):
     parser.add_argument("--dev-size", type=int, default=256, help="dev rows scored before and after")
     parser.add_argument("--eval-batch-size", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="20 s budget, 3 timed steps, 64 dev rows")
+    parser.add_argument("--floor-only", action="store_true",
+                        help="measure the framework-free floor and rebuild the table from the existing results JSON")
     args = parser.parse_args(argv)
     if args.quick:
         args.budget_s, args.timed_steps, args.dev_size, args.rounds = 20.0, 2, 64, 1
@@ -194,23 +249,39 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def floor_only(name: str, onnx_path: Path, args) -> None:
+    """Add the floor to an existing run: the peers' figures stay, the run's own settings name the table."""
+    payload = json.loads((RESULTS / f"{name}.json").read_text())
+    for key in ("batch_size", "tokens", "threads", "budget_s", "budget_clock"):
+        setattr(args, key, payload[key])
+    payload["floor"] = {**measure_floor(onnx_path, args), "load_average": os.getloadavg(), "peers_rerun": False}
+    results = {p.name: payload["peers"][p.name] for p in PEERS}
+    write_results(name, payload, header(args), table(results, payload["floor"]["floor_mb"]))
+    with open(RESULTS / f"{name}.md", "a") as f:
+        f.write("\n" + floor_note(payload["floor"], rerun=False) + "\n")
+
+
 def main(argv=None):
     args = parse_args(argv)
+    default_shape = (args.batch_size, args.tokens) == (8, 128)
+    name = "peers" if default_shape else f"peers_{args.batch_size}x{args.tokens}"
+    onnx_path, train_path, dev_path = demo_model()
+    if args.floor_only:
+        floor_only(name, onnx_path, args)
+        return
     with tempfile.TemporaryDirectory(prefix="edgetune_peers_") as tmp:
         workdir = Path(tmp)
-        onnx_path, train_path, dev_path = demo_model()
         prepare_data(workdir, onnx_path, train_path, dev_path, args)
         np.savez(workdir / HEAD_FILE, **head_weights(onnx_path))  # the PyTorch peer's starting head
         results = measure_all(workdir, onnx_path, args)
+    floor = {**measure_floor(onnx_path, args), "peers_rerun": True}
     payload = {"machine": machine(), "load_average": os.getloadavg(), "batch_size": args.batch_size,
                "tokens": args.tokens, "threads": args.threads, "budget_s": args.budget_s,
-               "budget_clock": args.budget_clock, "dev_size": args.dev_size, "zo_eps": ZO_EPS,
+               "budget_clock": args.budget_clock, "dev_size": args.dev_size, "zo_eps": ZO_EPS, "floor": floor,
                "peers": {p.name: {"options": p.options, "forwards": p.forwards, **results[p.name]} for p in PEERS}}
-    default_shape = (args.batch_size, args.tokens) == (8, 128)
-    name = "peers" if default_shape else f"peers_{args.batch_size}x{args.tokens}"
-    header = ["configuration", "trainable weights", "forward passes / step", f"ms / step ({args.batch_size}×{args.tokens})",
-              "÷ edgetune all", "peak RSS (MB)", f"dev accuracy, {args.budget_s:.0f} s {args.budget_clock} budget"]
-    write_results(name, payload, header, table(results))
+    write_results(name, payload, header(args), table(results, floor["floor_mb"]))
+    with open(RESULTS / f"{name}.md", "a") as f:
+        f.write("\n" + floor_note(floor, rerun=True) + "\n")
 
 
 if __name__ == "__main__":

@@ -142,3 +142,28 @@ def _train_for_budget(peer: Peer, data: PeerData, budget_s: float, clock: str, e
 def _accuracy(peer: Peer, data: PeerData, batch_size: int) -> float:
     correct = sum(int(np.sum(np.argmax(peer.logits(b), axis=-1) == b["labels"])) for b in data.dev_batches(batch_size))
     return correct / len(data.dev)
+
+
+# -- the framework-free floor: children of bench_peers.measure_floor (through common.child_peak_rss) --
+
+def import_only(module: str) -> None:
+    """Import ``module`` and nothing else: the interpreter baseline a child's peak is compared with."""
+    __import__(module)
+
+
+def inference_forward(onnx_path: str, batch: int, tokens: int, threads: int) -> None:
+    """One ONNX Runtime forward of ``onnx_path`` on a batch × tokens batch, importing only onnxruntime.
+
+    Peak RSS minus ``import_only("onnxruntime")``'s is what inference of this model at this shape needs
+    (weights as ORT holds them + the activations of one forward), with no training framework loaded.
+    Token values do not change the memory, so the batch is id 1 everywhere with a full attention mask.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+    feeds = {i.name: np.ones((batch, tokens), dtype=np.int64) for i in session.get_inputs()}
+    if "token_type_ids" in feeds:
+        feeds["token_type_ids"][:] = 0
+    session.run(None, feeds)

@@ -72,3 +72,26 @@ def test_mezo_step_moves_along_the_regenerated_noise():
         z = torch.normal(mean=0.0, std=1.0, size=p.shape)
         torch.testing.assert_close(p.detach() - p0, -lr * grad * z, atol=1e-6, rtol=1e-4)
     assert grad != 0.0
+
+
+def test_floor_child_runs_the_model_without_any_framework(classifier):
+    # the floor is inference with nothing else loaded: the child must run the forward and import
+    # neither edgetune nor torch (either would count in its peak)
+    code = (f"import sys; sys.path.insert(0, {str(BENCHMARKS)!r}); import peers_common as m; "
+            f"m.inference_forward({str(classifier['model'])!r}, 2, 16, 1); "
+            "print(sorted(k for k in ('torch', 'edgetune', 'transformers') if k in sys.modules))")
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "[]"
+
+
+def test_peers_table_reports_each_peak_against_the_floor():
+    from bench_peers import MEZO, PEERS, table
+
+    results = {p.name: {"trainable_params": 1, "step_ms": 100.0, "peak_rss_mb": 200.0, "accuracy_before": 0.5,
+                        "accuracy_after": 0.6, "budget_steps": 3} for p in PEERS}
+    results[MEZO]["peak_rss_mb"] = 500.0
+    rows = {row[0]: row for row in table(results, floor_mb=125.0)}
+    assert rows[PEERS[0].name][6:8] == ["125", "1.60×"]
+    assert rows[MEZO][6:8] == ["125", "4.00×"]
+    assert rows[f"{PEERS[0].name} ÷ {MEZO}"][5] == "0.40×"
