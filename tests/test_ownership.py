@@ -64,11 +64,16 @@ def test_tune_refuses_the_folder_of_its_model_or_tokenizer(bundle, tmp_path, cli
     assert sorted(p.name for p in other.iterdir()) == ["tokenizer.json"]
 
 
-def test_replay_apply_and_export_refuse_to_write_over_their_inputs(bundle, tmp_path, cli):
-    run = tmp_path / "run"
-    tuner = Tuner.from_onnx(bundle["model"], trainable="last:1", max_length=64)
+def finished_run(bundle, run: Path, trainable: str) -> Path:
+    """A two-step run of ``trainable`` on the bundle, saved in ``run``."""
+    tuner = Tuner.from_onnx(bundle["model"], trainable=trainable, max_length=64)
     tuner.fit(bundle["train"], output_dir=run, steps=2)
     tuner.save(run)
+    return run
+
+
+def test_replay_apply_and_export_refuse_to_write_over_their_inputs(bundle, tmp_path, cli):
+    run = finished_run(bundle, tmp_path / "run", "last:1")
     snapshot = Snapshot(bundle["dir"], run)
     assert_rejected(cli("replay", "--onnx", bundle["model"], "--log", run / "run.etlog", "--output", run),
                     f"--output {run} holds the input", "run.etlog")
@@ -89,10 +94,7 @@ def test_replay_apply_and_export_refuse_to_write_over_their_inputs(bundle, tmp_p
 
 
 def test_replay_and_apply_replace_an_earlier_output_only_with_overwrite(bundle, tmp_path, cli):
-    run = tmp_path / "run"
-    tuner = Tuner.from_onnx(bundle["model"], trainable="lora:r=2,targets=q", max_length=64)
-    tuner.fit(bundle["train"], output_dir=run, steps=2)
-    tuner.save(run)
+    run = finished_run(bundle, tmp_path / "run", "lora:r=2,targets=q")  # apply takes a LoRA run's slice
     replay = ("replay", "--onnx", bundle["model"], "--log", run / "run.etlog", "--output", tmp_path / "re")
     apply = ("apply", "--onnx", bundle["model"], "--adapter", run / "trainable.safetensors",
              "--output", tmp_path / "merged.onnx")
