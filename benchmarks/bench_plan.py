@@ -9,6 +9,14 @@ parent's peak): plain ORT inference, edgetune modes (Tuner.from_onnx + 2 fit ste
 PyTorch first-order fine-tuning with AdamW (full, gradient checkpointing, LoRA r=8 on q,v). With
 --repeats > 1 the median is reported (glibc's adaptive mmap threshold makes a large session's
 resident memory vary run to run). Writes benchmarks/results/plan.{json,md}.
+
+The planner's constants were fitted on MiniLM and SmolLM2 at the points its docstring lists
+(``FITTED_POINTS``), so a row at such a point only shows the fit. Held-out rows validate it: the same
+two models at shapes outside the fit (``HELDOUT_*_POINTS``, T = 384 beyond the fitted lengths) and a
+model used in no fit, a BERT-shaped classifier from ``models/tiny.py`` scaled up to hidden 512, 8 heads,
+4 blocks and an 8,000-row embedding (17 M weights; no PyTorch twin, so no first-order rows). Every row
+says which set it is in, and the summary gives mean and max |error| per set.
+``--heldout-only`` runs only the held-out rows and merges them into the existing plan.json.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_smollm2_rt import TEMPLATE, VERBALIZER  # noqa: E402
-from common import child_peak_rss, demo_model, long_texts_jsonl, machine, write_results  # noqa: E402
+from common import RESULTS, child_peak_rss, demo_model, long_texts_jsonl, machine, write_results  # noqa: E402
 
 from edgetune.plan import Planner  # noqa: E402
 
@@ -36,6 +44,19 @@ SMOLLM2_POINTS = [(4, 128), (16, 64)]
 MINILM_MODES = ["all", "last:2", LORA]
 SMOLLM2_MODES = ["last:2", LORA]
 TORCH_MODES = ["full", "full + checkpointing", LORA]
+HELDOUT_MINILM_POINTS = [(4, 384), (24, 96)]
+HELDOUT_SMOLLM2_POINTS = [(6, 96)]
+SCALED_TINY = "tiny BERT h512 (held-out model)"
+SCALED_TINY_SHAPE = {"vocab_size": 8000, "hidden": 512, "heads": 8, "layers": 4, "max_positions": 256}
+SCALED_TINY_POINTS = [(8, 128), (16, 200)]
+# (model, batch, length) at which edgetune/plan.py's constants were fitted (its comments): the ORT
+# forward on MiniLM at 8xT (T 32..256), 16x128, 32x128, 64x64 and SmolLM2 at 4x128, 8x64, 16x64,
+# 1x256; PyTorch's constants on MiniLM full fine-tuning at 8x128 and 32x128. The session constants
+# were fitted on both models at load time (no shape), so no row of theirs is fully held out of that.
+FITTED_POINTS = {("all-MiniLM-L6-v2", 8, t) for t in (32, 64, 128, 256)} | {
+    ("all-MiniLM-L6-v2", 16, 128), ("all-MiniLM-L6-v2", 32, 128), ("all-MiniLM-L6-v2", 64, 64),
+    ("SmolLM2-135M", 4, 128), ("SmolLM2-135M", 8, 64), ("SmolLM2-135M", 16, 64), ("SmolLM2-135M", 1, 256)}
+FITTED, HELDOUT_SHAPE, HELDOUT_MODEL = "fitted", "held-out shape", "held-out model"
 
 
 
@@ -98,6 +119,20 @@ def measure(kind: str, *args, repeats: int = 1) -> tuple[float, list[float]]:
     return statistics.median(values), values
 
 
+def fit_set(model: str, batch: int, length: int) -> str:
+    if model == SCALED_TINY:
+        return HELDOUT_MODEL
+    return FITTED if (model, batch, length) in FITTED_POINTS else HELDOUT_SHAPE
+
+
+def scaled_tiny_model(directory: Path) -> Path:
+    """The held-out model: models/tiny.py's classifier scaled up (its tokenizer beside it)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from models.tiny import make_classifier_bundle
+
+    return make_classifier_bundle(directory, **SCALED_TINY_SHAPE)["model"]
+
+
 def lm_texts(source: Path, target: Path, words: int) -> Path:
     rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
     text = " ".join(r["text"] for r in rows)
@@ -106,18 +141,92 @@ def lm_texts(source: Path, target: Path, words: int) -> Path:
     return target
 
 
+def run_model(name: str, model: Path, points, modes, repeats: int, has_torch: bool, train: Path,
+              tmp: Path) -> list[dict]:
+    """Predict and measure every mode of ``model`` at ``points``; one record per row."""
+    planner = Planner(model)
+    records = []
+    for batch, length in points:
+        if planner.arch.task == "lm":
+            data = lm_texts(train, tmp / f"edgetune_plan_lm_{length}.jsonl", length)
+        else:
+            data = long_texts_jsonl(train, tmp / f"edgetune_plan_{name[:4]}_{length}.jsonl", words=length)
+        jobs = [(planner.inference(batch, length), "inference", (str(model), batch, length))]
+        jobs += [(planner.edgetune(m, batch, length), "tune", (str(model), batch, length, m, str(data))) for m in modes]
+        if planner.arch.task == "lm":  # a verbaliser scores one token per example (--scored-tokens 1)
+            verbalized = long_texts_jsonl(train, tmp / f"edgetune_plan_verbalizer_{length}.jsonl", words=length)
+            prediction = Planner(model, scored_tokens=1).edgetune(LORA, batch, length)
+            prediction.mode += ", verbaliser (--scored-tokens 1)"
+            jobs.append((prediction, "tune", (str(model), batch, length, LORA, str(verbalized), VERBALIZER, TEMPLATE)))
+        if has_torch and name == "all-MiniLM-L6-v2":
+            predictions = {"full": planner.first_order(batch, length),
+                           "full + checkpointing": planner.first_order(batch, length, checkpointing=True),
+                           LORA: planner.first_order(batch, length, lora=LORA)}
+            jobs += [(predictions[m], "torch", (batch, length, m)) for m in TORCH_MODES]
+        for prediction, kind, child_args in jobs:
+            measured, values = measure(kind, *child_args, repeats=repeats)
+            error = 100.0 * (prediction.peak_mb - measured) / measured
+            label = {"tune": "edgetune ", "torch": "PyTorch first-order "}.get(kind, "") + prediction.mode
+            records.append({"model": name, "batch": batch, "length": length, "mode": label,
+                            "set": fit_set(name, batch, length),
+                            "predicted_mb": round(prediction.peak_mb, 1), "measured_mb": round(measured, 1),
+                            "measured_runs_mb": [round(v, 1) for v in values], "error_pct": round(error, 1),
+                            "parts": prediction.to_json()["parts"]})
+            print(" | ".join(str(c) for c in table_row(records[-1])), flush=True)
+    return records
+
+
+def table_row(r: dict) -> list:
+    return [r["model"], f"{r['batch']}×{r['length']}", r["mode"], r["set"], f"{r['predicted_mb']:.0f}",
+            f"{r['measured_mb']:.0f}", f"{r['error_pct']:+.1f}"]
+
+
+def summary(records: list[dict]) -> dict:
+    """mean and max |error| over all rows, and per set (fitted, held-out shape, held-out model, held-out)."""
+    groups = {"all": records, "held-out": [r for r in records if r["set"] != FITTED]}
+    for name in (FITTED, HELDOUT_SHAPE, HELDOUT_MODEL):
+        groups[name] = [r for r in records if r["set"] == name]
+    out = {}
+    for name, rows in groups.items():
+        errors = [abs(r["error_pct"]) for r in rows]
+        if errors:
+            out[name] = {"count": len(errors), "mean_abs_error_pct": round(statistics.mean(errors), 1),
+                         "max_abs_error_pct": max(errors), "within_15pct": sum(e <= 15 for e in errors)}
+    return out
+
+
+def write_plan(records: list[dict], payload: dict) -> None:
+    """plan.{json,md}: every row with its set; plan_summary.md: mean and max |error| per set (a table of
+    its own, as update_readme.py pastes every table line of a results file into one README table)."""
+    sums = summary(records)
+    payload = {**payload, "rows": records, "summary": sums, **{k: sums["all"][k] for k in sums["all"]}}
+    write_results("plan", payload, ["model", "batch×len", "mode", "set", "predicted MB", "measured MB", "error %"],
+                  [table_row(r) for r in records])
+    lines = ["| set | rows | mean abs error % | max abs error % | within 15 % |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {name} | {s['count']} | {s['mean_abs_error_pct']:.1f} | {s['max_abs_error_pct']:.1f} | "
+              f"{s['within_15pct']}/{s['count']} |" for name, s in sums.items()]
+    (RESULTS / "plan_summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=1, help="children per configuration (median reported)")
     parser.add_argument("--smollm2-repeats", type=int, default=3)
     parser.add_argument("--skip-torch", action="store_true")
+    parser.add_argument("--heldout-only", action="store_true",
+                        help="run only the held-out rows, merged into the existing plan.json")
     args = parser.parse_args(argv)
     began = time.time()
     minilm, train, _ = demo_model()
     tmp = Path(tempfile.gettempdir())
-    models = [("all-MiniLM-L6-v2", minilm, MINILM_POINTS, MINILM_MODES, args.repeats)]
+    fitted_models = [("all-MiniLM-L6-v2", minilm, MINILM_POINTS, MINILM_MODES, args.repeats)]
+    heldout_models = [("all-MiniLM-L6-v2", minilm, HELDOUT_MINILM_POINTS, MINILM_MODES, args.repeats),
+                      (SCALED_TINY, scaled_tiny_model(tmp / "edgetune_plan_tiny_h512"), SCALED_TINY_POINTS,
+                       MINILM_MODES, args.repeats)]
     if SMOLLM2.is_file():
-        models.insert(0, ("SmolLM2-135M", SMOLLM2, SMOLLM2_POINTS, SMOLLM2_MODES, args.smollm2_repeats))
+        fitted_models.insert(0, ("SmolLM2-135M", SMOLLM2, SMOLLM2_POINTS, SMOLLM2_MODES, args.smollm2_repeats))
+        heldout_models.insert(0, ("SmolLM2-135M", SMOLLM2, HELDOUT_SMOLLM2_POINTS, SMOLLM2_MODES, args.smollm2_repeats))
     else:
         print(f"note: {SMOLLM2} not found, SmolLM2 skipped (export it with `edgetune export --model smollm2`)")
     try:
@@ -127,44 +236,21 @@ def main(argv=None) -> None:
         has_torch = False
         print("note: torch not importable, first-order rows skipped")
 
-    rows, records = [], []
-    for name, model, points, modes, repeats in models:
-        planner = Planner(model)
-        for batch, length in points:
-            if planner.arch.task == "lm":
-                data = lm_texts(train, tmp / f"edgetune_plan_lm_{length}.jsonl", length)
-            else:
-                data = long_texts_jsonl(train, tmp / f"edgetune_plan_{length}.jsonl", words=length)
-            jobs = [(planner.inference(batch, length), "inference", (str(model), batch, length))]
-            jobs += [(planner.edgetune(m, batch, length), "tune", (str(model), batch, length, m, str(data))) for m in modes]
-            if planner.arch.task == "lm":  # a verbaliser scores one token per example (--scored-tokens 1)
-                verbalized = long_texts_jsonl(train, tmp / f"edgetune_plan_verbalizer_{length}.jsonl", words=length)
-                prediction = Planner(model, scored_tokens=1).edgetune(LORA, batch, length)
-                prediction.mode += ", verbaliser (--scored-tokens 1)"
-                jobs.append((prediction, "tune", (str(model), batch, length, LORA, str(verbalized), VERBALIZER, TEMPLATE)))
-            if has_torch and name == "all-MiniLM-L6-v2":
-                predictions = {"full": planner.first_order(batch, length),
-                               "full + checkpointing": planner.first_order(batch, length, checkpointing=True),
-                               LORA: planner.first_order(batch, length, lora=LORA)}
-                jobs += [(predictions[m], "torch", (batch, length, m)) for m in TORCH_MODES]
-            for prediction, kind, child_args in jobs:
-                measured, values = measure(kind, *child_args, repeats=repeats)
-                error = 100.0 * (prediction.peak_mb - measured) / measured
-                label = {"tune": "edgetune ", "torch": "PyTorch first-order "}.get(kind, "") + prediction.mode
-                rows.append([name, f"{batch}×{length}", label, f"{prediction.peak_mb:.0f}", f"{measured:.0f}",
-                             f"{error:+.1f}"])
-                records.append({"model": name, "batch": batch, "length": length, "mode": label,
-                                "predicted_mb": round(prediction.peak_mb, 1), "measured_mb": round(measured, 1),
-                                "measured_runs_mb": [round(v, 1) for v in values], "error_pct": round(error, 1),
-                                "parts": prediction.to_json()["parts"]})
-                print(" | ".join(rows[-1]), flush=True)
-    errors = [abs(r["error_pct"]) for r in records]
-    payload = {"machine": machine(), "seconds": round(time.time() - began, 1), "rows": records,
-               "max_abs_error_pct": max(errors), "mean_abs_error_pct": round(statistics.mean(errors), 1),
-               "within_15pct": sum(e <= 15 for e in errors), "count": len(errors)}
-    write_results("plan", payload, ["model", "batch×len", "mode", "predicted MB", "measured MB", "error %"], rows)
-    print(f"max |error| {max(errors):.1f} %, mean {statistics.mean(errors):.1f} %, "
-          f"{payload['within_15pct']}/{len(errors)} within 15 %, {payload['seconds']:.0f} s")
+    records, seconds = [], 0.0
+    if args.heldout_only:
+        previous = json.loads((RESULTS / "plan.json").read_text())
+        seconds = previous["seconds"]
+        # rows of an earlier run get their set; its held-out rows are replaced by this run's
+        records = [{**r, "set": fit_set(r["model"], r["batch"], r["length"])} for r in previous["rows"]]
+        heldout = {(n, b, length) for n, _, points, _, _ in heldout_models for b, length in points}
+        records = [r for r in records if (r["model"], r["batch"], r["length"]) not in heldout]
+    else:
+        for name, model, points, modes, repeats in fitted_models:
+            records += run_model(name, model, points, modes, repeats, has_torch, train, tmp)
+    for name, model, points, modes, repeats in heldout_models:
+        records += run_model(name, model, points, modes, repeats, has_torch, train, tmp)
+    write_plan(records, {"machine": machine(), "seconds": round(seconds + time.time() - began, 1),
+                         "heldout_only_rerun": args.heldout_only})
 
 
 if __name__ == "__main__":
