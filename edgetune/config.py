@@ -179,7 +179,7 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 0  # 0: evaluate only before and after
     save_every: int = 0  # 0: checkpoint only at the end
-    eval_batch_size: int = 64
+    eval_batch_size: int = 0  # 0: --batch-size, so that evaluating needs no more memory than a step
     # DiZO (--optimizer dizo), published defaults: project every κ steps by a ZO search of the per-tensor
     # scale r of θ − θ0 (iterations, probe ±ε, step, clip to 1 ± τ)
     dizo_interval: int = 50
@@ -267,6 +267,11 @@ class TrainConfig:
         if self.eval_every and not eval_data:
             raise EdgetuneError(f"--eval-every {self.eval_every} needs --eval-data (the file to evaluate on)")
 
+    @property
+    def eval_rows(self) -> int:
+        """Examples per evaluation run: ``eval_batch_size``, or the training batch size when it is 0."""
+        return self.eval_batch_size or self.batch_size
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -278,7 +283,7 @@ def _train_bounds() -> dict[str, Bound]:
     at_least_1 = Bound(1)
     return {
         "steps": Bound(1, MAX_STEPS, why="the trajectory log numbers steps in 32 bits"),
-        "batch_size": at_least_1, "eval_batch_size": at_least_1,
+        "batch_size": at_least_1, "eval_batch_size": Bound(0, why="0: the training --batch-size"),
         "queries": Bound(1, MAX_QUERIES, why="the trajectory log stores q in 16 bits"),
         "dizo_interval": at_least_1, "dizo_iters": at_least_1, "window": at_least_1,
         "lr": Bound(positive=True), "eps": Bound(positive=True), "dizo_eps": Bound(positive=True),

@@ -307,7 +307,7 @@ class Tuner:
             start, history, before, optimizer_state, spent = self._restore(out / CHECKPOINT, fingerprint, config)
             trajectory = trajectory.continued(out / TRAJECTORY, start)
         elif dev is not None:
-            before = self.evaluate(dev, config.eval_batch_size)
+            before = self.evaluate(dev, config.eval_rows)
         if progress:
             progress.on_start(start, config.steps)
             if before is not None and not resume:
@@ -375,13 +375,13 @@ class Tuner:
                 if out_of_budget():
                     break  # the budget's end is the run's end: evaluated and saved below
                 if eval_now:
-                    row = {"forwards": spent, **self.evaluate(dev, config.eval_batch_size)}
+                    row = {"forwards": spent, **self.evaluate(dev, config.eval_rows)}
                     history.append({"step": done, **row})
                     if progress:
                         progress.on_eval(done, row)
                 if save_now:
                     save(done)
-            after = self.evaluate(dev, config.eval_batch_size) if dev is not None else None
+            after = self.evaluate(dev, config.eval_rows) if dev is not None else None
             if after is not None:
                 row = {"forwards": spent, **after}
                 history.append({"step": done, **row})

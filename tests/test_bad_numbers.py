@@ -34,7 +34,7 @@ TUNE_CASES = [
     (("--queries", "1000000000"), ["--queries must be between 1 and 65535", "16 bits"]),
     (("--queries", "70000"), ["--queries must be between 1 and 65535, got 70000"]),
     (("--batch-size", "0"), ["--batch-size must be at least 1, got 0"]),
-    (("--eval-batch-size", "-2"), ["--eval-batch-size must be at least 1, got -2"]),
+    (("--eval-batch-size", "-2"), ["--eval-batch-size must be at least 0, got -2 (0: the training --batch-size)"]),
     (("--trainable", "lora:r=100000"), ["lora r=100000 is more than layer", "r must be at most 32"]),
     (("--trainable", "last:99"), ["--trainable 'last:99': the model has only 3 blocks"]),
     (("--trainable", "blocks:1-99"), ["--trainable 'blocks:1-99': block 99 is beyond the model's last block"]),

@@ -163,3 +163,11 @@ def test_resume_refuses_a_different_tokenizer(classifier, tmp_path):
     again = Tuner.from_onnx(classifier["model"], trainable="last:1", tokenizer=other)
     with pytest.raises(EdgetuneError, match="cannot resume, 'tokenizer' differs from the checkpoint"):
         again.fit(classifier["train"], output_dir=tmp_path / "out", steps=6, resume=True)
+
+
+def test_evaluation_runs_the_training_batch_unless_told_otherwise():
+    """An evaluation batch larger than a step's would set the job's peak memory above the step's."""
+    from edgetune.config import TrainConfig
+
+    assert TrainConfig(batch_size=8).eval_rows == 8
+    assert TrainConfig(batch_size=8, eval_batch_size=32).eval_rows == 32
