@@ -489,6 +489,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from edgetune.engine.malloc import pin_mmap_threshold
+
+    pin_mmap_threshold()  # the job's peak must not depend on the order glibc saw blocks freed in
     args = build_parser().parse_args(argv)
     # the library's warnings (e.g. an adapter format it could not write) as one plain line each
     logging.basicConfig(format="edgetune: warning: %(message)s", level=logging.WARNING, stream=sys.stderr)
