@@ -4,7 +4,7 @@ glibc serves allocations of 128 KiB and more with ``mmap`` and returns them on `
 threshold to the size of any such block that is freed: later blocks below the new threshold come from the
 heap and stay resident after ``free``. Which blocks are freed first while ONNX Runtime loads a model
 depends on thread timing, so the same job peaked in two modes (MiniLM, LoRA q,v, 16 x 64: 264-266 MB in 7
-of 10 runs, 247-248 MB in 3); with the threshold pinned, 5 of 5 runs peaked at 248 MB
+of 10 runs, 247-248 MB in 3); with the threshold pinned, 10 of 10 runs peaked at 248 MB
 (``benchmarks/bench_job_peak.py``). Pinning it (any explicit ``M_MMAP_THRESHOLD`` turns the adjustment off)
 keeps large blocks returned to the system when freed. A library embedded in an app leaves the app's
 allocator alone: only the command line calls this.
