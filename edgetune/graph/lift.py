@@ -15,7 +15,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgetune.errors import ModelError
-from edgetune.io import atomic_write_bytes
+from edgetune.io import atomic_write_bytes, temporary_path
 
 _EXTERNAL_DATA_THRESHOLD = 1 << 30  # protobuf cannot serialise past 2 GiB; stay well clear
 
@@ -76,6 +76,10 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> None:
         return
     data_name = path.name + ".data"
     onnx.external_data_helper.convert_model_to_external_data(model, all_tensors_to_one_file=True, location=data_name)
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save_model(model, str(tmp))  # writes the .data file next to it first
-    tmp.replace(path)
+    tmp = temporary_path(path)  # named as io's temporaries, so a killed save is cleaned like theirs
+    try:
+        onnx.save_model(model, str(tmp))  # writes the .data file next to it first
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
