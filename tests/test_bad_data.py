@@ -394,11 +394,16 @@ def chat_lm(lm, tmp_path):
      ["chat_template.jinja", "grows namespace attribute 's'"]),
     (LOOP_SILENT, ["chat_template.jinja", "runs longer than 10 s"]),
 ], ids=["include", "import", "extends", "loop", "multiply", "center", "doubling", "silent-loop"])
-def test_hostile_chat_template_is_one_line_in_bounded_memory(chat_lm, cli, template, fragments):
+def test_hostile_chat_template_is_one_line_in_bounded_memory(chat_lm, template, fragments):
+    _eval_rejects_template(chat_lm, template.encode(), fragments, _limited)
+
+
+def _eval_rejects_template(chat_lm, source: bytes, fragments, run) -> None:
+    """``eval`` (started by ``run``) of the chat data with ``source`` as the template: one line, inputs untouched."""
     directory, data = chat_lm
-    (directory / "chat_template.jinja").write_text(template)
+    (directory / "chat_template.jinja").write_bytes(source)
     inputs = Snapshot(directory, data)
-    assert_rejected(_limited(*EVAL, "--onnx", directory / "model.onnx", "--data", data), *fragments)
+    assert_rejected(run(*EVAL, "--onnx", directory / "model.onnx", "--data", data), *fragments)
     inputs.assert_unchanged()
 
 
@@ -408,11 +413,7 @@ def test_hostile_chat_template_is_one_line_in_bounded_memory(chat_lm, cli, templ
     (b"x" * (5 << 20), ["chat_template.jinja", "longer than 1,048,576 characters"]),
 ], ids=["not-utf8", "nested", "huge"])
 def test_unusable_chat_template_file(chat_lm, cli, source, fragments):
-    directory, data = chat_lm
-    (directory / "chat_template.jinja").write_bytes(source)
-    inputs = Snapshot(directory, data)
-    assert_rejected(cli(*EVAL, "--onnx", directory / "model.onnx", "--data", data), *fragments)
-    inputs.assert_unchanged()
+    _eval_rejects_template(chat_lm, source, fragments, cli)
 
 
 def test_generate_chat_with_an_include_is_refused(chat_lm, cli):
