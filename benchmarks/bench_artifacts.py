@@ -23,7 +23,7 @@ from common import demo_model, machine, write_results  # noqa: E402
 
 from edgetune import Tuner  # noqa: E402
 from edgetune.replay import replay_run  # noqa: E402
-from edgetune.trajectory import Trajectory  # noqa: E402
+from edgetune.artifacts.trajectory import Trajectory  # noqa: E402
 
 
 def dev_logits(model: Path, tuner: Tuner, dev: Path) -> np.ndarray:

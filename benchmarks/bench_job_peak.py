@@ -8,7 +8,7 @@ adapter files). Its peak is that process's VmHWM at exit; summary.json's ``peak_
 it (it must equal it: the save is part of the job). Inference is a fresh process that loads the model into
 an ONNX Runtime session, tokenises the job's first B training texts (truncated to T tokens) and runs them. Rows:
 
-* all-MiniLM-L6-v2 with a 2-label head, Rotten Tomatoes (``edgetune.datasets``), 16 x 64 tokens;
+* all-MiniLM-L6-v2 with a 2-label head, Rotten Tomatoes (``edgetune.data.datasets``), 16 x 64 tokens;
 * SmolLM2-135M (``edgetune export --model smollm2``) classifying Rotten Tomatoes by verbaliser, 8 x 64;
 
 each with ``--trainable all``, ``last:2`` and ``lora:r=8,targets=q,v``. Evaluation runs at the training batch

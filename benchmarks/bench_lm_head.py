@@ -34,7 +34,7 @@ from bench_smollm2_rt import TEMPLATE, VERBALIZER, smollm2_model  # noqa: E402
 from common import child_peak_rss, long_texts_jsonl, machine, write_results  # noqa: E402
 
 from edgetune.data.tokenizer import SIDECARS  # noqa: E402
-from edgetune.datasets import write_rotten_tomatoes_splits  # noqa: E402
+from edgetune.data.datasets import write_rotten_tomatoes_splits  # noqa: E402
 from edgetune.graph.loss import labelled_positions  # noqa: E402
 from edgetune.demo import default_workdir  # noqa: E402
 

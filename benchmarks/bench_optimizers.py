@@ -36,7 +36,7 @@ from common import demo_model, machine, write_results  # noqa: E402
 
 from edgetune import Tuner  # noqa: E402
 from edgetune.config import TrainConfig, field_names  # noqa: E402
-from edgetune.datasets import write_rotten_tomatoes_splits  # noqa: E402
+from edgetune.data.datasets import write_rotten_tomatoes_splits  # noqa: E402
 from edgetune.demo import default_workdir  # noqa: E402
 
 

@@ -46,7 +46,7 @@ from peers_ort_venv import VenvUnavailable, ensure_venv  # noqa: E402
 
 from edgetune import Tuner  # noqa: E402
 from edgetune.data.batching import BatchStream  # noqa: E402
-from edgetune.resources import minilm_dir  # noqa: E402
+from edgetune.data.resources import minilm_dir  # noqa: E402
 
 ZO_EPS = 1e-3
 SEED = 0

@@ -92,7 +92,7 @@ def child_torch(batch: int, length: int, mode: str) -> None:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from edgetune.resources import minilm_dir
+    from edgetune.data.resources import minilm_dir
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -19,9 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, median_time, write_results  # noqa: E402
 
-from edgetune.datasets import write_rotten_tomatoes_splits  # noqa: E402
+from edgetune.data.datasets import write_rotten_tomatoes_splits  # noqa: E402
 from edgetune.export import export_classifier  # noqa: E402
-from edgetune.resources import minilm_dir  # noqa: E402
+from edgetune.data.resources import minilm_dir  # noqa: E402
 
 LABELS = ["negative", "positive"]
 

@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import child_peak_rss, machine, write_results  # noqa: E402
 
 from edgetune import Tuner  # noqa: E402
-from edgetune.datasets import write_rotten_tomatoes_splits  # noqa: E402
+from edgetune.data.datasets import write_rotten_tomatoes_splits  # noqa: E402
 from edgetune.demo import default_workdir  # noqa: E402
 from edgetune.export import export_isolated  # noqa: E402
-from edgetune.resources import smollm2_gguf  # noqa: E402
+from edgetune.data.resources import smollm2_gguf  # noqa: E402
 
 VERBALIZER = "negative=bad,positive=good"
 TEMPLATE = "Review: {text}\nSentiment (good or bad):"

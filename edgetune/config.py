@@ -278,7 +278,7 @@ class TrainConfig:
 
 def _train_bounds() -> dict[str, Bound]:
     """The numeric ranges of :class:`TrainConfig`, the trajectory log's field widths among them."""
-    from edgetune.trajectory import MAX_QUERIES, MAX_STEPS  # the format owns its widths; it needs the core
+    from edgetune.artifacts.trajectory import MAX_QUERIES, MAX_STEPS  # the format owns its widths; it needs the core
 
     at_least_1 = Bound(1)
     return {

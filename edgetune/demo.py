@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from edgetune.progress import ConsoleProgress, console
+from edgetune.cli.progress import ConsoleProgress, console
 
 T = TypeVar("T")
 
@@ -43,7 +43,7 @@ def free_output_dir(output_dir: str | Path) -> Path:
 
     The demo is run again and again (it is the README's first command): a second run should work, and
     must not replace the first one's model, which the user may have kept on purpose."""
-    from edgetune.outdir import run_files
+    from edgetune.artifacts.outdir import run_files
 
     candidate, number = Path(output_dir), 1
     while run_files(candidate):
@@ -54,9 +54,9 @@ def free_output_dir(output_dir: str | Path) -> Path:
 
 def run_demo(steps: int | None = None, workdir: str | None = None, output_dir: str = "out/demo",
              threads: int | None = None, overwrite: bool = False) -> int:
-    from edgetune.datasets import write_rotten_tomatoes_splits
+    from edgetune.data.datasets import write_rotten_tomatoes_splits
     from edgetune.export import export_isolated
-    from edgetune.resources import minilm_dir
+    from edgetune.data.resources import minilm_dir
     from edgetune.tuner import Tuner
 
     if not overwrite and (free := free_output_dir(output_dir)) != Path(output_dir):

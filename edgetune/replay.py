@@ -14,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetune.checkpoint import file_digest
+from edgetune.artifacts.checkpoint import file_digest
 from edgetune.config import TrainConfig
 from edgetune.data import LabelSet
 from edgetune.data.verbalizer import TEMPLATE_KEY, VERBALIZER_KEY
 from edgetune.errors import EdgetuneError
-from edgetune.finite import require_finite_numbers, require_finite_tensors
+from edgetune.artifacts.finite import require_finite_numbers, require_finite_tensors
 from edgetune.graph.model import LABELS_KEY, check_model_file
-from edgetune.outdir import output_lock, refuse_existing_run, refuse_input_folder, remove_run
-from edgetune.trajectory import Trajectory
+from edgetune.artifacts.outdir import output_lock, refuse_existing_run, refuse_input_folder, remove_run
+from edgetune.artifacts.trajectory import Trajectory
 from edgetune.tuner import Tuner
 from edgetune.zo import build_optimizer
 from edgetune.zo.subset import block_subsets

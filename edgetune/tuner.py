@@ -16,8 +16,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgetune import _core
-from edgetune.adapters import save_lora_outputs
-from edgetune.checkpoint import file_digest, load_checkpoint, save_checkpoint
+from edgetune.artifacts.adapters import save_lora_outputs
+from edgetune.artifacts.checkpoint import file_digest, load_checkpoint, save_checkpoint
 from edgetune.config import DEFAULT_TRAINABLE, Bound, ModelOptions, TrainConfig, check_option
 from edgetune.data import BatchStream, LabelSet, TokenizedSet, load_tokenizer, read_examples
 from edgetune.data.batching import IGNORE_INDEX
@@ -39,13 +39,13 @@ from edgetune.graph.model import LABELS_KEY, TASK_KEY, check_model_file, load_mo
 from edgetune.graph.prepare import arena_group
 from edgetune.graph.select import split_lora
 from edgetune.graph.sparse import split_sparse
-from edgetune.interrupt import Interrupted, StopRequest
-from edgetune.finite import dumps_finite, require_finite_tensors
-from edgetune.io import atomic_write_text
-from edgetune.outdir import claim_output, refuse_input_folder
-from edgetune.runlog import JsonlLog
-from edgetune.sparse_diff import save_sparse_outputs
-from edgetune.trajectory import FILE_NAME as TRAJECTORY, Trajectory, check_room
+from edgetune.process.interrupt import Interrupted, StopRequest
+from edgetune.artifacts.finite import dumps_finite, require_finite_tensors
+from edgetune.artifacts.io import atomic_write_text
+from edgetune.artifacts.outdir import claim_output, refuse_input_folder
+from edgetune.artifacts.steplog import JsonlLog
+from edgetune.artifacts.sparse_diff import save_sparse_outputs
+from edgetune.artifacts.trajectory import FILE_NAME as TRAJECTORY, Trajectory, check_room
 from edgetune.zo import Anchors, StepRecord, build_optimizer
 from edgetune.zo.importance import importance_count
 from edgetune.zo.prge import ParallelZO, parallel_strategy
@@ -274,11 +274,11 @@ class Tuner:
         """Tune on ``data``; ``options`` are :class:`TrainConfig` fields (steps, lr, eps, ...).
 
         ``output_dir`` (checkpoint and logs; :meth:`save` writes the model there) must not be the folder
-        of the model or its tokenizer, and one that already holds a run (:data:`edgetune.outdir.RUN_FILES`)
+        of the model or its tokenizer, and one that already holds a run (:data:`edgetune.artifacts.outdir.RUN_FILES`)
         needs ``resume`` (continue it) or ``overwrite`` (replace it). The run holds the folder alone.
         Ctrl-C or SIGTERM, or a KeyboardInterrupt from ``progress.on_step``, stops the run after the
         current step (and the next one when the current one was chained): it writes a checkpoint to
-        ``output_dir`` and raises :class:`edgetune.interrupt.Interrupted`, a KeyboardInterrupt.
+        ``output_dir`` and raises :class:`edgetune.process.interrupt.Interrupted`, a KeyboardInterrupt.
         """
         config = TrainConfig.from_options(options)  # before the output folder is claimed or data read
         config.check_eval_data(eval_data)
@@ -474,8 +474,8 @@ class Tuner:
         """Write ``model.onnx`` (tuned weights folded in; plain ORT runs it), tokenizer and tuned slice.
 
         A LoRA slice merges the adapters into ``model.onnx`` and adds the adapter files of
-        :func:`edgetune.adapters.save_lora_outputs`; a sparse slice adds δ into the weights and writes
-        ``sparse.etdiff`` (:func:`edgetune.sparse_diff.save_sparse_outputs`). Models are written by
+        :func:`edgetune.artifacts.adapters.save_lora_outputs`; a sparse slice adds δ into the weights and writes
+        ``sparse.etdiff`` (:func:`edgetune.artifacts.sparse_diff.save_sparse_outputs`). Models are written by
         streaming the base file's tensors (:class:`edgetune.graph.stream.ModelFile`), never a second copy
         in memory. ``summary.json`` is written last, with ``summary["result"]["peak_rss_mb"]`` (when
         present) updated to the process's high-water mark so far, the save included.

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from edgetune import Tuner
-from edgetune.adapters import LORA_GRAPH, ORT_ADAPTER, PEFT_DIR, Adapter, apply_adapter, merge_adapter
+from edgetune.artifacts.adapters import LORA_GRAPH, ORT_ADAPTER, PEFT_DIR, Adapter, apply_adapter, merge_adapter
 from edgetune.errors import EdgetuneError, ModelError
 from edgetune.graph.loss import labelled_positions
 from models.tiny import build_classifier, build_tokenizer, make_lm_texts, write_jsonl
@@ -182,7 +182,7 @@ def test_no_peft_folder_for_a_tensor_peft_cannot_name_and_a_warning_says_why(cla
     """A LayerNorm gain has no place in PEFT's modules_to_save; the other outputs still carry it."""
     tuner = Tuner.from_onnx(classifier["model"], trainable="*LayerNorm.weight,lora:r=2,targets=q")
     tuner.fit(classifier["train"], steps=2, lr=1e-2)
-    with caplog.at_level("WARNING", logger="edgetune.adapters"):
+    with caplog.at_level("WARNING", logger="edgetune.artifacts.adapters"):
         tuner.save(tmp_path)
     assert not (tmp_path / PEFT_DIR).exists()
     assert (tmp_path / ORT_ADAPTER).is_file() and (tmp_path / "model.onnx").is_file()

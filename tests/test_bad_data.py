@@ -20,13 +20,13 @@ from onnx import numpy_helper
 from safetensors import safe_open
 
 from edgetune import Tuner
-from edgetune.checkpoint import save_checkpoint
+from edgetune.artifacts.checkpoint import save_checkpoint
 from edgetune.data import ChatTemplate, LabelSet, read_examples
 from edgetune.data.jsonl import MAX_LINE_BYTES, TASK_CLASSIFICATION
 from edgetune.errors import DataError, ModelError, TrainingError
 from edgetune.graph.model import LABELS_KEY
-from edgetune.sparse_diff import SparseDiff
-from edgetune.trajectory import Trajectory
+from edgetune.artifacts.sparse_diff import SparseDiff
+from edgetune.artifacts.trajectory import Trajectory
 from models.tiny import TINY_VOCAB, build_tokenizer, make_classifier_bundle, write_jsonl
 from tests.badinput import Snapshot, assert_rejected
 

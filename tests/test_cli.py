@@ -9,7 +9,7 @@ import sys
 import onnx
 import pytest
 
-from edgetune.checkpoint import load_checkpoint
+from edgetune.artifacts.checkpoint import load_checkpoint
 from models.tiny import build_classifier, build_tokenizer, write_jsonl
 from tests.badinput import assert_rejected
 

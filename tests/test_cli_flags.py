@@ -17,8 +17,8 @@ import pytest
 from onnx import numpy_helper
 
 from edgetune import __version__
-from edgetune.checkpoint import load_checkpoint
-from edgetune.trajectory import Trajectory
+from edgetune.artifacts.checkpoint import load_checkpoint
+from edgetune.artifacts.trajectory import Trajectory
 from models.tiny import write_jsonl
 from tests.badinput import INTERNAL_ERROR
 from tests.test_cli import assert_same_bits

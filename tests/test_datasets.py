@@ -5,9 +5,9 @@ from collections import Counter
 
 import pytest
 
-from edgetune.datasets import load_rotten_tomatoes, write_rotten_tomatoes_splits
+from edgetune.data.datasets import load_rotten_tomatoes, write_rotten_tomatoes_splits
 from edgetune.errors import DataError
-from edgetune.resources import rotten_tomatoes_csv
+from edgetune.data.resources import rotten_tomatoes_csv
 
 
 def _read(path):

@@ -24,7 +24,7 @@ from tokenizers import Tokenizer  # noqa: E402
 
 from edgetune.export import ExportError, export_classifier  # noqa: E402
 from edgetune.export.hf import MANIFEST, _require_export_stack  # noqa: E402
-from edgetune.resources import minilm_dir  # noqa: E402
+from edgetune.data.resources import minilm_dir  # noqa: E402
 
 LABELS = ("negative", "positive")
 SENTENCES = [
@@ -248,7 +248,7 @@ def test_smollm2_gguf_exports_without_kv_cache(tmp_path):
     pytest.importorskip("gguf", reason="reading GGUF needs: pip install gguf")
     from edgetune.export import export_causal_lm
     from edgetune.graph.model import inspect_model
-    from edgetune.resources import smollm2_gguf
+    from edgetune.data.resources import smollm2_gguf
 
     path = export_causal_lm(smollm2_gguf(), tmp_path / "smollm2", eos_token="<|im_end|>")
     model = onnx.load(str(path))

@@ -23,7 +23,7 @@ CONSOLE_SCRIPT = "import sys\nfrom edgetune.cli import main\nsys.exit(main())\n"
 
 # run_child called directly, as graph preparation calls it; prints the child's result.
 RUN_CHILD_SCRIPT = """import json, sys
-from edgetune.child import run_child
+from edgetune.process.child import run_child
 model, directory = sys.argv[1:]
 print(json.dumps(run_child("edgetune.graph.cache", [model, "head", None, True, directory], "preparing")))
 """
@@ -120,9 +120,9 @@ def test_a_skip_fails_the_run_under_ci_except_a_gpu_test(tmp_path):
 
 
 def test_demo_says_whether_a_step_made_its_output_or_reused_an_earlier_one(tmp_path):
-    from edgetune.datasets import write_rotten_tomatoes_splits
+    from edgetune.data.datasets import write_rotten_tomatoes_splits
     from edgetune.demo import _made_or_reused
-    from edgetune.progress import console
+    from edgetune.cli.progress import console
 
     def step(seed: int) -> str:
         with console.capture() as said:

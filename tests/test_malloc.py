@@ -10,7 +10,7 @@ import pytest
 # stays resident after its free. Pinned, it is mmapped and returned. Prints the RSS the 4 MiB block left.
 PROBE = """
 import sys
-from edgetune.engine.malloc import pin_mmap_threshold
+from edgetune.process.malloc import pin_mmap_threshold
 def rss_kb():
     return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1])
 if sys.argv[1] == 'pin':

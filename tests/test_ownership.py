@@ -19,12 +19,12 @@ from safetensors.numpy import load_file
 from badinput import Snapshot, assert_rejected
 from conftest import KillAtStep
 from edgetune import Tuner
-from edgetune.checkpoint import save_checkpoint
+from edgetune.artifacts.checkpoint import save_checkpoint
 from edgetune.demo import free_output_dir
 from edgetune.errors import EdgetuneError
 from edgetune.graph.cache import cache_entries, clear_cache, prepare_cached
-from edgetune.interrupt import Interrupted, StopRequest
-from edgetune.outdir import LOCK_FILE, RUN_FILES, claim_output, output_lock
+from edgetune.process.interrupt import Interrupted, StopRequest
+from edgetune.artifacts.outdir import LOCK_FILE, RUN_FILES, claim_output, output_lock
 
 SHORT = ("--steps", "3", "--max-length", "64")
 

@@ -106,9 +106,9 @@ def test_same_seed_same_bits_also_after_resume(classifier, tmp_path):
 
 
 def test_replay_rebuilds_a_parallel_run_bit_for_bit(classifier, tmp_path):
-    from edgetune.checkpoint import load_checkpoint
+    from edgetune.artifacts.checkpoint import load_checkpoint
     from edgetune.replay import replay_run
-    from edgetune.trajectory import FILE_NAME
+    from edgetune.artifacts.trajectory import FILE_NAME
 
     tuned = _tuned_weights(classifier, out=tmp_path / "run")
     replay_run(classifier["model"], tmp_path / "run" / FILE_NAME, tmp_path / "replayed")

@@ -12,7 +12,7 @@ from edgetune import Tuner
 from edgetune.errors import EdgetuneError, ModelError
 from edgetune.graph.lora import find_linears
 from edgetune.graph.sparse import plan_sparse, split_sparse
-from edgetune.sparse_diff import SparseDiff, apply_sparse_diff
+from edgetune.artifacts.sparse_diff import SparseDiff, apply_sparse_diff
 
 SPEC = "sparse:density=0.05"
 

@@ -14,7 +14,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from edgetune import Tuner
-from edgetune.adapters import LORA_GRAPH, _declare_adapter_inputs
+from edgetune.artifacts.adapters import LORA_GRAPH, _declare_adapter_inputs
 from edgetune.errors import ModelError
 from edgetune.graph.lift import fold_weights
 from edgetune.graph.lora import initial_values, merge_lora, plan_lora
@@ -22,7 +22,7 @@ from edgetune.graph.model import load_model
 from edgetune.graph.select import split_lora
 from edgetune.graph import stream
 from edgetune.graph.stream import ModelFile
-from edgetune.sparse_diff import FILE_NAME as SPARSE_DIFF, SparseDiff
+from edgetune.artifacts.sparse_diff import FILE_NAME as SPARSE_DIFF, SparseDiff
 
 CPU = ["CPUExecutionProvider"]
 
@@ -205,7 +205,7 @@ def test_checkpoints_are_written_in_the_safetensors_layout(tmp_path):
     from safetensors import safe_open
     from safetensors.numpy import load_file
 
-    from edgetune.checkpoint import load_checkpoint, save_checkpoint
+    from edgetune.artifacts.checkpoint import load_checkpoint, save_checkpoint
 
     rng = np.random.default_rng(1)
     tensors = {"w": rng.standard_normal((5, 3)).astype(np.float32), "empty": np.zeros((0, 4), np.float32),
@@ -216,7 +216,7 @@ def test_checkpoints_are_written_in_the_safetensors_layout(tmp_path):
     for name, value in tensors.items():
         np.testing.assert_array_equal(read[name], value)
     with safe_open(str(tmp_path / "c.safetensors"), framework="numpy") as handle:
-        assert handle.metadata()["format"] == "edgetune.checkpoint"
+        assert handle.metadata()["format"] == "edgetune.artifacts.checkpoint"
     assert load_checkpoint(tmp_path / "c.safetensors")[1] == {"step": 4}
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from edgetune import Tuner
 from edgetune.errors import EdgetuneError
-from edgetune.trajectory import MAGIC, Trajectory, record_size
+from edgetune.artifacts.trajectory import MAGIC, Trajectory, record_size
 
 RUN = dict(steps=24, lr=1e-2, eps=1e-3, queries=3, weight_decay=0.1, seed=7, save_every=10)
 PREAMBLE = len(MAGIC) + 8  # magic, u32 version, u32 header length

@@ -39,7 +39,7 @@ def export_isolated(task: str, source: str | Path, out_dir: str | Path, **option
 
     A cached export is recognised here, without starting the child (or importing torch anywhere).
     """
-    from edgetune.child import run_child
+    from edgetune.process.child import run_child
 
     if _cached(Path(out_dir), _manifest(task, Path(source), out_dir, options)):
         return Path(out_dir) / "model.onnx"

@@ -1,6 +1,6 @@
 """``python -m edgetune.export '[task, source, out_dir, {options}]'``: the child of :func:`export_isolated`."""
 
-from edgetune.child import child_main
+from edgetune.process.child import child_main
 from edgetune.export import export_model
 
 

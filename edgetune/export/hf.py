@@ -338,7 +338,7 @@ def export_classifier(
     ``pooling="cls"`` keeps the Hugging Face head (pooler on the first token); ``"mean"`` classifies
     the mean of the token states, the sentence embedding that sentence-transformers models produce.
 
-    ``model_dir`` is a local Hugging Face folder (e.g. :func:`edgetune.resources.minilm_dir`). A head
+    ``model_dir`` is a local Hugging Face folder (e.g. :func:`edgetune.data.resources.minilm_dir`). A head
     with ``len(labels)`` outputs is created (initialised from ``seed``) if the checkpoint has none.
     A matching earlier export in ``out_dir`` is returned without work.
     """

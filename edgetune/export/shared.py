@@ -22,9 +22,9 @@ from typing import BinaryIO
 
 import onnx
 
-from edgetune.checkpoint import file_digest
+from edgetune.artifacts.checkpoint import file_digest
 from edgetune.errors import ModelError
-from edgetune.io import atomic_write_bytes
+from edgetune.artifacts.io import atomic_write_bytes
 
 __all__ = ["WITH_PAST", "DIGEST_KEY", "Relink", "link_weights", "linked_to", "tensor_locations"]
 

@@ -27,12 +27,12 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from edgetune import errors
-from edgetune.child import child_main, run_child
+from edgetune.process.child import child_main, run_child
 from edgetune.graph.blocks import Param
 from edgetune.graph.lift import save_model
 from edgetune.graph.model import ModelInfo
 from edgetune.graph.prepare import PreparedModel, prepare
-from edgetune.io import is_temporary, remove_stale_temporaries
+from edgetune.artifacts.io import is_temporary, remove_stale_temporaries
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

@@ -15,7 +15,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgetune.errors import ModelError
-from edgetune.io import atomic_write_bytes, temporary_path
+from edgetune.artifacts.io import atomic_write_bytes, temporary_path
 
 _EXTERNAL_DATA_THRESHOLD = 1 << 30  # protobuf cannot serialise past 2 GiB; stay well clear
 

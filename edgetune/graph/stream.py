@@ -24,7 +24,7 @@ from onnx import helper, numpy_helper
 from edgetune.errors import ModelError
 from edgetune.export.shared import tensor_locations
 from edgetune.graph.lift import _EXTERNAL_DATA_THRESHOLD, update_metadata
-from edgetune.io import atomic_writer
+from edgetune.artifacts.io import atomic_writer
 from edgetune.plan import _varint, read_skeleton
 
 # A tuned value, or a function computing it when it is written (a LoRA merge, a sparse δ added):

@@ -24,9 +24,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from edgetune import framed
+from edgetune.artifacts import framed
 from edgetune.errors import EdgetuneError
-from edgetune.finite import loads_finite, require_finite_numbers
+from edgetune.artifacts.finite import loads_finite, require_finite_numbers
 from edgetune.zo import StepRecord
 
 MAGIC = b"ETLOG"

@@ -19,7 +19,7 @@ import random
 from pathlib import Path
 
 from edgetune.errors import DataError
-from edgetune.resources import rotten_tomatoes_csv
+from edgetune.data.resources import rotten_tomatoes_csv
 
 __all__ = ["RT_LABELS", "load_rotten_tomatoes", "write_rotten_tomatoes_splits", "write_jsonl"]
 
@@ -33,7 +33,7 @@ def load_rotten_tomatoes(path: str | Path | None = None) -> list[dict]:
     """All review snippets as ``{"text": str, "label": "positive" | "negative"}``, in file order.
 
     ``plot`` rows are dropped, whitespace is stripped, empty texts and exact duplicate texts (after
-    the first occurrence) are skipped. ``path`` defaults to :func:`edgetune.resources.rotten_tomatoes_csv`.
+    the first occurrence) are skipped. ``path`` defaults to :func:`edgetune.data.resources.rotten_tomatoes_csv`.
     """
     path = Path(path) if path is not None else rotten_tomatoes_csv()
     rows: list[dict] = []

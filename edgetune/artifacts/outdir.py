@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from edgetune.errors import EdgetuneError
-from edgetune.io import remove_stale_temporaries
+from edgetune.artifacts.io import remove_stale_temporaries
 
 try:
     import fcntl

@@ -17,8 +17,8 @@ from edgetune import __version__
 from edgetune.config import (DEFAULT_TRAINABLE, SEED, THREADS, Bound, ModelOptions, TrainConfig, check_option,
                              field_names, read_yaml_config, typed_options)
 from edgetune.errors import EdgetuneError
-from edgetune.interrupt import Interrupted
-from edgetune.progress import ConsoleProgress, console
+from edgetune.process.interrupt import Interrupted
+from edgetune.cli.progress import ConsoleProgress, console
 
 
 @dataclass
@@ -154,7 +154,7 @@ def _add_apply_parser(commands) -> None:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from edgetune.adapters import apply_adapter
+    from edgetune.artifacts.adapters import apply_adapter
 
     path = apply_adapter(args.onnx, args.adapter, args.output, overwrite=args.overwrite)
     console.print(f"merged {args.adapter} into {args.onnx}: {path}")
@@ -200,8 +200,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     os.environ["HF_HUB_OFFLINE"] = os.environ["TRANSFORMERS_OFFLINE"] = "1"
     from edgetune.export import MANIFEST, export_model
-    from edgetune.outdir import refuse_input_folder
-    from edgetune.resources import resolve_model
+    from edgetune.artifacts.outdir import refuse_input_folder
+    from edgetune.data.resources import resolve_model
 
     source, defaults = resolve_model(args.model)
     if not source.exists():
@@ -296,7 +296,7 @@ def _fields_of(cls: type, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from edgetune.outdir import claim_output
+    from edgetune.artifacts.outdir import claim_output
 
     run, config = _resolve_tune_options(args)
     inputs = [run["onnx"], run["tokenizer"] or Path(run["onnx"]).parent / "tokenizer.json"]
@@ -378,7 +378,7 @@ def _print_summary(result, model_path: Path) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from edgetune.finite import dumps_finite
+    from edgetune.artifacts.finite import dumps_finite
     from edgetune.tuner import Tuner
 
     if not args.onnx:
@@ -490,7 +490,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edgetune.engine.malloc import pin_mmap_threshold
+    from edgetune.process.malloc import pin_mmap_threshold
 
     pin_mmap_threshold()  # the job's peak must not depend on the order glibc saw blocks freed in
     args = build_parser().parse_args(argv)
@@ -524,6 +524,3 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 70
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgetune import framed
-from edgetune.checkpoint import file_digest
+from edgetune.artifacts import framed
+from edgetune.artifacts.checkpoint import file_digest
 from edgetune.errors import EdgetuneError
-from edgetune.finite import require_finite_tensors
+from edgetune.artifacts.finite import require_finite_tensors
 from edgetune.graph.lift import fold_weights
 from edgetune.graph.model import check_model_file, load_model
 from edgetune.graph.sparse import add_delta, add_deltas, plan_sparse, split_sparse

@@ -28,9 +28,9 @@ from onnx import helper, numpy_helper
 from safetensors.numpy import load_file
 from safetensors.numpy import save as safetensors_bytes
 
-from edgetune.checkpoint import load_checkpoint
+from edgetune.artifacts.checkpoint import load_checkpoint
 from edgetune.errors import EdgetuneError, ModelError
-from edgetune.finite import require_finite_tensors
+from edgetune.artifacts.finite import require_finite_tensors
 from edgetune.graph.lift import fold_weights, save_model
 from edgetune.graph.lora import (
     Linear,
@@ -46,9 +46,9 @@ from edgetune.graph.lora import (
 from edgetune.graph.model import load_model
 from edgetune.graph.select import split_lora
 from edgetune.graph.stream import ModelFile, Tensor
-from edgetune.io import atomic_write_bytes, atomic_write_text
-from edgetune.outdir import refuse_input_file
-from edgetune.sparse_diff import apply_sparse_diff
+from edgetune.artifacts.io import atomic_write_bytes, atomic_write_text
+from edgetune.artifacts.outdir import refuse_input_file
+from edgetune.artifacts.sparse_diff import apply_sparse_diff
 
 log = logging.getLogger(__name__)
 

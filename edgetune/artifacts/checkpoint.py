@@ -17,10 +17,10 @@ import numpy as np
 from safetensors import safe_open
 
 from edgetune.errors import EdgetuneError
-from edgetune.finite import loads_finite, require_finite_tensors
-from edgetune.io import atomic_writer
+from edgetune.artifacts.finite import loads_finite, require_finite_tensors
+from edgetune.artifacts.io import atomic_writer
 
-FORMAT = "edgetune.checkpoint"
+FORMAT = "edgetune.artifacts.checkpoint"
 VERSION = 1
 _SAFETENSORS_DTYPES = {np.dtype(t): code for t, code in (
     (np.float32, "F32"), (np.float16, "F16"), (np.float64, "F64"), (np.int64, "I64"), (np.int32, "I32"),

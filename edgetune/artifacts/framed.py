@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.errors import EdgetuneError
-from edgetune.finite import loads_finite
-from edgetune.io import atomic_write_bytes
+from edgetune.artifacts.finite import loads_finite
+from edgetune.artifacts.io import atomic_write_bytes
 
 _DIGEST_SIZE = 32
 
