@@ -278,9 +278,9 @@ def test_version(cli):
 
 def run_with_failing_plan(exception: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`edgetune plan` in a fresh Python whose plan command raises ``exception`` (a bug, or Ctrl-C)."""
-    code = (f"import sys, edgetune.cli as cli\n"
+    code = (f"import sys, edgetune.cli as cli, edgetune.cli.plan as plan\n"
             f"def broken(args):\n    raise {exception}\n"
-            f"cli.cmd_plan = broken\n"
+            f"plan.run = broken\n"
             f"sys.exit(cli.main(['plan', '--onnx', 'model.onnx']))\n")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
 
