@@ -7,9 +7,10 @@ safetensors metadata so that other files are rejected with a clear message.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -64,26 +65,49 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, 
     path = Path(path)
     if not path.is_file():
         raise EdgetuneError(f"{path}: no checkpoint to resume from")
+    with _opened(path) as handle:
+        metadata = handle.metadata() or {}
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    _check_format(metadata, path)
+    # resuming from (or merging) NaN weights or state would carry them into every later step
+    require_finite_tensors(tensors, str(path))
+    return tensors, _state(metadata, path)
+
+
+def read_checkpoint_state(path: str | Path) -> dict[str, Any]:
+    """The run's state in a checkpoint (step, history, ...) without reading its tensors."""
+    with _opened(path) as handle:
+        metadata = handle.metadata() or {}
+    _check_format(metadata, path)
+    return _state(metadata, path)
+
+
+@contextlib.contextmanager
+def _opened(path: str | Path) -> Iterator[Any]:
+    """``safe_open`` on ``path``; whatever the safetensors reader raises is one line naming the file."""
     try:
         with safe_open(str(path), framework="numpy") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            yield handle
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise EdgetuneError(f"{path}: not a readable checkpoint ({reason})") from None
+
+
+def _check_format(metadata: dict[str, str], path: str | Path) -> None:
     if metadata.get("format") != FORMAT:
         raise EdgetuneError(f"{path}: not an edgetune checkpoint")
     if metadata.get("version") != str(VERSION):
         raise EdgetuneError(f"{path}: checkpoint version {metadata.get('version')} is not supported (expected {VERSION})")
-    # resuming from (or merging) NaN weights or state would carry them into every later step
-    require_finite_tensors(tensors, str(path))
+
+
+def _state(metadata: dict[str, str], path: str | Path) -> dict[str, Any]:
     try:
         state = loads_finite(metadata["state"])
     except (KeyError, ValueError) as exc:
         raise EdgetuneError(f"{path}: checkpoint state is not readable ({exc})") from None
     if not isinstance(state, dict):
         raise EdgetuneError(f"{path}: checkpoint state is not readable (not a JSON object)")
-    return tensors, state
+    return state
 
 
 def file_digest(path: str | Path) -> str:
