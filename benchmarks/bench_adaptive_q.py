@@ -2,7 +2,7 @@
 
     python benchmarks/bench_adaptive_q.py [--budget 16000 --eval-every 1600 --seeds 0,1,2 --jobs 2]
 
-The README's MiniLM + Rotten Tomatoes job (``common.demo_model()``), each schedule from the same
+The demo's MiniLM + Rotten Tomatoes job (``common.demo_model()``), each schedule from the same
 initial weights, to the same forward-pass budget, once per seed. Every run is cut into segments of
 ``--eval-every`` forwards (``fit(forward_budget=k·K, resume=True)``), so each schedule is evaluated
 on the dev set at the first step past every multiple of K forwards. Runs are independent and

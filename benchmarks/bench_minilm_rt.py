@@ -1,4 +1,4 @@
-"""Learning curve of the README's default job: all-MiniLM-L6-v2 + fresh head on Rotten Tomatoes.
+"""Learning curve of the demo's job: all-MiniLM-L6-v2 + fresh head on Rotten Tomatoes.
 
     python benchmarks/bench_minilm_rt.py [--steps N --trainable SPEC --lr LR --eval-every K]
 

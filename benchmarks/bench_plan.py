@@ -197,7 +197,7 @@ def summary(records: list[dict]) -> dict:
 
 def write_plan(records: list[dict], payload: dict) -> None:
     """plan.{json,md}: every row with its set; plan_summary.md: mean and max |error| per set (a table of
-    its own, as update_readme.py pastes every table line of a results file into one README table)."""
+    its own, as update_readme.py pastes every table line of a results file into one docs table)."""
     sums = summary(records)
     payload = {**payload, "rows": records, "summary": sums, **{k: sums["all"][k] for k in sums["all"]}}
     write_results("plan", payload, ["model", "batch×len", "mode", "set", "predicted MB", "measured MB", "error %"],

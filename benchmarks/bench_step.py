@@ -2,7 +2,7 @@
 
     python benchmarks/bench_step.py [--onnx model.onnx --data train.jsonl] [--batch-size 8 --tokens 128]
 
-Without --onnx it uses the README's default (all-MiniLM-L6-v2 + Rotten Tomatoes; needs the export
+Without --onnx it uses the demo's job (all-MiniLM-L6-v2 + Rotten Tomatoes; needs the export
 extra the first time). Timings alternate between the configurations so drift hits all of them.
 Writes benchmarks/results/step.{json,md}.
 """

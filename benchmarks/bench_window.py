@@ -2,7 +2,7 @@
 
     python benchmarks/bench_window.py [--trainable last:1] [--window 10] [--steps 12] [--repeats 3]
 
-On the README's MiniLM model (``demo_model()``), for zo-sgd, zo-momentum, zo-adam and zo-microadam
+On the demo's MiniLM model (``demo_model()``), for zo-sgd, zo-momentum, zo-adam and zo-microadam
 with Rademacher and Gaussian noise: the optimizer's state in bytes per trainable parameter, read from
 its buffers after the window has filled (``state_nbytes()``; ZO-SGD's θ is its whole state), and the
 time of one step's arena passes without the forwards (a constant loss), against the time of the step's

@@ -15,7 +15,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def demo_model(threads: int | None = None) -> tuple[Path, Path, Path]:
-    """The README's default: all-MiniLM-L6-v2 with a fresh 2-label head and Rotten Tomatoes splits."""
+    """The demo's job: all-MiniLM-L6-v2 with a fresh 2-label head and Rotten Tomatoes splits."""
     from edgetune.data.datasets import write_rotten_tomatoes_splits
     from edgetune.demo import RECIPE, default_workdir
     from edgetune.export import export_isolated

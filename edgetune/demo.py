@@ -16,7 +16,7 @@ from edgetune.cli.progress import ConsoleProgress, console
 
 T = TypeVar("T")
 
-# Measured (README, benchmarks/bench_minilm_rt.py): a fresh head over the encoder's mean-pooled
+# Measured (docs/performance.md, benchmarks/bench_minilm_rt.py): a fresh head over the encoder's mean-pooled
 # sentence embedding learns fast by ZO when each step averages many queries, and queries are nearly
 # free here because the frozen encoder (the prefix) runs once per step.
 RECIPE = {

@@ -4,7 +4,7 @@ The base model is prepared with the run's ``--trainable`` spec exactly as ``tune
 the arena starts at the same values; each logged step's arena passes are then redone by the run's
 optimizer (:meth:`edgetune.zo.Optimizer.replay`) without a single forward, and the result is saved
 as ``tune`` saves it. The passes are fixed-order float32 without FMA over noise that is bit-identical
-on every CPU build, so the replayed weights equal the tuned ones bit for bit (README: guarantees).
+on every CPU build, so the replayed weights equal the tuned ones bit for bit (docs/artifacts.md: the trajectory log).
 """
 
 from __future__ import annotations

@@ -449,7 +449,7 @@ def test_line_over_the_limit_is_refused_in_bounded_memory(classifier, tmp_path):
     inputs.assert_unchanged()
     with pytest.raises(DataError, match="huge.jsonl:2: line is longer"):
         read_examples(path, TASK_CLASSIFICATION)
-    assert MAX_LINE_BYTES == 16 << 20  # the README and the docstring promise this limit
+    assert MAX_LINE_BYTES == 16 << 20  # docs/language-models.md and the docstring promise this limit
 
 
 @pytest.mark.parametrize("shape", ["text", "lm", "verbalizer", "messages"])

@@ -5,7 +5,7 @@ suffix; what shrinks is the step's arena passes and the dimension of its estimat
 and updates only the arena ranges of K of the selected transformer blocks, plus every trainable tensor
 outside the blocks (embeddings, final norm, head), which are in every step. For a ±1 or Gaussian
 direction over d weights the SPSA estimate has E‖ĝ‖² ≈ (d + 2)‖∇L‖², so a step over K of n blocks is
-a block-coordinate step with about K/n of the variance (README: rotating block subsets).
+a block-coordinate step with about K/n of the variance (docs/optimizers.md: a rotating block subset).
 
 The subset is a pure function of (seed, t // every), so a resumed run and ``edgetune replay`` draw it
 again and nothing is stored: ``cyclic`` walks the blocks in order, K at a time; ``random`` takes the K
