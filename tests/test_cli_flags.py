@@ -66,7 +66,7 @@ def test_plan_default_table_has_every_documented_row_in_order(classifier, cli):
     rows = [re.fullmatch(r"\s+(.+?)\s+([\d,]+)\s+(\d+)", line) for line in lines[3:]]
     assert all(rows), lines
     modes = [row.group(1) for row in rows]
-    # README: inference, the default edgetune modes (all, last:1, last:2, LoRA where the model has q/v
+    # docs/planner.md: inference, the default edgetune modes (all, last:1, last:2, LoRA where the model has q/v
     # layers), then PyTorch first-order full, full + checkpointing, LoRA
     assert modes == ["inference", "edgetune all", "edgetune last:1", "edgetune last:2",
                      "edgetune lora:r=8,targets=q,v", "PyTorch first-order full",
