@@ -68,6 +68,10 @@ def anchors(text: str) -> list[tuple[int, str]]:
     return found
 
 
+def heading_anchors(page: Path) -> set[str]:
+    return {anchor for _, anchor in anchors(page.read_text(encoding="utf-8"))}
+
+
 def shown(path: Path) -> str:
     return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
@@ -83,7 +87,7 @@ def broken_links(page: Path) -> list[str]:
             file = (page.parent / path).resolve() if path else page
             if not file.exists():
                 broken.append(f"{shown(page)}: {target}: no such file")
-            elif anchor and file.suffix == ".md" and anchor not in {a for _, a in anchors(file.read_text(encoding="utf-8"))}:
+            elif anchor and file.suffix == ".md" and anchor not in heading_anchors(file):
                 broken.append(f"{shown(page)}: {target}: no such heading")
     return broken
 
