@@ -10,7 +10,7 @@
    longest such name wins: ``adaptive_q_curves.png`` goes under adaptive_q_curves, ``peers_step.png`` under
    peers), and a link to the page that discusses it. New results and figures appear without editing this.
 3. Every relative link of those pages must reach an existing file (and heading, for ``page.md#anchor``);
-   a broken one is printed and the exit status is 1. ``tests/test_packaging.py`` runs the same check.
+   a broken one is printed and the exit status is 1. ``tests/test_docs.py`` runs the same check.
 """
 
 from __future__ import annotations
@@ -37,14 +37,15 @@ def doc_pages() -> list[Path]:
     return [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
 
 
-def prose_lines(text: str) -> list[str]:
-    """The lines of a Markdown text outside fenced code blocks (a ``#`` in a shell block is no heading)."""
+def prose_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, line) of a Markdown text outside fenced code blocks (a ``#`` in a shell block is no
+    heading, a ``[x](y)`` there no link)."""
     lines, fenced = [], False
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines()):
         if line.lstrip().startswith("```"):
             fenced = not fenced
         elif not fenced:
-            lines.append(line)
+            lines.append((number, line))
     return lines
 
 
@@ -57,11 +58,9 @@ def slug(heading: str) -> str:
 def anchors(text: str) -> list[tuple[int, str]]:
     """(line number, anchor) of every heading outside code blocks, with GitHub's -1, -2 for repeats."""
     seen: dict[str, int] = {}
-    found, fenced = [], False
-    for index, line in enumerate(text.splitlines()):
-        if line.lstrip().startswith("```"):
-            fenced = not fenced
-        elif not fenced and (match := HEADING.match(line)):
+    found = []
+    for index, line in prose_lines(text):
+        if match := HEADING.match(line):
             base = slug(match[2])
             found.append((index, f"{base}-{seen[base]}" if base in seen else base))
             seen[base] = seen.get(base, 0) + 1
@@ -79,7 +78,7 @@ def shown(path: Path) -> str:
 def broken_links(page: Path) -> list[str]:
     """Every relative link of ``page`` whose file, or heading in a Markdown file, does not exist."""
     broken = []
-    for line in prose_lines(page.read_text(encoding="utf-8")):
+    for _, line in prose_lines(page.read_text(encoding="utf-8")):
         for target in LINK.findall(re.sub(r"`[^`]*`", "", line)):
             if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto: ... are not ours to check
                 continue
