@@ -3,8 +3,8 @@
     python benchmarks/update_readme.py
 
 1. A docs page (README.md, docs/*.md) holding ``<!-- results:NAME -->`` ... ``<!-- /results:NAME -->`` gets
-   the current table of ``benchmarks/results/NAME.md`` between the markers, so the prose beside a table
-   always shows the last measurement.
+   the current table of ``benchmarks/results/NAME.md`` between the markers, and NAME's figures (as in 2.),
+   so the prose beside a table always shows the last measurement.
 2. ``docs/results.md`` is written afresh: one section per ``benchmarks/results/*.md`` with the script that
    produced it, its table, every ``docs/figures/*.png`` whose name starts with the section's name (the
    longest such name wins: ``adaptive_q_curves.png`` goes under adaptive_q_curves, ``peers_step.png`` under
@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
 import struct
 import sys
@@ -91,14 +92,27 @@ def broken_links(page: Path) -> list[str]:
     return broken
 
 
-def with_tables(text: str) -> str:
-    """``text`` with the table lines of benchmarks/results/NAME.md between each NAME marker pair (a marker
-    whose results file does not exist yet keeps what it holds)."""
+def result_names() -> list[str]:
+    return sorted(p.stem for p in RESULTS.glob("*.md"))
+
+
+def figure_links(figures: list[Path], page: Path) -> list[str]:
+    """Image links to ``figures``, relative to ``page``'s folder."""
+    return [f"![{caption(f)}]({Path(os.path.relpath(f, page.parent)).as_posix()})" for f in figures]
+
+
+def with_tables(text: str, page: Path) -> str:
+    """``text`` (of ``page``) with the table lines of benchmarks/results/NAME.md and NAME's figures between
+    each NAME marker pair (a marker whose results file does not exist yet keeps what it holds)."""
+    figures = figures_by_section(result_names())
+
     def table(match: re.Match) -> str:
         source = RESULTS / f"{match['name']}.md"
         if not source.is_file():
             return match.group(0)
         lines = [ln for ln in source.read_text(encoding="utf-8").splitlines() if ln.startswith("|")]
+        for link in figure_links(figures.get(match["name"], []), page):
+            lines += ["", link]
         return match.group(1) + "\n".join(lines) + "\n" + match.group(3)
 
     return MARKER.sub(table, text)
@@ -107,7 +121,7 @@ def with_tables(text: str) -> str:
 def refresh_tables(page: Path) -> int:
     """Rewrite ``page``'s marked tables; returns how many markers it holds."""
     text = page.read_text(encoding="utf-8")
-    if (updated := with_tables(text)) != text:
+    if (updated := with_tables(text, page)) != text:
         page.write_text(updated, encoding="utf-8")
     return len(MARKER.findall(text))
 
@@ -187,13 +201,13 @@ def section(name: str, figures: list[Path]) -> list[str]:
     lines.append("")
     for line in (RESULTS / f"{name}.md").read_text(encoding="utf-8").strip().splitlines():
         lines.append("##" + line if line.startswith("#") else line)  # below this section's heading
-    for figure in figures:
-        lines += ["", f"![{caption(figure)}]({figure.relative_to(DOCS).as_posix()})"]
+    for link in figure_links(figures, PAGE):
+        lines += ["", link]
     return lines + [""]
 
 
 def results_page() -> str:
-    names = sorted(p.stem for p in RESULTS.glob("*.md"))
+    names = result_names()
     figures = figures_by_section(names)
     lines = [
         "# Benchmark results",
@@ -212,7 +226,7 @@ def results_page() -> str:
     for name in names:
         lines += section(name, figures.get(name, []))
     if strays := figures.get(None):
-        lines += ["## Other figures", "", *(f"![{caption(f)}]({f.relative_to(DOCS).as_posix()})\n" for f in strays)]
+        lines += ["## Other figures", "", *(f"{link}\n" for link in figure_links(strays, PAGE))]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
