@@ -163,7 +163,7 @@ def discussed_in(name: str, script: Path | None) -> str | None:
 
 def caption(figure: Path) -> str:
     """A figure's PNG ``Title`` (or ``Description``) text chunk, as matplotlib's savefig(metadata=) writes
-    it; else its file name in words."""
+    it; else the summary of the script that measured it; else its file name in words."""
     data, texts = figure.read_bytes(), {}
     offset = 8  # after the PNG signature
     while offset + 8 <= len(data):
@@ -180,7 +180,9 @@ def caption(figure: Path) -> str:
         elif kind == b"IEND":
             break
         offset += 12 + length
-    return texts.get("Title") or texts.get("Description") or figure.stem.replace("_", " ")
+    script = producer(figure.stem)
+    fallback = summary(script) if script else figure.stem.replace("_", " ")
+    return re.sub(r"[][`]", "", texts.get("Title") or texts.get("Description") or fallback)
 
 
 def figures_by_section(names: list[str], folder: Path = FIGURES) -> dict[str | None, list[Path]]:
