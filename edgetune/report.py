@@ -78,18 +78,51 @@ def draw_curves(curves: RunCurves) -> bytes:
     return buffer.getvalue()
 
 
-def render(folder: str, output: str | None = None) -> str:
-    """Read the run in ``folder``, draw it, write the PNG atomically to ``output`` (default
-    ``folder/curves.png``); the path written."""
+def check_output(folder: str | Path, output: str | Path | None) -> None:
+    """Refuse, before reading anything, an ``output`` that is one of the run's files or a folder."""
+    from edgetune.artifacts.outdir import RUN_FILES, refuse_input_file
+
+    if output is not None:
+        refuse_input_file(output, [Path(folder) / name for name in RUN_FILES])
+        if Path(output).is_dir():
+            raise EdgetuneError(f"--output {output} is a folder: give the PNG file to write")
+
+
+def render_curves(curves: RunCurves, output: str | Path | None = None) -> Path:
+    """Draw ``curves`` and write the PNG atomically to ``output`` (default: ``curves.png`` in the run's
+    folder); the path written."""
     if not plot_available():
         raise EdgetuneError(f"drawing {FIGURE} needs matplotlib: {PLOT_HINT}")
-    target = Path(output) if output else Path(folder) / FIGURE
-    png = draw_curves(read_curves(folder))
+    target = Path(output) if output else curves.folder / FIGURE
+    png = draw_curves(curves)
     try:
         atomic_write_bytes(target, png)
     except OSError as exc:
         raise EdgetuneError(f"{target}: cannot write the figure ({exc.strerror})") from None
-    return str(target)
+    return target
+
+
+def render(folder: str, output: str | None = None) -> str:
+    """Check, read, draw, write: what ``edgetune report`` and :func:`draw_in_child` do; the path written."""
+    check_output(folder, output)
+    return str(render_curves(read_curves(folder), output))
+
+
+def summary_lines(curves: RunCurves) -> list[str]:
+    """Steps, forward passes, the metric before -> after, peak RSS: the run in a few lines."""
+    state = "finished" if curves.finished else "not finished (no summary.json: in progress or interrupted)"
+    lines = [f"{curves.folder}: {int(curves.steps[-1])} steps, {curves.total_forwards:,} forward passes, {state}"]
+    if curves.evals:
+        first, last = curves.evals[0], curves.evals[-1]
+        metric = (f"{curves.metric} {first.metric:.4f} -> {last.metric:.4f}, "
+                  if first.metric is not None and last.metric is not None else "")
+        lines.append(f"eval: {metric}loss {first.loss:.4f} -> {last.loss:.4f} "
+                     f"(step {first.step} -> {last.step}, {len(curves.evals)} evaluations)")
+    else:
+        lines.append("eval: none logged (no --eval-data, or no evaluation yet)")
+    if curves.peak_rss_mb is not None:
+        lines.append(f"peak RSS {curves.peak_rss_mb:.0f} MB")
+    return lines
 
 
 def draw_in_child(folder: str | Path) -> str:

@@ -23,6 +23,7 @@ except ImportError:  # Windows: no flock; runs there are not protected from each
     fcntl = None
 
 RUN_FILES = ("model.onnx", "checkpoint.safetensors", "steps.jsonl", "run.etlog", "summary.json")
+DRAWN_FILES = ("curves.png",)  # drawn from RUN_FILES (edgetune.report): removed with them, never a run alone
 LOCK_FILE = ".edgetune.lock"
 
 _held: dict[Path, list] = {}  # folder -> [fd, created, depth]: re-entrant within this process
@@ -72,6 +73,8 @@ def remove_run(folder: str | Path) -> None:
     checkpoint beside a new step log would make a later ``--resume`` continue the wrong one)."""
     for name in run_files(folder):
         (Path(folder) / name).unlink()
+    for name in DRAWN_FILES:  # the old run's figure beside a new run that never drew one would show the old run
+        (Path(folder) / name).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

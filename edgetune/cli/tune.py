@@ -119,7 +119,22 @@ def _tune(run: dict[str, Any], config: TrainConfig) -> int:
     model_path = tuner.save(run["output_dir"], summary)
     result.peak_rss_mb = summary["result"]["peak_rss_mb"]  # save() re-read it: the peak includes the save
     _print_summary(result, model_path)
+    _draw_curves(run["output_dir"])
     return 0
+
+
+def _draw_curves(output_dir: str) -> None:
+    """curves.png beside the tuned model, drawn in a child process: matplotlib's tens of MB never count in
+    this process's peak RSS (summary.json's, the job's headline). Without matplotlib, one dim hint."""
+    from edgetune.report import FIGURE, PLOT_HINT, draw_in_child, plot_available
+
+    if not plot_available():
+        console.print(f"{FIGURE}: {PLOT_HINT}", style="dim", markup=False)
+        return
+    try:
+        console.print(f"curves: {draw_in_child(output_dir)}", markup=False)
+    except EdgetuneError as exc:  # the tuned model is saved: a figure that could not be drawn fails no run
+        console.print(f"{FIGURE} not drawn: {exc}", style="dim", markup=False)
 
 
 def _announce(run: dict[str, Any], tuner) -> None:
