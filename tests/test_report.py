@@ -9,6 +9,7 @@ import shutil
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,3 +157,16 @@ def test_tune_without_matplotlib_hints_once_and_overwrite_drops_the_old_figure(t
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("edgetune[plot]") == 1
     assert not (out / FIGURE).exists()  # the replaced run's figure went with it
+
+
+def test_benchmark_figures_draw_every_result_small(tmp_path):
+    """benchmarks/figures.py: each result with a figure gives a PNG under 150 KB, named after its JSON."""
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    import figures
+
+    for name in figures.DRAW:
+        target = figures.render(name, figures=tmp_path)
+        assert target == tmp_path / f"{name}.png", name
+        png_size(target)
+        assert target.stat().st_size < 150_000, name
+    assert figures.render("no_such_result", figures=tmp_path) is None
