@@ -17,7 +17,8 @@ import pytest
 from badinput import Snapshot, assert_rejected
 from conftest import run_cli, run_killed_at
 from edgetune.artifacts.curves import read_curves
-from edgetune.report import FIGURE, smoothed
+from edgetune.errors import EdgetuneError
+from edgetune.report import FIGURE, render, smoothed
 
 STEPS, EVAL_EVERY = 12, 4
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -127,27 +128,38 @@ def test_report_redraws_and_writes_elsewhere(tuned, tmp_path):
 def test_report_bad_inputs_are_one_line_and_change_nothing(tuned, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tuned[0], run)
-    snapshot = Snapshot(tmp_path, ignore=(tmp_path / "no-matplotlib",))
-    assert_rejected(run_cli("report", tmp_path / "nope"), f"{tmp_path / 'nope'}: no such folder")
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    assert_rejected(run_cli("report", empty), f"{empty / 'steps.jsonl'}: no step log")
-    for name in ("steps.jsonl", "checkpoint.safetensors"):
-        assert_rejected(run_cli("report", run, "--output", run / name), f"--output {run / name} is the input")
-    assert_rejected(run_cli("report", run, "--output", empty), f"--output {empty} is a folder")
-    assert_rejected(without_matplotlib(tmp_path, "report", run), "needs matplotlib", "pip install 'edgetune[plot]'")
-    snapshot.assert_unchanged()
-
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "steps.jsonl").write_text('{"step": 0, "loss": 0.7, "forwards": 2}\nnot json\n')
+    snapshot = Snapshot(tmp_path, ignore=(tmp_path / "no-matplotlib",))
+    assert_rejected(run_cli("report", tmp_path / "nope"), f"{tmp_path / 'nope'}: no such folder")
     assert_rejected(run_cli("report", bad), f"{bad / 'steps.jsonl'}:2: not a step record")
-    (bad / "steps.jsonl").write_text('{"step": 0, "loss": "low", "forwards": 2}\n')
-    assert_rejected(run_cli("report", bad), f"{bad / 'steps.jsonl'}:1", "loss is 'low'")
-    (bad / "steps.jsonl").write_text('{"step": 0, "loss": 0.7, "forwards": 2}\n')
-    (bad / "summary.json").write_text("{")
-    assert_rejected(run_cli("report", bad), f"{bad / 'summary.json'}: not readable JSON")
-    assert not (bad / FIGURE).exists()
+    assert_rejected(run_cli("report", run, "--output", run / "steps.jsonl"), f"--output {run / 'steps.jsonl'} is the input")
+    assert_rejected(without_matplotlib(tmp_path, "report", run), "needs matplotlib", "pip install 'edgetune[plot]'")
+    snapshot.assert_unchanged()
+
+
+@pytest.mark.parametrize("files, output, message", [
+    ({}, None, "steps.jsonl: no step log"),
+    ({"steps.jsonl": '{"step": 0, "loss": "low", "forwards": 2}\n'}, None, "steps.jsonl:1: not a step record (loss is 'low'"),
+    ({"steps.jsonl": '{"step": -1, "loss": 0.5, "forwards": 2}\n'}, None, "steps.jsonl:1: not a step record (step is -1"),
+    ({"steps.jsonl": '[1]\n'}, None, "steps.jsonl:1: not a step record (not a JSON object)"),
+    ({"steps.jsonl": '{"step": 0, "loss": 0.7}\n'}, None, "steps.jsonl:1: not a step record (no forwards and no seeds"),
+    ({"steps.jsonl": '{"step": 0, "loss": 0.7, "forwards": 2}\n', "summary.json": "{"}, None, "summary.json: not readable JSON"),
+    ({"steps.jsonl": '{"step": 0, "loss": 0.7, "forwards": 2}\n', "checkpoint.safetensors": "junk"}, None,
+     "checkpoint.safetensors: not a readable checkpoint"),
+    ({"steps.jsonl": '{"step": 0, "loss": 0.7, "forwards": 2}\n'}, "summary.json", "--output"),
+    ({"steps.jsonl": '{"step": 0, "loss": 0.7, "forwards": 2}\n'}, ".", "is a folder"),
+])
+def test_report_refuses(tmp_path, files, output, message):
+    """The other refusals, in this process (each is an EdgetuneError, which the CLI prints as one line)."""
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    snapshot = Snapshot(tmp_path)
+    with pytest.raises(EdgetuneError) as caught:
+        render(str(tmp_path), str(tmp_path / output) if output else None)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    snapshot.assert_unchanged()
 
 
 def test_tune_without_matplotlib_hints_once_and_overwrite_drops_the_old_figure(tuned, classifier, tmp_path):
