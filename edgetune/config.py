@@ -1,10 +1,12 @@
-"""Run configuration: one dataclass whose fields are the CLI flags and the YAML keys.
+"""Run configuration: dataclasses whose fields are the CLI flags, the YAML keys and the API's keywords.
 
-Every option a user gives (a flag, a ``--config`` key, a keyword of the Python API) is checked here
-against its dataclass field's type and range before any work starts: :func:`typed_options` for the
-types (one generic check, driven by the field annotations) and :func:`check_bounds` for the ranges.
-Messages name the option as its flag (``--steps``) whichever way it came in, except a YAML key of
-the wrong type, which names the file and the key.
+Each field describes itself (:func:`edgetune.zo.options.option`: help, range or choices, trajectory mark);
+the flags, ``--config`` checking, the replay header's keys and ``docs/cli.md`` are generated from them.
+Every option a user gives (a flag, a ``--config`` key, a keyword of the Python API) is checked here before
+any work starts by one generic check, :func:`validate_fields`: the types from the annotations, then the
+ranges and choices from the metadata; only rules between fields are code. Messages name the option as
+its flag (``--steps``) whichever way it came in, except a YAML key of the wrong type, which names the
+file and the key.
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ from __future__ import annotations
 import math
 import types
 import typing
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import Field, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from edgetune.errors import EdgetuneError
+from edgetune.zo.options import (OPTIMIZER_NAMES, OPTIMIZER_OPTIONS, ROTATE_MODES, Bound, DiZOOptions,
+                                 MicroAdamOptions, WindowOptions, option)
+from edgetune.zo.queries import QUERY_SCHEDULES
 
-DEFAULT_TRAINABLE = "last:1"
+__all__ = ["Bound", "ModelOptions", "TrainConfig", "option"]  # Bound, option: declared with the optimizers' options
+
 TASKS = ("classification", "lm")
 MAX_SEED = 2**64 - 1  # seeds are the core's uint64
 MAX_THREADS = 1024  # far above any CPU edgetune targets; a larger count is a typo, and ORT would try to start them
@@ -31,28 +37,6 @@ _F32_TINY = 1.401298464324817e-45  # the smallest positive float32: a smaller lr
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
-
-
-@dataclass(frozen=True)
-class Bound:
-    """An inclusive range of a numeric option (None: open on that side); ``positive`` excludes 0."""
-
-    low: float | None = None
-    high: float | None = None
-    positive: bool = False
-    why: str = ""  # a reason shown after the range
-
-    def holds(self, value: float) -> bool:
-        return ((self.low is None or value >= self.low) and (self.high is None or value <= self.high)
-                and not (self.positive and value <= 0))
-
-    def describe(self) -> str:
-        low = "positive" if self.positive else f"at least {self.low}" if self.low is not None else None
-        if self.high is None:
-            return low or "a number"
-        if self.positive:
-            return f"positive and at most {self.high}"
-        return f"between {self.low} and {self.high}" if self.low is not None else f"at most {self.high}"
 
 
 THREADS = Bound(1, MAX_THREADS)
@@ -80,11 +64,13 @@ def _shown(value: Any) -> str:
 
 
 _KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path"}
+_COLLECTIONS = {dict: "a mapping of strings", list: "a list of strings", tuple: "a list of strings",
+                Sequence: "a list of strings"}
 
 
 def _expected(hint: Any) -> str:
     arms = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    words = [_KINDS.get(arm, "a mapping of strings" if typing.get_origin(arm) is dict else str(arm))
+    words = [_KINDS.get(arm, _COLLECTIONS.get(typing.get_origin(arm), str(arm)))
              for arm in arms if arm is not type(None)]
     return " or ".join(dict.fromkeys(words))
 
@@ -116,6 +102,8 @@ def _coerce(value: Any, hint: Any, numeric_text: bool) -> tuple[bool, Any]:
             return True, math.inf
     if origin is dict:
         return isinstance(value, dict) and all(isinstance(x, str) for x in (*value, *value.values())), value
+    if origin in (list, tuple, Sequence):  # a sequence of strings, never a string itself
+        return isinstance(value, (list, tuple)) and all(isinstance(x, str) for x in value), value
     return isinstance(value, hint), value
 
 
@@ -150,117 +138,114 @@ def _check_types(hints: Mapping[str, Any], values: Mapping[str, Any], source: st
     return checked
 
 
-def known_options(cls: type, values: Mapping[str, Any], where: str = "") -> None:
-    """Refuse a key that is not a field of ``cls`` (a typo would otherwise be ignored or a TypeError)."""
-    unknown = sorted(set(values) - field_names(cls))
+def known_options(classes: Sequence[type], values: Mapping[str, Any], where: str = "") -> None:
+    """Refuse a key that is not an option of one of ``classes`` (a typo would otherwise be ignored or a TypeError)."""
+    unknown = sorted(set(values).difference(*({f.name for f in cli_fields(cls)} for cls in classes)))
     if unknown:
         raise EdgetuneError(f"{where}unknown option '{unknown[0]}'")
 
 
 @dataclass
-class TrainConfig:
-    """How to tune. Every field is also a ``tune`` flag (``--batch-size``) and a YAML key (``batch_size``)."""
+class _CommonOptions:
+    """The options of every run, whichever the optimizer (:class:`TrainConfig`'s first fields)."""
 
-    steps: int = 1000
-    optimizer: str = "zo-sgd"  # see edgetune.zo.OPTIMIZERS
-    batch_size: int = 16  # more than the training set has is capped to its size (each step then sees all of it)
-    lr: float = 1e-3
-    eps: float = 1e-3
-    queries: int = 1  # queries per step; the most a step may take under the grow and variance schedules
-    query_schedule: str = "fixed"  # fixed | grow | variance (edgetune.zo.queries)
-    queries_min: int = 1  # grow: queries at step 0; variance: queries before the spread is tested
-    query_threshold: float = 0.5  # variance: query until the relative standard error of mean(g²) is below
-    forward_budget: int = 0  # forward passes after which the run ends (after the step that reaches it); 0: none
-    parallel: str = "off"  # P-RGE, queries as perturbed copies in one forward: off | on | auto (edgetune.zo.prge)
-    schedule: str = "constant"  # lr schedule: constant | linear | cosine
-    warmup: int = 0
-    weight_decay: float = 0.0
-    noise: str = "rademacher"  # rademacher (±1, 5× faster kernel) | gaussian
-    seed: int = 0
-    eval_every: int = 0  # 0: evaluate only before and after
-    save_every: int = 0  # 0: checkpoint only at the end
-    eval_batch_size: int = 0  # 0: --batch-size, so that evaluating needs no more memory than a step
-    # DiZO (--optimizer dizo), published defaults: project every κ steps by a ZO search of the per-tensor
-    # scale r of θ − θ0 (iterations, probe ±ε, step, clip to 1 ± τ)
-    dizo_interval: int = 50
-    dizo_iters: int = 10
-    dizo_eps: float = 0.1
-    dizo_step: float = 2.0
-    dizo_tau: float = 0.2
-    # zo-momentum / zo-adam / zo-microadam: moments rebuilt from the last `window` steps (edgetune.zo.window)
-    window: int = 10
-    beta1: float = 0.9
-    beta2: float = 0.99
-    topk_density: float = 0.01  # zo-microadam: fraction of each step's estimate kept in the window
-    # --rotate K: each step perturbs and updates K of the trainable blocks (and everything outside the blocks),
-    # the same K for `rotate_every` steps, walked in order (cyclic) or drawn from the seed (random); 0: off
-    rotate: int = 0
-    rotate_every: int = 1
-    rotate_mode: str = "random"  # cyclic | random (edgetune.zo.subset)
+    steps: int = option(1000, "optimizer steps", bound=Bound(1))
+    optimizer: str = option("zo-sgd", "the zeroth-order optimizer", choices=OPTIMIZER_NAMES, trajectory=True)
+    batch_size: int = option(16, "training examples per step; more than the training set has is capped to its "
+                             "size (each step then sees all of it)", bound=Bound(1), trajectory=True)
+    lr: float = option(1e-3, "learning rate", bound=Bound(positive=True), trajectory=True)
+    eps: float = option(1e-3, "perturbation size ε", bound=Bound(positive=True), trajectory=True)
+    queries: int = option(1, "queries (perturbation pairs) per step; the most a step may take under the grow and "
+                          "variance schedules", bound=Bound(1), trajectory=True)
+    query_schedule: str = option("fixed", "queries per step: fixed, grow from --queries-min to --queries, or "
+                                 "variance (query until the estimate is steady)", choices=QUERY_SCHEDULES,
+                                 trajectory=True)
+    queries_min: int = option(1, "grow: queries at step 0; variance: queries before the spread is tested",
+                              bound=Bound(1), trajectory=True)
+    query_threshold: float = option(0.5, "variance: query until the relative standard error of mean(g²) is below "
+                                    "this", bound=Bound(positive=True), trajectory=True)
+    forward_budget: int = option(0, "forward passes after which the run ends (after the step that reaches it); "
+                                 "0: none", bound=Bound(0, why="0: no budget"))
+    parallel: str = option("off", "P-RGE: evaluate the queries as perturbed copies in one forward (auto: measure "
+                           "and choose)", choices=("off", "on", "auto"), trajectory=True)
+    schedule: str = option("constant", "learning-rate schedule", choices=("constant", "linear", "cosine"),
+                           trajectory=True)
+    warmup: int = option(0, "steps of linear learning-rate warm-up", bound=Bound(0), trajectory=True)
+    weight_decay: float = option(0.0, "decoupled weight decay", bound=Bound(0), trajectory=True)
+    noise: str = option("rademacher", "perturbation noise: rademacher (±1, a 5x faster kernel) or gaussian",
+                        choices=("rademacher", "gaussian"), trajectory=True)
+    seed: int = option(0, "seed of every perturbation and batch", bound=SEED, trajectory=True)
+    eval_every: int = option(0, "evaluate on --eval-data every this many steps; 0: only before and after",
+                             bound=Bound(0, why="0: only before and after"))
+    save_every: int = option(0, "checkpoint every this many steps; 0: only at the end",
+                             bound=Bound(0, why="0: only at the end"))
+    eval_batch_size: int = option(0, "examples per evaluation run; 0: --batch-size, so that evaluating needs no "
+                                  "more memory than a step", bound=Bound(0, why="0: the training --batch-size"))
+    rotate: int = option(0, "perturb and update K of the trainable blocks per step (and everything outside the "
+                         "blocks); 0: all", bound=Bound(0, words="0 (off) or a number of blocks"), trajectory=True)
+    rotate_every: int = option(1, "--rotate: keep the same K blocks for this many steps", bound=Bound(1),
+                               trajectory=True)
+    rotate_mode: str = option("random", "--rotate: walk the blocks in order (cyclic) or draw them from the seed "
+                              "(random)", choices=ROTATE_MODES, trajectory=True)
+
+
+@dataclass
+class TrainConfig(MicroAdamOptions, WindowOptions, DiZOOptions, _CommonOptions):
+    """How to tune. Every field is also a ``tune`` flag (``--batch-size``) and a YAML key (``batch_size``).
+
+    The fields are the common options, then those each optimizer declares (:mod:`edgetune.zo.options`),
+    flat: ``TrainConfig(dizo_interval=20)``, ``--dizo-interval 20``, ``dizo_interval: 20``.
+    """
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> TrainConfig:
         """A validated config from keyword options (the Python API's ``fit(**options)``)."""
-        known_options(cls, options)
-        config = cls(**typed_options(cls, options))
+        known_options((cls,), options)
+        config = cls(**options)
         config.validate()
         return config
 
+    @classmethod
+    def trajectory_keys(cls) -> tuple[str, ...]:
+        """The fields the trajectory depends on: a resumed run must keep them, the replay header holds them."""
+        return tuple(f.name for f in fields(cls) if f.metadata["trajectory"])
+
+    @classmethod
+    def groups(cls) -> list[tuple[str, list[str]]]:
+        """The fields by owner: the common ones, then each optimizer's (a title and the field names)."""
+        owned = [(f"--optimizer {choice_words(group.for_optimizers)}", [f.name for f in fields(group)])
+                 for group in OPTIMIZER_OPTIONS]
+        taken = {name for _, names in owned for name in names}
+        return [("training options", [f.name for f in fields(cls) if f.name not in taken]), *owned]
+
     def validate(self) -> None:
-        for name, value in typed_options(type(self), asdict(self)).items():
-            setattr(self, name, value)  # an int given for a float field becomes that float
-        check_bounds(asdict(self), _train_bounds())
-        self._validate_float32()
+        validate_fields(self)
+        self._validate_widths()
         if self.warmup > self.steps:
             raise EdgetuneError(f"--warmup {self.warmup} is more than --steps {self.steps}")
-        if not 0 < self.dizo_tau < 1:
-            raise EdgetuneError(f"--dizo-tau must be between 0 and 1, not {self.dizo_tau}")
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise EdgetuneError(f"--{name} must be in [0, 1), not {getattr(self, name)}")
-        if not 0 < self.topk_density <= 1:
-            raise EdgetuneError(f"--topk-density must be in (0, 1], not {self.topk_density}")
-        from edgetune.zo import OPTIMIZERS  # config stays importable without the core
-        from edgetune.zo.queries import QUERY_SCHEDULES
-
-        if self.optimizer not in OPTIMIZERS:
-            raise EdgetuneError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not '{self.optimizer}'")
-        if self.noise not in ("gaussian", "rademacher"):
-            raise EdgetuneError(f"--noise must be gaussian or rademacher, not '{self.noise}'")
-        if self.query_schedule not in QUERY_SCHEDULES:
-            raise EdgetuneError(f"--query-schedule must be one of {', '.join(QUERY_SCHEDULES)}, not '{self.query_schedule}'")
-        if not 1 <= self.queries_min <= self.queries:
+        if self.queries_min > self.queries:
             raise EdgetuneError(f"--queries-min must be between 1 and --queries ({self.queries})")
-        if self.parallel not in ("off", "on", "auto"):
-            raise EdgetuneError(f"--parallel must be off, on or auto, not '{self.parallel}'")
         if self.parallel != "off" and (self.optimizer != "zo-sgd" or self.query_schedule != "fixed"):
             raise EdgetuneError("--parallel on/auto needs --optimizer zo-sgd with --query-schedule fixed")
-        if self.schedule not in ("constant", "linear", "cosine"):
-            raise EdgetuneError(f"--schedule must be constant, linear or cosine, not '{self.schedule}'")
-        self._validate_rotation()
+        if self.rotate and self.optimizer != "zo-sgd":
+            raise EdgetuneError(f"--rotate works with --optimizer zo-sgd only, not '{self.optimizer}'")
+        if self.rotate and self.parallel != "off":
+            raise EdgetuneError("--rotate needs --parallel off (P-RGE perturbs copies of the whole slice)")
 
-    def _validate_float32(self) -> None:
-        """lr, ε and decay go into every step record as float32: each must survive the rounding."""
+    def _validate_widths(self) -> None:
+        """Every step record of the trajectory log holds the step and q in 32 and 16 bits, and lr, ε and decay
+        as float32: each value must survive that."""
+        from edgetune.artifacts.trajectory import MAX_QUERIES, MAX_STEPS  # the format owns its widths; it needs the core
+
+        check_bounds({"steps": self.steps, "queries": self.queries}, {
+            "steps": Bound(1, MAX_STEPS, why="the trajectory log numbers steps in 32 bits"),
+            "queries": Bound(1, MAX_QUERIES, why="the trajectory log stores q in 16 bits")})
         for name in ("lr", "eps", "weight_decay"):
             value = getattr(self, name)
             if abs(value) > _F32_MAX or (name != "weight_decay" and value < _F32_TINY):
                 raise EdgetuneError(f"{flag(name)} {value} does not fit the trajectory log's 32-bit float "
                                     f"(it must be {'at most' if abs(value) > _F32_MAX else 'at least'} "
                                     f"{_F32_MAX if abs(value) > _F32_MAX else _F32_TINY:.7g})")
-
-    def _validate_rotation(self) -> None:
-        from edgetune.zo.subset import ROTATE_MODES
-
-        if self.rotate < 0:
-            raise EdgetuneError(f"--rotate must be 0 (off) or a number of blocks, not {self.rotate}")
-        if self.rotate_every < 1:
-            raise EdgetuneError(f"--rotate-every must be at least 1, not {self.rotate_every}")
-        if self.rotate_mode not in ROTATE_MODES:
-            raise EdgetuneError(f"--rotate-mode must be {' or '.join(ROTATE_MODES)}, not '{self.rotate_mode}'")
-        if self.rotate and self.optimizer != "zo-sgd":
-            raise EdgetuneError(f"--rotate works with --optimizer zo-sgd only, not '{self.optimizer}'")
-        if self.rotate and self.parallel != "off":
-            raise EdgetuneError("--rotate needs --parallel off (P-RGE perturbs copies of the whole slice)")
 
     def check_eval_data(self, eval_data: str | Path | None) -> None:
         """--eval-every asks for evaluations during the run: without --eval-data there is nothing to evaluate."""
@@ -276,44 +261,74 @@ class TrainConfig:
         return asdict(self)
 
 
-def _train_bounds() -> dict[str, Bound]:
-    """The numeric ranges of :class:`TrainConfig`, the trajectory log's field widths among them."""
-    from edgetune.artifacts.trajectory import MAX_QUERIES, MAX_STEPS  # the format owns its widths; it needs the core
-
-    at_least_1 = Bound(1)
-    return {
-        "steps": Bound(1, MAX_STEPS, why="the trajectory log numbers steps in 32 bits"),
-        "batch_size": at_least_1, "eval_batch_size": Bound(0, why="0: the training --batch-size"),
-        "queries": Bound(1, MAX_QUERIES, why="the trajectory log stores q in 16 bits"),
-        "dizo_interval": at_least_1, "dizo_iters": at_least_1, "window": at_least_1,
-        "lr": Bound(positive=True), "eps": Bound(positive=True), "dizo_eps": Bound(positive=True),
-        "dizo_step": Bound(positive=True), "query_threshold": Bound(positive=True),
-        "weight_decay": Bound(0), "warmup": Bound(0),
-        "forward_budget": Bound(0, why="0: no budget"), "eval_every": Bound(0, why="0: only before and after"),
-        "save_every": Bound(0, why="0: only at the end"), "seed": SEED,
-    }
-
-
 @dataclass
 class ModelOptions:
     """How a model is loaded: :meth:`edgetune.Tuner.from_onnx`'s options past the path and ``trainable``,
     and the matching flags of ``tune`` and ``eval``."""
 
-    tokenizer: str | Path | None = None
-    task: str | None = None
-    max_length: int | None = None  # None: 128, or the model's positions where it has fewer
-    threads: int | None = None
-    split: bool = True
-    verbalizer: str | dict[str, str] | None = None
-    template: str | None = None
+    tokenizer: str | Path | None = option(None, "tokenizer.json (default: beside the model)")
+    task: str | None = option(None, "default: from the model", choices=TASKS, parse=True)
+    max_length: int | None = option(None, "truncate examples to this many tokens (default 128, or the model's "
+                                    "positions where it has fewer)",
+                                    # one token leaves a causal LM nothing to predict and a classifier nothing but [CLS]
+                                    bound=Bound(2))
+    threads: int | None = option(None, "ONNX Runtime and kernel threads (default: all cores)", bound=THREADS,
+                                 parse=True)
+    split: bool = option(True, "run the whole graph per evaluation instead of caching the frozen prefix")
+    verbalizer: str | dict[str, str] | None = option(
+        None, 'classify {"text","label"} data with a causal LM by the word it says after the prompt: '
+        '"negative=terrible,positive=great" (default: from the model\'s metadata)')
+    template: str | None = option(None, 'prompt for --verbalizer, with {text} where the text goes (default "{text}")')
+    providers: Sequence[str] | None = option(None, "ONNX Runtime execution providers, in order of preference "
+                                             "(default: CPU)", cli=False)
 
     def validate(self) -> None:
-        typed_options(type(self), asdict(self))
-        check_bounds(asdict(self), {
-            # one token leaves a causal LM nothing to predict and a classifier nothing but [CLS]
-            "max_length": Bound(2), "threads": THREADS})
-        if self.task is not None and self.task not in TASKS:
-            raise EdgetuneError(f"--task must be {' or '.join(TASKS)}, not '{self.task}'")
+        validate_fields(self)
+
+    def keywords(self) -> dict[str, Any]:
+        """The options as :meth:`edgetune.Tuner.from_onnx`'s keywords."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def validate_fields(options: Any) -> None:
+    """Check each field of the dataclass ``options``: its type (from the annotations; an int given for a float
+    field becomes that float), then its range and choices (from the field's metadata); None is unset."""
+    checked = typed_options(type(options), {f.name: getattr(options, f.name) for f in fields(options)})
+    for name, value in checked.items():
+        setattr(options, name, value)
+    for f in fields(options):
+        value = getattr(options, f.name)
+        if value is None:
+            continue
+        if f.metadata.get("bound") is not None:
+            check_bounds({f.name: value}, {f.name: f.metadata["bound"]})
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise EdgetuneError(f"{flag(f.name)} must be {choice_words(choices)}, not '{value}'")
+
+
+def choice_words(choices: Sequence[str]) -> str:
+    """``a or b``, ``a, b or c``, or ``one of a, b, c, d`` for longer lists."""
+    if len(choices) > 3:
+        return "one of " + ", ".join(choices)
+    return " or ".join([", ".join(choices[:-1]), choices[-1]]) if len(choices) > 1 else choices[0]
+
+
+def cli_fields(cls: type) -> list[Field]:
+    """The fields of ``cls`` that are flags and ``--config`` keys."""
+    return [f for f in fields(cls) if f.metadata.get("cli", True)]
+
+
+def read_config_options(path: str | Path, classes: Sequence[type]) -> dict[str, Any]:
+    """The keys of a ``--config`` file, each a flag of one of ``classes`` (an unknown one is refused) and of its
+    field's type (messages name the file and the key)."""
+    values = read_yaml_config(path)
+    known_options(classes, values, f"{path}: ")
+    typed: dict[str, Any] = {}
+    for cls in classes:
+        names = {f.name for f in cli_fields(cls)}
+        typed.update(typed_options(cls, {k: v for k, v in values.items() if k in names}, path))
+    return typed
 
 
 def field_names(cls) -> set[str]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from edgetune.cli.args import add_model_args, int_in
-from edgetune.config import Bound
+from edgetune.cli.args import add_model_args, int_in, options_of
+from edgetune.config import Bound, ModelOptions
 from edgetune.errors import EdgetuneError
 
 
@@ -13,7 +13,7 @@ def add_parser(commands) -> None:
     evaluate = commands.add_parser("eval", help="accuracy / loss of a model on a JSONL file")
     add_model_args(evaluate)
     evaluate.add_argument("--data", required=True, help="evaluation JSONL")
-    evaluate.add_argument("--batch-size", type=int_in(Bound(1)), default=64)
+    evaluate.add_argument("--batch-size", type=int_in(Bound(1)), default=64, help="examples per run (default 64)")
 
 
 
@@ -23,11 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.onnx:
         raise EdgetuneError("--onnx is required")
-    tuner = Tuner.from_onnx(
-        args.onnx, trainable=None, tokenizer=args.tokenizer, task=args.task,
-        max_length=args.max_length, threads=args.threads,
-        verbalizer=args.verbalizer, template=args.template,
-    )
+    tuner = Tuner.from_onnx(args.onnx, trainable=None, **options_of(ModelOptions, vars(args)).keywords())
     metrics = tuner.evaluate(args.data, batch_size=args.batch_size)
     print(dumps_finite(metrics))  # evaluate refuses non-finite losses; NaN is no JSON any reader parses
     return 0

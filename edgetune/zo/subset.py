@@ -24,8 +24,8 @@ from edgetune import _core
 from edgetune.errors import EdgetuneError
 from edgetune.graph.blocks import Param
 from edgetune.graph.prepare import arena_group
+from edgetune.zo.options import ROTATE_MODES
 
-ROTATE_MODES = ("cyclic", "random")
 STREAM = 0x524F_5441_5445_0000  # "ROTATE": the random draw's keys, apart from the small query indices of noise seeds
 
 Span = tuple[int, int]  # [start, end) of the arena

@@ -1,0 +1,107 @@
+"""Options that describe themselves, and the options each optimizer owns.
+
+An option is a dataclass field declared with :func:`option`: its default, its help text, its range
+(:class:`Bound`) or choices, and whether it is part of the trajectory (``edgetune replay`` needs its value
+to redo the run). :class:`edgetune.config.TrainConfig` composes the optimizers' groups below with its own
+fields; the ``tune`` flags, the ``--config`` keys, the replay header's keys and ``docs/cli.md`` are all
+generated from these declarations, and one generic check validates them.
+
+This module imports nothing of edgetune's (no compiled core): the config reads it without the optimizers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# The names --optimizer takes, in the order messages and help list them (edgetune.zo.OPTIMIZERS maps them
+# to their classes; a test holds the two equal).
+OPTIMIZER_NAMES = ("zo-sgd", "dizo", "zo-momentum", "zo-adam", "zo-microadam")
+ROTATE_MODES = ("cyclic", "random")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """An inclusive range of a numeric option (None: open on that side); ``positive`` excludes 0 and
+    ``below`` the high end itself. ``words`` replaces the generated description in messages."""
+
+    low: float | None = None
+    high: float | None = None
+    positive: bool = False
+    why: str = ""  # a reason shown after the range
+    below: bool = False
+    words: str = ""
+
+    def holds(self, value: float) -> bool:
+        above_low = self.low is None or value >= self.low
+        under_high = self.high is None or (value < self.high if self.below else value <= self.high)
+        return above_low and under_high and not (self.positive and value <= 0)
+
+    def describe(self) -> str:
+        if self.words:
+            return self.words
+        low = "positive" if self.positive else f"at least {self.low}" if self.low is not None else None
+        if self.high is None:
+            return low or "a number"
+        high = f"below {self.high}" if self.below else f"at most {self.high}"
+        if self.low is not None and not (self.positive or self.below):
+            return f"between {self.low} and {self.high}"
+        return f"{low} and {high}" if low else high
+
+
+def option(default: Any, help: str, *, bound: Bound | None = None, choices: tuple[str, ...] | None = None,
+           trajectory: bool = False, parse: bool = False, cli: bool = True) -> Any:
+    """A field that describes itself.
+
+    ``trajectory``: the run's trajectory depends on it (a resumed run must keep it; the replay header holds
+    it). ``parse``: its flag checks the range or choices as argparse parses it (an ``argument --X:`` line),
+    not after all options are merged. ``cli``: it is a flag and a ``--config`` key (False: Python API only).
+    """
+    metadata = {"help": help, "bound": bound, "choices": choices, "trajectory": trajectory, "parse": parse,
+                "cli": cli}
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class DiZOOptions:
+    """``--optimizer dizo``, published defaults: every κ steps, a ZO search of the per-tensor scale r of
+    θ − θ0 (``dizo_iters`` iterations, probe ±ε, step, r clipped to 1 ± τ); see :mod:`edgetune.zo.dizo`."""
+
+    for_optimizers = ("dizo",)
+
+    dizo_interval: int = option(50, "project towards the pretrained weights every this many steps (κ)",
+                                bound=Bound(1), trajectory=True)
+    dizo_iters: int = option(10, "ZO iterations of each projection's search for the scales r",
+                             bound=Bound(1), trajectory=True)
+    dizo_eps: float = option(0.1, "probe size of the scale search, relative to each tensor's distance",
+                             bound=Bound(positive=True), trajectory=True)
+    dizo_step: float = option(2.0, "step size of the scale search", bound=Bound(positive=True),
+                              trajectory=True)
+    dizo_tau: float = option(0.2, "clip each scale to 1 ± τ", bound=Bound(high=1, positive=True, below=True),
+                             trajectory=True)
+
+
+@dataclass
+class WindowOptions:
+    """The window optimizers' moments, rebuilt from the last ``window`` steps; see :mod:`edgetune.zo.window`."""
+
+    for_optimizers = ("zo-momentum", "zo-adam", "zo-microadam")
+
+    window: int = option(10, "past steps the moments are rebuilt from", bound=Bound(1), trajectory=True)
+    beta1: float = option(0.9, "decay of the first moment over the window", bound=Bound(0, 1, below=True),
+                          trajectory=True)
+    beta2: float = option(0.99, "decay of the second moment over the window", bound=Bound(0, 1, below=True),
+                          trajectory=True)
+
+
+@dataclass
+class MicroAdamOptions:
+    """ZO-MicroAdam's compression of each step's estimate; see :mod:`edgetune.zo.microadam`."""
+
+    for_optimizers = ("zo-microadam",)
+
+    topk_density: float = option(0.01, "fraction of each step's estimate kept in the window (Top-K)",
+                                 bound=Bound(high=1, positive=True), trajectory=True)
+
+
+OPTIMIZER_OPTIONS = (DiZOOptions, WindowOptions, MicroAdamOptions)
