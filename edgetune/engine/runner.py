@@ -10,7 +10,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from edgetune.data.batching import Batch
 from edgetune.engine.session import create_session
@@ -36,30 +35,23 @@ class LossEngine:
         for name, view in tensors.items():
             self._binding.bind_input(name, "cpu", 0, np.float32, list(view.shape), view.ctypes.data)
         self._binding.bind_output(LOSS_OUTPUT, "cpu")
-        self._batch_arrays: list[np.ndarray] = []
-        self._boundary_values: list[ort.OrtValue] = []
+        self._batch_arrays: dict[str, np.ndarray] = {}
 
     def set_batch(self, batch: Batch) -> None:
         """Bind ``batch``; runs the frozen prefix once so every later ``loss()`` only runs the suffix."""
-        feeds = self._feeds(batch)
-        if self.prefix is not None:
-            prefix_feeds = {k: v for k, v in feeds.items() if k in self._prefix_inputs}
-            arrays = {k: np.ascontiguousarray(v) for k, v in prefix_feeds.items()}  # OrtValues borrow these
-            ort_feeds = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in arrays.items()}
-            values = self.prefix.run_with_ort_values(self.boundary, ort_feeds)
-            self._boundary_values = list(values)
-            for name, value in zip(self.boundary, self._boundary_values):
-                self._binding.bind_ortvalue_input(name, value)
-        self._batch_arrays = []
-        for name, array in feeds.items():
-            if name in self._suffix_inputs:
-                array = np.ascontiguousarray(array)
-                self._batch_arrays.append(array)  # bind_cpu_input does not own the memory
-                self._binding.bind_cpu_input(name, array)
+        self._batch_arrays = self.data_feeds(batch)  # bind_cpu_input does not own the memory
+        for name, array in self._batch_arrays.items():
+            self._binding.bind_cpu_input(name, array)
 
     def loss(self) -> np.ndarray:
         self.suffix.run_with_iobinding(self._binding)
         return self._binding.copy_outputs_to_cpu()[0]
+
+    def bind_output(self, name: str, array: np.ndarray) -> None:
+        """Every later ``loss()`` also writes the suffix's output ``name`` into ``array`` (float32, C-contiguous,
+        of the output's shape; the caller keeps it alive): an extra output such as the exact head's gradient
+        (``graph/head_grad.py``), read in place with no copy per forward."""
+        self._binding.bind_output(name, "cpu", 0, np.float32, list(array.shape), array.ctypes.data)
 
     def mean_loss(self) -> float:
         """The batch's mean loss at the arena's weights: one evaluation of an optimizer's ``loss_fn``."""
@@ -77,15 +69,13 @@ class LossEngine:
         return loss, logits
 
     def data_feeds(self, batch: Batch) -> dict[str, np.ndarray]:
-        """The suffix's inputs other than the trainable tensors, as numpy (runs the frozen prefix)."""
-        feeds = self._feeds(batch)
+        """The suffix's inputs other than the trainable tensors, as C-contiguous numpy: the batch's own and the
+        frozen prefix's outputs on it. The one place the prefix runs, for the training binding and evaluation."""
+        feeds = {name: np.ascontiguousarray(array, self._input_types.get(name, np.int64))
+                 for name, array in batch.inputs.items()}
+        feeds[LABELS_INPUT] = np.ascontiguousarray(batch.labels)
         if self.prefix is not None:
             prefix_feeds = {k: v for k, v in feeds.items() if k in self._prefix_inputs}
             feeds.update(zip(self.boundary, self.prefix.run(self.boundary, prefix_feeds)))
         return {k: v for k, v in feeds.items() if k in self._suffix_inputs}
-
-    def _feeds(self, batch: Batch) -> dict[str, np.ndarray]:
-        feeds = {name: array.astype(self._input_types.get(name, np.int64), copy=False) for name, array in batch.inputs.items()}
-        feeds[LABELS_INPUT] = batch.labels
-        return feeds
 
