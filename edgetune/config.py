@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import Field, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,10 @@ from typing import Any
 import yaml
 
 from edgetune.errors import EdgetuneError
+# Bound and option are the vocabulary of every option declaration, the optimizers' included (re-exported here)
 from edgetune.zo.options import (OPTIMIZER_NAMES, OPTIMIZER_OPTIONS, ROTATE_MODES, Bound, DiZOOptions,
                                  MicroAdamOptions, WindowOptions, option)
 from edgetune.zo.queries import QUERY_SCHEDULES
-
-__all__ = ["Bound", "ModelOptions", "TrainConfig", "option"]  # Bound, option: declared with the optimizers' options
 
 TASKS = ("classification", "lm")
 MAX_SEED = 2**64 - 1  # seeds are the core's uint64
@@ -203,6 +202,7 @@ class TrainConfig(MicroAdamOptions, WindowOptions, DiZOOptions, _CommonOptions):
         known_options((cls,), options)
         config = cls(**options)
         config.validate()
+        config.refuse_ignored(options)
         return config
 
     @classmethod
@@ -231,6 +231,21 @@ class TrainConfig(MicroAdamOptions, WindowOptions, DiZOOptions, _CommonOptions):
             raise EdgetuneError(f"--rotate works with --optimizer zo-sgd only, not '{self.optimizer}'")
         if self.rotate and self.parallel != "off":
             raise EdgetuneError("--rotate needs --parallel off (P-RGE perturbs copies of the whole slice)")
+
+    def refuse_ignored(self, given: Iterable[str]) -> None:
+        """An option of another optimizer than ``optimizer``, among the ``given`` ones (flags, YAML keys,
+        keywords) with a value other than its default, would be silently ignored: refuse it.
+
+        A default value passes, so that a run's summary.json config, which lists every option, can be reused.
+        """
+        for group in OPTIMIZER_OPTIONS:
+            if self.optimizer in group.for_optimizers:
+                continue
+            for f in fields(group):
+                if f.name in given and getattr(self, f.name) != f.default:
+                    raise EdgetuneError(f"{flag(f.name)} {getattr(self, f.name)} is an option of --optimizer "
+                                        f"{choice_words(group.for_optimizers)}, not {self.optimizer} "
+                                        "(it would be ignored)")
 
     def _validate_widths(self) -> None:
         """Every step record of the trajectory log holds the step and q in 32 and 16 bits, and lr, ε and decay

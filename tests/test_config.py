@@ -125,8 +125,9 @@ def test_each_optimizer_owns_its_options_and_the_public_names_stay_flat():
     assert owned == {"dizo_interval", "dizo_iters", "dizo_eps", "dizo_step", "dizo_tau",
                      "window", "beta1", "beta2", "topk_density"}
     assert all(set(group.for_optimizers) <= set(OPTIMIZER_NAMES) for group in OPTIMIZER_OPTIONS)
-    config = TrainConfig.from_options({"optimizer": "dizo", "dizo_interval": 7, "window": 3})
-    assert (config.dizo_interval, config.window) == (7, 3)
+    assert TrainConfig.from_options({"optimizer": "dizo", "dizo_interval": 7}).dizo_interval == 7
+    config = TrainConfig.from_options({"optimizer": "zo-adam", "window": 3})
+    assert config.window == 3
     assert {"dizo_interval", "window", "topk_density"} <= set(config.to_dict())
     assert build_parser().parse_args(["tune", "--dizo-interval", "7"]).dizo_interval == 7
 
@@ -169,3 +170,31 @@ def test_docs_cli_md_is_generated_from_the_parsers():
     assert committed == fresh, "docs/cli.md is stale: python scripts/cli_reference.py > docs/cli.md"
     for flag in ("--dizo-interval", "--beta1", "--topk-density", "--no-split", "--max-length"):
         assert f"`{flag}`" in fresh
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"beta1": 0.5}, "--beta1 0.5 is an option of --optimizer zo-momentum, zo-adam or zo-microadam, not zo-sgd"),
+    ({"optimizer": "zo-adam", "dizo_interval": 5}, "--dizo-interval 5 is an option of --optimizer dizo, not zo-adam"),
+    ({"optimizer": "zo-adam", "topk_density": 0.1}, "--topk-density 0.1 is an option of --optimizer zo-microadam"),
+])
+def test_an_option_of_another_optimizer_is_refused_not_ignored(options, message):
+    with pytest.raises(EdgetuneError) as info:
+        TrainConfig.from_options(options)
+    assert str(info.value).startswith(message)
+
+
+def test_an_option_of_another_optimizer_at_its_default_passes():
+    """A run's summary.json config lists every option: reused as a --config, its defaults must pass."""
+    config = TrainConfig.from_options({"optimizer": "zo-sgd", "beta1": 0.9, "dizo_interval": 50})
+    assert config.beta1 == 0.9
+    assert TrainConfig.from_options({"optimizer": "zo-microadam", "beta1": 0.5, "topk_density": 0.1}).beta1 == 0.5
+
+
+def test_the_cli_refuses_an_option_of_another_optimizer_in_one_line(classifier, cli, tmp_path):
+    from tests.badinput import Snapshot, assert_rejected
+
+    untouched = Snapshot(classifier["dir"], tmp_path)
+    proc = cli("tune", "--onnx", classifier["model"], "--data", classifier["train"], "--output-dir", tmp_path / "out",
+               "--window", "4", cwd=tmp_path)
+    assert_rejected(proc, "--window 4 is an option of --optimizer zo-momentum, zo-adam or zo-microadam, not zo-sgd")
+    untouched.assert_unchanged()
