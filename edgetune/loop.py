@@ -1,0 +1,361 @@
+"""The training loop: :class:`TrainingRun` holds one run's moving parts; :func:`fit` and :func:`steps` drive it.
+
+A run owns the optimizer over the tuner's arena, the batch stream, the trajectory (``run.etlog``), the step
+log (``steps.jsonl``), the forwards spent, and the checkpoint that lets it continue. Two drivers:
+
+- :func:`fit` (``Tuner.fit``) decides when to evaluate and checkpoint, stops at the forward budget or on a
+  signal, and *chains* steps (fuses the next step's first perturbation into this step's last pass) wherever
+  nothing reads θ in between.
+- :func:`steps` (``Tuner.steps``) yields each step's :class:`StepRecord` to an app that owns its loop. It never
+  chains, so θ is exact at every yield: the app may read, evaluate or save it between steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgetune import _core
+from edgetune.artifacts.checkpoint import file_digest, load_checkpoint, save_checkpoint
+from edgetune.artifacts.outdir import claim_output
+from edgetune.artifacts.steplog import JsonlLog
+from edgetune.artifacts.trajectory import FILE_NAME as TRAJECTORY, Trajectory, check_room
+from edgetune.config import TrainConfig
+from edgetune.data import BatchStream, TokenizedSet, Verbalizer
+from edgetune.data.tokenizer import SIDECARS as TOKENIZER_SIDECARS
+from edgetune.engine import LossEngine, check_engine
+from edgetune.engine.prge import CopyBatchedEngine
+from edgetune.errors import EdgetuneError, TrainingError
+from edgetune.graph.blocks import Param
+from edgetune.graph.model import ModelInfo
+from edgetune.process.interrupt import Interrupted, StopRequest
+from edgetune.process.rss import peak_rss_mb
+from edgetune.zo import Anchors, StepRecord, build_optimizer
+from edgetune.zo.prge import ParallelZO, parallel_strategy
+from edgetune.zo.subset import block_subsets
+
+CHECKPOINT = "checkpoint.safetensors"
+_TRAJECTORY_KEYS = TrainConfig.trajectory_keys()  # the fields marked for the trajectory: a resumed run keeps them
+
+
+class TunedModel(Protocol):
+    """What a run reads and tunes of its model; :class:`edgetune.Tuner` is the implementation."""
+
+    params: list[Param]
+    arena: _core.Arena
+    weights: dict[str, np.ndarray]
+    engine: LossEngine
+    info: ModelInfo
+    model_path: Path
+    tokenizer_path: Path
+    max_length: int
+    verbalizer: Verbalizer | None
+    trainable_spec: Any  # the --trainable spec, None for evaluation only; str() is its canonical text
+
+    @property
+    def anchors(self) -> Anchors | None: ...
+    def load_data(self, path: str | Path) -> TokenizedSet: ...
+    def evaluate(self, data: TokenizedSet, batch_size: int = 64) -> dict[str, float]: ...
+    def copy_batched_engine(self) -> CopyBatchedEngine: ...
+    def output_metadata(self) -> dict[str, str]: ...
+
+
+class Progress(Protocol):
+    def on_start(self, start: int, total: int) -> None: ...
+    def on_step(self, record: StepRecord) -> None: ...
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None: ...
+
+
+@dataclass
+class FitResult:
+    before: dict[str, float] | None
+    after: dict[str, float] | None
+    steps: int
+    seconds: float
+    forward_passes: int  # the forwards this call ran: its StepRecords' ``forwards`` summed
+    peak_rss_mb: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    parallel: dict[str, Any] | None = None  # what --parallel auto measured and chose
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def train_config(config: TrainConfig | None, options: Mapping[str, Any]) -> TrainConfig:
+    """A validated config from ``config=TrainConfig(...)`` (copied: the caller's object is left as it is) or
+    from keyword options, never both."""
+    if config is None:
+        return TrainConfig.from_options(options)
+    if options:
+        raise EdgetuneError(f"give config=TrainConfig(...) or options such as {sorted(options)[0]}=, not both")
+    if not isinstance(config, TrainConfig):
+        raise EdgetuneError(f"config: expected a TrainConfig, got {type(config).__name__}")
+    checked = replace(config)
+    checked.validate()
+    return checked
+
+
+class TrainingRun:
+    """One tuning run of ``tuner`` on ``data``: each :meth:`step` takes θ from step ``done`` to ``done + 1``.
+
+    With ``output_dir`` every step goes to ``steps.jsonl`` and the trajectory, and :meth:`save_checkpoint`
+    writes them with the checkpoint; ``resume`` continues the run checkpointed there (:meth:`restore`).
+    Constructing reads the data (and the checkpoint) and writes nothing; the engine is bound and checked
+    at the first step (:meth:`bind`). :meth:`close` when done: it leaves θ settled, never mid-perturbation.
+    """
+
+    def __init__(self, tuner: TunedModel, config: TrainConfig, data: str | Path, output_dir: str | Path | None = None,
+                 resume: bool = False):
+        subsets = block_subsets(config, tuner.params, tuner.arena)  # a --rotate K the slice cannot take fails here
+        check_room(config, [p.name for p in tuner.params])  # DiZO's per-tensor scales must fit a step record
+        self.tuner, self.config = tuner, config
+        self.out = Path(output_dir) if output_dir else None
+        self.train = tuner.load_data(data)
+        self.fingerprint = run_fingerprint(tuner, config, data)
+        self.trajectory = Trajectory(trajectory_header(tuner, config, self.fingerprint["model"]))
+        self.stream = BatchStream(len(self.train), config.batch_size, config.seed)
+        self.optimizer = build_optimizer(config, tuner.arena.buffer(), anchors=tuner.anchors, subsets=subsets)
+        self.start = self.done = self.spent = self.start_forwards = 0
+        self.history: list[dict[str, Any]] = []  # evaluations during the run, kept in the checkpoint
+        self.before: dict[str, float] | None = None  # the evaluation before step 0
+        self.batching = None  # what --parallel auto measured and chose
+        self._saved_optimizer: dict[str, Any] | None = None
+        self._engine: LossEngine | None = None
+        self._steplog: JsonlLog | None = None
+        if resume:
+            self.restore()
+
+    @property
+    def checkpoint(self) -> Path | None:
+        return self.out / CHECKPOINT if self.out else None
+
+    @property
+    def budget_spent(self) -> bool:
+        return bool(self.config.forward_budget) and self.spent >= self.config.forward_budget
+
+    @property
+    def finished(self) -> bool:
+        """No step left: all ``steps`` taken, or the forward budget spent (the step that reached it counts)."""
+        return self.done >= self.config.steps or self.budget_spent
+
+    def restore(self) -> None:
+        """Continue the run checkpointed in the output folder: θ, step, evaluations, forwards, optimizer state.
+        The checkpoint must come from the same data, model, tokenizer and trajectory-defining options."""
+        if self.checkpoint is None:
+            raise EdgetuneError("--resume needs --output-dir (where the checkpoint is)")
+        tensors, state = load_checkpoint(self.checkpoint)
+        _check_fingerprint(self.checkpoint, state.get("fingerprint", {}), self.fingerprint)
+        weights = self.tuner.weights
+        if set(tensors) != set(weights):
+            raise EdgetuneError(f"{self.checkpoint}: checkpoint holds different trainable tensors than --trainable selects")
+        for name, value in tensors.items():
+            weights[name][...] = value
+        step = int(state["step"])
+        if step > self.config.steps:
+            raise EdgetuneError(f"{self.checkpoint}: checkpoint is at step {step}, beyond --steps {self.config.steps}")
+        self.start = self.done = step
+        self.history = [h for h in state.get("history", []) if h["step"] <= step]
+        self.before = state.get("before")
+        self.spent = self.start_forwards = int(state.get("forwards", 0))
+        self._saved_optimizer = state.get("optimizer", {})
+        self.optimizer.load_state_dict(self._saved_optimizer)
+        self.trajectory = self.trajectory.continued(self.out / TRAJECTORY, step)
+
+    def bind(self) -> LossEngine | CopyBatchedEngine:
+        """The engine the steps run on, set up once: the first batch bound and self-checked, and under
+        ``--parallel`` the copy-batched engine and P-RGE optimizer (``auto`` measures which pays)."""
+        if self._engine is not None:
+            return self._engine
+        tuner, config = self.tuner, self.config
+        first = self.train.batch(self.stream.indices(self.start), tuner.info.data_inputs)
+        tuner.engine.set_batch(first)
+        check_engine(tuner.engine, tuner.arena.buffer())
+        self._engine = tuner.engine
+        if config.parallel != "off":
+            self._engine, self.optimizer, self.batching = parallel_strategy(
+                config, tuner.engine, self.optimizer, tuner.copy_batched_engine, first, tuner.arena.buffer(),
+                self._saved_optimizer)
+            # replay needs the estimator auto resolved to, not "auto"
+            self.trajectory.header["config"]["parallel"] = "on" if isinstance(self.optimizer, ParallelZO) else "off"
+        return self._engine
+
+    def step(self, chain: bool = False) -> StepRecord:
+        """Step ``done`` on its batch, logged. ``chain`` promises that another step follows with nothing reading
+        θ in between (evaluation, checkpoint): the next perturbation is then fused into this step's last pass."""
+        engine, t = self.bind(), self.done
+        indices = self.stream.indices(t)
+        engine.set_batch(self.train.batch(indices, self.tuner.info.data_inputs))
+        try:
+            record = self.optimizer.step(t, engine.mean_loss, chain=chain)
+        except TrainingError as exc:
+            lines = ", ".join(sorted({self.train.where[int(i)] for i in indices}))
+            kept = f"; last checkpoint kept in {self.checkpoint}" if self.checkpoint and self.checkpoint.exists() else ""
+            raise TrainingError(f"{exc} on examples {lines}{kept}") from None
+        self.done, self.spent = t + 1, self.spent + record.forwards
+        self._log().append(record.to_json())
+        self.trajectory.append(record)
+        return record
+
+    def save_checkpoint(self) -> None:
+        """The step log, the trajectory and the checkpoint at step ``done``, in the order a resume reads them."""
+        state = {"step": self.done, "history": self.history, "before": self.before, "fingerprint": self.fingerprint,
+                 "optimizer": self.optimizer.state_dict(), "forwards": self.spent}
+        self._log().sync()
+        self.trajectory.write(self.out / TRAJECTORY)  # before the checkpoint: a resume finds the steps it needs
+        save_checkpoint(self.checkpoint, self.tuner.weights, state)
+
+    def close(self) -> None:
+        """θ settled (an interrupted chained step must not leave it perturbed) and the step log closed."""
+        self.optimizer.settle()
+        if self._steplog is not None:
+            self._steplog.close()
+
+    def _log(self) -> JsonlLog:
+        # opened at the first write: a run that fails before its first step leaves the folder's log as it was
+        if self._steplog is None:
+            self._steplog = JsonlLog(self.out / "steps.jsonl" if self.out else None, self.start)
+        return self._steplog
+
+
+def fit(tuner: TunedModel, config: TrainConfig, data: str | Path, eval_data: str | Path | None,
+        output_dir: str | Path | None, resume: bool, progress: Progress | None, stop: StopRequest) -> FitResult:
+    """``Tuner.fit``'s run: evaluated before and after (and every ``eval_every``), checkpointed every
+    ``save_every`` and at the end, stopped by the forward budget or ``stop``."""
+    run = TrainingRun(tuner, config, data, output_dir, resume)
+    dev = tuner.load_data(eval_data) if eval_data else None
+    if dev is not None and not resume:
+        run.before = tuner.evaluate(dev, config.eval_rows)
+    if progress:
+        progress.on_start(run.start, config.steps)
+        if run.before is not None and not resume:
+            progress.on_eval(0, run.before)
+    try:
+        if run.start < config.steps:
+            run.bind()
+        began = time.perf_counter()
+        _train(run, dev, progress, stop)
+        after = _evaluate(run, dev, progress) if dev is not None else None
+        if run.out:
+            run.save_checkpoint()
+    finally:
+        run.close()
+    return FitResult(before=run.before, after=after, steps=run.done - run.start, seconds=time.perf_counter() - began,
+                     forward_passes=run.spent - run.start_forwards, peak_rss_mb=peak_rss_mb(), history=run.history,
+                     parallel=run.batching.to_json() if run.batching else None)
+
+
+def _train(run: TrainingRun, dev: TokenizedSet | None, progress: Progress | None, stop: StopRequest) -> None:
+    """Step to the end or the budget; evaluate and checkpoint on the way; on a stop request, checkpoint and
+    raise :class:`Interrupted`."""
+    config = run.config
+    while not run.finished:
+        done = run.done + 1
+        eval_now = dev is not None and config.eval_every and done % config.eval_every == 0 and done < config.steps
+        save_now = run.out and config.save_every and done % config.save_every == 0
+        # θ is read between steps; with a forward budget, a step may be the last one, and a step after a
+        # stop request: only an unchained step leaves θ exact for the checkpoint
+        chain = (done < config.steps and not eval_now and not save_now and not config.forward_budget
+                 and stop.signum is None)
+        record = run.step(chain)
+        if progress:
+            try:
+                progress.on_step(record)
+            except KeyboardInterrupt:  # an embedder's hook stops the run as Ctrl-C does
+                stop.request()
+        if stop.signum is not None and not chain:
+            if run.out:
+                run.save_checkpoint()
+            raise Interrupted.at_step(done, run.checkpoint, stop.signum)
+        if run.budget_spent:
+            return  # the budget's end is the run's end: evaluated and saved after
+        if eval_now:
+            _evaluate(run, dev, progress)
+        if save_now:
+            run.save_checkpoint()
+
+
+def _evaluate(run: TrainingRun, dev: TokenizedSet, progress: Progress | None) -> dict[str, float]:
+    """Evaluate θ at step ``done`` on ``dev``, into the run's history (with the forwards so far)."""
+    metrics = run.tuner.evaluate(dev, run.config.eval_rows)
+    row = {"forwards": run.spent, **metrics}
+    run.history.append({"step": run.done, **row})
+    if progress:
+        progress.on_eval(run.done, row)
+    return metrics
+
+
+def steps(tuner: TunedModel, config: TrainConfig, data: str | Path, output_dir: str | Path | None = None,
+          resume: bool = False, overwrite: bool = False) -> Iterator[StepRecord]:
+    """``Tuner.steps``' generator: one unchained step per ``next``, so θ is exact at every yield.
+
+    With ``output_dir`` it logs as :func:`fit` does and checkpoints every ``save_every`` steps, at the end, and
+    when the app stops early (``break`` closes the generator): θ at the last yielded step, to ``resume``.
+    Signals are the app's: no handler is installed, and an exception inside a step leaves θ as the
+    optimizer's own error handling does (ZO-SGD restores it before raising a non-finite loss).
+    """
+    with claim_output(output_dir, [tuner.model_path, tuner.tokenizer_path], resume, overwrite):
+        run = TrainingRun(tuner, config, data, output_dir, resume)
+        try:
+            while not run.finished:
+                yield run.step()
+                if run.out and config.save_every and run.done % config.save_every == 0:
+                    run.save_checkpoint()
+        except GeneratorExit:
+            if run.out:
+                run.save_checkpoint()
+            raise
+        else:
+            if run.out:
+                run.save_checkpoint()
+        finally:
+            run.close()
+
+
+def run_fingerprint(tuner: TunedModel, config: TrainConfig, data: str | Path) -> dict[str, Any]:
+    """What a checkpoint must share with the run that resumes it: the options that define the trajectory,
+    the slice, the files and the settings that decide every token."""
+    # A decaying lr or a growing q depends on the total, so only constant ones may be extended on resume.
+    keyed_to_total = config.schedule != "constant" or config.query_schedule == "grow"
+    keys = _TRAJECTORY_KEYS + (("steps",) if keyed_to_total else ())
+    verbalizer = tuner.verbalizer
+    return {
+        **{k: getattr(config, k) for k in keys},
+        "trainable": [p.name for p in tuner.params],
+        "max_length": tuner.max_length,
+        # the verbaliser's words and template decide the tokens and the target of every example
+        "verbalizer": verbalizer.describe() if verbalizer else None,
+        "template": verbalizer.template if verbalizer else None,
+        "data": file_digest(data),
+        "model": file_digest(tuner.model_path),
+        "tokenizer": tokenizer_digest(tuner.tokenizer_path),
+    }
+
+
+def tokenizer_digest(tokenizer_path: Path) -> str:
+    """The files that decide every token id: the vocabulary, and the chat template and eos that
+    turn a messages or prompt record into tokens."""
+    files = [tokenizer_path] + [tokenizer_path.parent / name for name in TOKENIZER_SIDECARS]
+    return ",".join(file_digest(f) for f in files if f.is_file())
+
+
+def trajectory_header(tuner: TunedModel, config: TrainConfig, model_digest: str) -> dict[str, Any]:
+    """What ``edgetune replay`` needs besides the steps: the base, the slice, the optimizer, the metadata."""
+    return {
+        "base_sha256": model_digest,
+        "trainable": tuner.trainable_spec and str(tuner.trainable_spec),  # the canonical text: replay parses it
+        "arena": [[p.name, list(p.shape)] for p in tuner.params],
+        "config": {k: getattr(config, k) for k in (*_TRAJECTORY_KEYS, "steps")},
+        "metadata": tuner.output_metadata(),
+    }
+
+
+def _check_fingerprint(path: Path, saved: Mapping[str, Any], fingerprint: Mapping[str, Any]) -> None:
+    for key, value in fingerprint.items():
+        if saved.get(key) != value:
+            what = "file contents" if key in ("data", "model", "tokenizer") else f"value {saved.get(key)!r}"
+            raise EdgetuneError(f"{path}: cannot resume, '{key}' differs from the checkpoint ({what})")
