@@ -1,0 +1,183 @@
+"""The exact head: the classifier's last linear layer updated first-order, the layers below by ZO.
+
+The suffix graph outputs the exact gradient of the batch's mean loss with respect to the head's weight
+and bias (``graph/head_grad.py``), and :meth:`edgetune.engine.LossEngine.bind_output` has every forward
+write it into two small arrays (:class:`HeadGrads`). The head stays in the arena like any trainable
+slice, so checkpoints, ``save`` and ``model.onnx`` see it unchanged, but the ZO optimizer below is built
+over the arena less the head's ranges (:class:`WithoutHead`): its forwards at θ ± εz leave the head as
+it is, and the mean of their head gradients is the gradient at θ up to O(ε²) (the ± terms' first-order
+parts cancel). With nothing below the head in the slice, a step is one forward at θ.
+
+After the ZO step has updated the layers below, the head takes one step from the same θ_t: Adam by
+default (2·(C·H + C) floats of moments; chosen over SGD in benchmarks/bench_exact_head.py), or SGD.
+
+Replay: the head's update is a function of the features, not of seeds and scalars, so a trajectory of
+seeds cannot redo it; recording it would take the head's delta per step (C·H + C floats). This class
+refuses replay in one line instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgetune.errors import EdgetuneError, TrainingError
+from edgetune.graph.head_grad import HEAD_GRAD_B, HEAD_GRAD_W, LinearHead
+from edgetune.zo.schedules import Schedule
+from edgetune.zo.subset import Span
+from edgetune.zo.zosgd import StepRecord
+
+HEAD_METHODS = ("adam", "sgd")
+DEFAULT_METHOD = "adam"
+# bench_exact_head.py --lr-grid (MiniLM + Rotten Tomatoes, batch 8): Adam 3e-3 and SGD 0.1 reach 0.81 dev
+# accuracy in 200 steps and hold 0.79-0.81 to 3000; Adam 1e-2+ and SGD 0.3+ wander lower. Adam is the default:
+# its step does not scale with the features' magnitude, which differs between models.
+DEFAULT_LR = {"adam": 3e-3, "sgd": 1e-1}
+
+
+class WithoutHead:
+    """The arena spans a ZO step perturbs and updates when the head is updated exactly: all but the head.
+
+    Passed as an optimizer's ``subsets`` (the interface :class:`edgetune.zo.subset.BlockSubsets` offers):
+    the noise of a span is that of its global arena offsets, as under ``--rotate``.
+    """
+
+    def __init__(self, arena, head: LinearHead):
+        """The ranges of every tensor of ``arena`` (a finalized :class:`edgetune._core.Arena`) but the head's,
+        adjacent ones merged (the arena's alignment padding between tensors stays out)."""
+        kept = {head.weight, head.bias}
+        ranges = sorted((arena.offset(n), arena.offset(n) + arena.numel(n)) for n in arena.names() if n not in kept)
+        self._spans: list[Span] = []
+        for start, end in ranges:
+            if self._spans and self._spans[-1][1] == start:
+                self._spans[-1] = (self._spans[-1][0], end)
+            else:
+                self._spans.append((start, end))
+
+    def spans(self, t: int) -> list[Span]:
+        return list(self._spans)
+
+    def chosen(self, t: int) -> None:
+        return None  # not a block rotation: the records name no blocks
+
+    @property
+    def empty(self) -> bool:
+        return not self._spans
+
+
+@dataclass
+class HeadGrads:
+    """Where every forward leaves the head's gradient (bound engine outputs) and the head's arena views."""
+
+    weight: np.ndarray
+    bias: np.ndarray | None
+    weight_grad: np.ndarray
+    bias_grad: np.ndarray | None
+
+    @classmethod
+    def bind(cls, engine, weights: dict[str, np.ndarray], head: LinearHead) -> HeadGrads:
+        """Arrays for the gradient outputs, bound to ``engine`` (a LossEngine over a ``head_grad`` graph)."""
+        weight_grad = np.zeros(head.weight_shape, np.float32)
+        engine.bind_output(HEAD_GRAD_W, weight_grad)
+        bias_grad = None
+        if head.bias is not None:
+            bias_grad = np.zeros(head.bias_shape, np.float32)
+            engine.bind_output(HEAD_GRAD_B, bias_grad)
+        return cls(weights[head.weight], weights[head.bias] if head.bias else None, weight_grad, bias_grad)
+
+    def pairs(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(arena view, gradient array) of the weight and, when there is one, the bias."""
+        return [(self.weight, self.weight_grad)] + ([(self.bias, self.bias_grad)] if self.bias is not None else [])
+
+
+class ExactHead:
+    """An optimizer (see :class:`edgetune.zo.Optimizer`): ZO below the head (``lower``), first-order on it."""
+
+    name = "exact-head"
+
+    def __init__(self, grads: HeadGrads, lower=None, lr: Schedule | float | None = None,
+                 method: str = DEFAULT_METHOD, betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
+                 noise: str = "rademacher"):
+        """``lower``: a ZO optimizer built with ``subsets=WithoutHead(...)``, or None when the slice is the
+        head alone; ``lr``: the head's own (None: :data:`DEFAULT_LR` of ``method``); ``noise``: the run's
+        noise kind, which a head-only step's record names (a trajectory holds one kind) though it draws none."""
+        if method not in HEAD_METHODS:
+            raise EdgetuneError(f"head method '{method}': choose {' or '.join(HEAD_METHODS)}")
+        self.grads, self.lower, self.method = grads, lower, method
+        self.lr = lr if isinstance(lr, Schedule) else Schedule(DEFAULT_LR[method] if lr is None else float(lr))
+        self.betas, self.adam_eps, self.noise = betas, adam_eps, noise
+        self._sums = [np.zeros_like(g) for _, g in grads.pairs()]
+        self._moments = [(np.zeros_like(g), np.zeros_like(g)) for _, g in grads.pairs()] if method == "adam" else []
+        self._updates = 0  # Adam's bias correction counts the head's steps, resumed with the state
+
+    def step(self, t: int, loss_fn: Callable[[], float], chain: bool = False) -> StepRecord:
+        """One ZO step of the layers below (or one forward at θ), then the head's step from the mean gradient."""
+        for total in self._sums:
+            total.fill(0.0)
+        forwards = 0
+
+        def measured() -> float:
+            nonlocal forwards
+            loss = loss_fn()
+            for total, (_, grad) in zip(self._sums, self.grads.pairs()):
+                total += grad
+            forwards += 1
+            return loss
+
+        if self.lower is None:
+            loss = measured()
+            if not np.isfinite(loss):
+                raise TrainingError(f"non-finite loss at step {t} ({loss})")
+            record = StepRecord(t, [], [], float(self.lr(t)), 0.0, 0.0, self.noise, float(loss), forwards=1)
+        else:
+            record = self.lower.step(t, measured, chain=chain)
+        self._update(t, [total / np.float32(forwards) for total in self._sums])
+        return record
+
+    def _update(self, t: int, means: list[np.ndarray]) -> None:
+        lr = np.float32(self.lr(t))
+        self._updates += 1
+        if self.method == "sgd":
+            for (view, _), grad in zip(self.grads.pairs(), means):
+                view -= lr * grad
+            return
+        beta1, beta2 = self.betas
+        correction1, correction2 = 1.0 - beta1 ** self._updates, 1.0 - beta2 ** self._updates
+        for (view, _), grad, (m, v) in zip(self.grads.pairs(), means, self._moments):
+            m *= np.float32(beta1)
+            m += np.float32(1.0 - beta1) * grad
+            v *= np.float32(beta2)
+            v += np.float32(1.0 - beta2) * grad * grad
+            view -= np.float32(lr / correction1) * m / (np.sqrt(v / np.float32(correction2)) + np.float32(self.adam_eps))
+
+    def settle(self) -> None:
+        if self.lower is not None:
+            self.lower.settle()
+
+    def replay(self, record: StepRecord) -> None:
+        raise EdgetuneError(f"step {record.step} updated the head first-order (exact head); that update is not "
+                            "a function of the logged seeds, so this run cannot be replayed")
+
+    def state_dict(self) -> dict[str, Any]:
+        head: dict[str, Any] = {"method": self.method, "updates": self._updates}
+        if self._moments:
+            head["moments"] = [[m.ravel().tolist(), v.ravel().tolist()] for m, v in self._moments]
+        return {"head": head, "lower": self.lower.state_dict() if self.lower is not None else {}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        head = state.get("head", {})
+        if head.get("method", self.method) != self.method:
+            raise EdgetuneError(f"the checkpoint's head was tuned with {head['method']}, not {self.method}")
+        self._updates = int(head.get("updates", 0))
+        for (m, v), (saved_m, saved_v) in zip(self._moments, head.get("moments", [])):
+            m.ravel()[:] = saved_m
+            v.ravel()[:] = saved_v
+        if self.lower is not None:
+            self.lower.load_state_dict(state.get("lower", {}))
+
+    def state_nbytes(self) -> int:
+        lower = self.lower.state_nbytes() if self.lower is not None else 0
+        return lower + sum(m.nbytes + v.nbytes for m, v in self._moments) + sum(s.nbytes for s in self._sums)

@@ -1,0 +1,269 @@
+"""The exact head (issue 15 part 3): the last linear layer's gradient computed in the graph, and the hybrid step
+that updates that layer first-order while ZO tunes the layers below."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper, numpy_helper
+
+from edgetune import Tuner
+from edgetune.data import load_tokenizer
+from edgetune.data.batching import IGNORE_INDEX, Batch, BatchStream
+from edgetune.engine.runner import LossEngine
+from edgetune.errors import EdgetuneError, ModelError
+from edgetune.graph import prepare
+from edgetune.graph.head_grad import HEAD_GRAD_B, HEAD_GRAD_W
+from edgetune.graph.loss import LABELS_INPUT, LOGITS_OUTPUT
+from edgetune.graph.trainable import TrainableSpec
+from edgetune.zo import ZOSGD, Schedule
+from edgetune.zo.exact_head import ExactHead, HeadGrads, WithoutHead
+from models.tiny import build_classifier
+
+CPU = ["CPUExecutionProvider"]
+FEATURES = "head_features"  # the pooled features, exposed as an output so the test can apply the formula
+HEAD = "classifier.weight,classifier.bias"
+
+
+def _variant(path, kind: str) -> None:
+    """The tiny classifier with its head as ``kind``: MatMul + Add, or a Gemm; its features exposed."""
+    model = build_classifier(None, seed=1)
+    graph = model.graph
+    add = next(n for n in graph.node if LOGITS_OUTPUT in n.output)
+    matmul = next(n for n in graph.node if n.output[0] in add.input)
+    features, weight_name = matmul.input
+    weight = next(i for i in graph.initializer if i.name == weight_name)
+    graph.node.append(helper.make_node("Identity", [features], [FEATURES]))
+    graph.output.append(helper.make_tensor_value_info(FEATURES, onnx.TensorProto.FLOAT, None))
+    if kind == "matmul":
+        return onnx.save(model, str(path))
+    w = numpy_helper.to_array(weight)
+    alpha, beta = (0.5, 2.0) if kind == "gemm_scaled" else (1.0, 1.0)
+    trans_b = int(kind != "gemm_nt")
+    stored = (w.T if trans_b else w) / alpha
+    weight.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(stored), weight_name))
+    bias = next(i for i in graph.initializer if i.name == "classifier.bias")
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) / beta, bias.name))
+    graph.node.remove(add)
+    graph.node.remove(matmul)
+    graph.node.append(helper.make_node("Gemm", [features, weight_name, "classifier.bias"], [LOGITS_OUTPUT],
+                                       transB=trans_b, alpha=alpha, beta=beta))
+    onnx.save(model, str(path))
+
+
+def _feeds(rng, batch: int = 6, length: int = 9) -> dict[str, np.ndarray]:
+    return {"input_ids": rng.integers(4, 64, (batch, length)).astype(np.int64),
+            "attention_mask": np.ones((batch, length), np.int64),
+            "token_type_ids": np.zeros((batch, length), np.int64),
+            LABELS_INPUT: rng.integers(0, 2, batch).astype(np.int64)}
+
+
+def _run_whole(prepared, feeds, outputs):
+    session = ort.InferenceSession(prepared.suffix.SerializeToString(), providers=CPU)
+    return session.run(outputs, {**feeds, **{k: np.asarray(v) for k, v in prepared.initial.items()}})
+
+
+@pytest.mark.parametrize("kind", ["matmul", "gemm", "gemm_nt", "gemm_scaled"])
+def test_the_graph_gradient_is_the_formula_in_the_weight_layout(tmp_path, kind):
+    path = tmp_path / "model.onnx"
+    _variant(path, kind)
+    prepared = prepare(path, TrainableSpec.parse(HEAD), split=False, head_grad=True)
+    head = prepared.head
+    feeds = _feeds(np.random.default_rng(0))
+    logits, h, grad_w, grad_b = _run_whole(prepared, feeds, [LOGITS_OUTPUT, FEATURES, HEAD_GRAD_W, HEAD_GRAD_B])
+    logits, h = logits.astype(np.float64), h.astype(np.float64)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    delta = (probs - np.eye(2)[feeds[LABELS_INPUT]]) / len(h)
+    expected = head.alpha * (h.T @ delta)  # ∂L/∂W' for logits = alpha·h·W' + beta·b
+    assert grad_w.shape == head.weight_shape == (expected.T.shape if head.trans_b else expected.shape)
+    np.testing.assert_allclose(grad_w, expected.T if head.trans_b else expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(grad_b, head.beta * delta.sum(0), rtol=1e-5, atol=1e-7)
+    # every op the pass adds has had its present form since opset 13 at the latest (the tiny model's
+    # LayerNormalization needs 17, so ORT cannot run a whole opset-13 model here)
+    added = [n for n in prepared.suffix.graph.node if n.name.startswith("/edgetune/head_grad/")]
+    assert added and all(onnx.defs.get_schema(n.op_type, 13).since_version <= 13 for n in added)
+
+
+def test_the_graph_gradient_is_the_derivative_of_the_graph_loss(tmp_path):
+    """Central differences of the in-graph mean loss agree with the head gradient output."""
+    path = tmp_path / "model.onnx"
+    _variant(path, "gemm")
+    prepared = prepare(path, TrainableSpec.parse(HEAD), split=False, head_grad=True)
+    feeds = _feeds(np.random.default_rng(1))
+    session = ort.InferenceSession(prepared.suffix.SerializeToString(), providers=CPU)
+    weights = {k: np.array(v) for k, v in prepared.initial.items()}
+    grad_w, grad_b = session.run([HEAD_GRAD_W, HEAD_GRAD_B], {**feeds, **weights})
+
+    def loss() -> float:
+        return float(np.mean(session.run(["loss"], {**feeds, **weights})[0].astype(np.float64)))
+
+    eps = 1e-2
+    for name, grad in ((prepared.head.weight, grad_w), (prepared.head.bias, grad_b)):
+        for index in [(0,), (1,)] if grad.ndim == 1 else [(0, 0), (1, 5), (0, 31)]:
+            weights[name][index] += eps
+            up = loss()
+            weights[name][index] -= 2 * eps
+            down = loss()
+            weights[name][index] += eps
+            assert (up - down) / (2 * eps) == pytest.approx(float(grad[index]), rel=1e-2, abs=1e-4)
+
+
+def test_rows_with_an_ignored_label_do_not_contribute(tmp_path):
+    path = tmp_path / "model.onnx"
+    _variant(path, "matmul")
+    prepared = prepare(path, TrainableSpec.parse(HEAD), split=False, head_grad=True)
+    feeds = _feeds(np.random.default_rng(2))
+    kept = {k: v[:-2] for k, v in feeds.items()}
+    ignored = {**feeds, LABELS_INPUT: np.concatenate([feeds[LABELS_INPUT][:-2], [IGNORE_INDEX] * 2])}
+    # A classifier's labels are never ignored today: the loss's GatherElements rejects -100, and ORT runs
+    # every node whatever is fetched. The gradient's mask is tested on the graph without the loss nodes.
+    graph = prepared.suffix.graph
+    for node in [n for n in graph.node if n.name.startswith("/edgetune/loss/")]:
+        graph.node.remove(node)
+    graph.output.remove(next(o for o in graph.output if o.name == "loss"))
+    ignored_grads = _run_whole(prepared, ignored, [HEAD_GRAD_W, HEAD_GRAD_B])
+    kept_grads = _run_whole(prepared, kept, [HEAD_GRAD_W, HEAD_GRAD_B])
+    for got, want in zip(ignored_grads, kept_grads):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8)
+
+
+def test_the_split_suffix_outputs_the_same_gradient_through_the_engine(classifier):
+    feeds = _feeds(np.random.default_rng(3))
+    whole = prepare(classifier["model"], TrainableSpec.parse("last:1"), split=False, head_grad=True)
+    split = prepare(classifier["model"], TrainableSpec.parse("last:1"), split=True, head_grad=True)
+    assert split.prefix is not None
+    engine = LossEngine(split, {k: np.ascontiguousarray(v) for k, v in split.initial.items()}, 1, CPU)
+    grads = HeadGrads.bind(engine, {k: np.zeros(1) for k in split.initial}, split.head)
+    inputs = {k: v for k, v in feeds.items() if k != LABELS_INPUT}
+    engine.set_batch(Batch(inputs=inputs, labels=feeds[LABELS_INPUT], size=6))
+    engine.loss()
+    want = _run_whole(whole, feeds, [HEAD_GRAD_W, HEAD_GRAD_B])
+    np.testing.assert_allclose(grads.weight_grad, want[0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(grads.bias_grad, want[1], rtol=1e-5, atol=1e-7)
+
+
+def test_a_model_without_a_linear_head_is_one_model_error(tmp_path):
+    path = tmp_path / "capped.onnx"
+    model = build_classifier(None)
+    head = next(n for n in model.graph.node if LOGITS_OUTPUT in n.output)
+    head.output[0] = "raw_logits"
+    model.graph.node.append(helper.make_node("Tanh", ["raw_logits"], [LOGITS_OUTPUT], name="/cap"))
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError) as caught:
+        prepare(path, TrainableSpec.parse("head"), head_grad=True)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message and "Tanh" in message and "linear layer" in message
+
+
+def test_a_slice_leaving_the_head_frozen_is_one_model_error(classifier):
+    with pytest.raises(ModelError, match=r"leaves the head's '.*' frozen"):
+        prepare(classifier["model"], TrainableSpec.parse("blocks:0"), head_grad=True)
+
+
+def _head_spec(paths) -> str:
+    """The fixture's last linear layer as a --trainable spec (its MatMul weight's name is mangled)."""
+    model = onnx.load(str(paths["model"]))
+    add = next(n for n in model.graph.node if LOGITS_OUTPUT in n.output)
+    matmul = next(n for n in model.graph.node if n.output[0] in add.input)
+    return f"{matmul.input[1]},classifier.bias"
+
+
+def _tuner(paths, trainable: str) -> tuple[Tuner, object]:
+    prepared = prepare(paths["model"], TrainableSpec.parse(trainable), head_grad=True)
+    head = prepared.head
+    tuner = Tuner(prepared, load_tokenizer(paths["tokenizer"]), paths["tokenizer"], 64, 1, CPU)
+    return tuner, head
+
+
+def _hybrid(tuner, head, head_lr=1e-2, zo_lr=1e-3, method="adam") -> ExactHead:
+    below = WithoutHead(tuner.arena, head)
+    lower = None if below.empty else ZOSGD(tuner.arena.buffer(), 0, Schedule(zo_lr), Schedule(1e-3), subsets=below)
+    return ExactHead(HeadGrads.bind(tuner.engine, tuner.weights, head), lower, head_lr, method)
+
+
+def test_the_zo_step_never_perturbs_the_head_and_the_head_gets_the_mean_gradient(classifier):
+    tuner, head = _tuner(classifier, "last:1")
+    optimizer = _hybrid(tuner, head, head_lr=0.5, method="sgd")
+    spans = optimizer.lower.spans(0)
+    for name in (head.weight, head.bias):  # the head's ranges lie outside every ZO span
+        start = tuner.arena.offset(name)
+        assert all(end <= start or begin >= start + tuner.arena.numel(name) for begin, end in spans)
+    train = tuner.load_data(classifier["train"])
+    tuner.engine.set_batch(train.batch(range(8), tuner.info.data_inputs))
+    tuner.engine.loss()
+    at_theta = optimizer.grads.weight_grad.copy()
+    before = tuner.weights[head.weight].copy()
+    seen, grads = [], []
+
+    def loss_fn() -> float:
+        loss = tuner.engine.mean_loss()
+        seen.append(tuner.weights[head.weight].copy())
+        grads.append(optimizer.grads.weight_grad.copy())
+        return loss
+
+    record = optimizer.step(0, loss_fn)
+    assert record.forwards == 2 and len(seen) == 2
+    assert all(np.array_equal(w, before) for w in seen)  # the ZO forwards ran at the head's θ
+    mean = (grads[0] + grads[1]) / 2
+    np.testing.assert_allclose((before - tuner.weights[head.weight]) / 0.5, mean, rtol=1e-3, atol=1e-6)
+    # θ ± εz each move the gradient by O(ε); their mean only by O(ε²)
+    first_order = np.abs(grads[0] - at_theta).max()
+    assert first_order > 0 and np.abs(mean - at_theta).max() < 0.1 * first_order
+
+
+def test_the_exact_head_alone_learns_the_task_in_one_forward_a_step(classifier):
+    tuner, head = _tuner(classifier, _head_spec(classifier))
+    optimizer = _hybrid(tuner, head)
+    assert optimizer.lower is None
+    train, dev = tuner.load_data(classifier["train"]), tuner.load_data(classifier["dev"])
+    assert tuner.evaluate(dev)["accuracy"] < 0.7
+    stream = BatchStream(len(train), 8, 0)
+    for t in range(60):
+        tuner.engine.set_batch(train.batch(stream.indices(t), tuner.info.data_inputs))
+        assert optimizer.step(t, tuner.engine.mean_loss).forwards == 1
+    assert tuner.evaluate(dev)["accuracy"] >= 0.9
+
+
+def test_the_state_resumes_the_same_steps_and_replay_refuses(classifier, tmp_path):
+    tuner, head = _tuner(classifier, "last:1")
+    train = tuner.load_data(classifier["train"])
+    stream = BatchStream(len(train), 8, 0)
+    start = tuner.arena.buffer().copy()
+
+    def steps(optimizer, first, last):
+        for t in range(first, last):
+            tuner.engine.set_batch(train.batch(stream.indices(t), tuner.info.data_inputs))
+            record = optimizer.step(t, tuner.engine.mean_loss)
+        return record
+
+    optimizer = _hybrid(tuner, head)
+    steps(optimizer, 0, 3)
+    state = json.loads(json.dumps(optimizer.state_dict()))  # a checkpoint's state is JSON
+    resumed = _hybrid(tuner, head)
+    resumed.load_state_dict(state)
+    steps(resumed, 3, 6)
+    after_resume = tuner.arena.buffer().copy()
+    tuner.arena.buffer()[:] = start
+    straight = _hybrid(tuner, head)
+    record = steps(straight, 0, 6)
+    np.testing.assert_array_equal(after_resume, tuner.arena.buffer())
+    with pytest.raises(EdgetuneError, match="cannot be replayed"):
+        straight.replay(record)
+    with pytest.raises(EdgetuneError, match="sgd"):
+        _hybrid(tuner, head, method="sgd").load_state_dict(state)
+
+
+def test_the_tuned_head_is_what_save_writes(classifier, tmp_path):
+    tuner, head = _tuner(classifier, "last:1")
+    optimizer = _hybrid(tuner, head, head_lr=0.1)
+    train = tuner.load_data(classifier["train"])
+    tuner.engine.set_batch(train.batch(range(8), tuner.info.data_inputs))
+    optimizer.step(0, tuner.engine.mean_loss)
+    saved = onnx.load(str(tuner.save(tmp_path / "out")))
+    written = {i.name: numpy_helper.to_array(i) for i in saved.graph.initializer}
+    np.testing.assert_array_equal(written[head.weight], tuner.weights[head.weight])
+    base = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(classifier["model"])).graph.initializer}
+    assert not np.array_equal(written[head.weight], base[head.weight])
