@@ -30,10 +30,11 @@ def test_the_link_check_finds_a_missing_file_and_a_missing_heading(tmp_path):
 def test_results_page_and_pasted_tables_are_current():
     """docs/results.md is the script's output, and every marked table equals its benchmarks/results file:
     after a benchmark or a figure changes, `python benchmarks/update_readme.py` has been run."""
-    assert (ROOT / "docs" / "results.md").read_text(encoding="utf-8") == docs.results_page()
+    stale = "is stale: run python benchmarks/update_readme.py"
+    assert (ROOT / "docs" / "results.md").read_text(encoding="utf-8") == docs.results_page(), f"docs/results.md {stale}"
     for page in docs.doc_pages():
         text = page.read_text(encoding="utf-8")
-        assert docs.with_tables(text, page) == text, page
+        assert docs.with_tables(text, page) == text, f"{page.relative_to(ROOT)} {stale}"
 
 
 def test_results_page_has_a_section_and_the_figures_of_every_benchmark():
