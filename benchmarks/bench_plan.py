@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_smollm2_rt import TEMPLATE, VERBALIZER  # noqa: E402
 from common import RESULTS, child_peak_rss, demo_model, long_texts_jsonl, machine, write_results  # noqa: E402
 
+from edgetune.graph.trainable import TrainableSpec  # noqa: E402
 from edgetune.plan import Planner  # noqa: E402
 
 SMOLLM2 = Path.home() / ".cache" / "edgetune" / "demo" / "smollm2" / "model.onnx"
@@ -152,16 +153,16 @@ def run_model(name: str, model: Path, points, modes, repeats: int, has_torch: bo
         else:
             data = long_texts_jsonl(train, tmp / f"edgetune_plan_{name[:4]}_{length}.jsonl", words=length)
         jobs = [(planner.inference(batch, length), "inference", (str(model), batch, length))]
-        jobs += [(planner.edgetune(m, batch, length), "tune", (str(model), batch, length, m, str(data))) for m in modes]
+        jobs += [(planner.edgetune(TrainableSpec.parse(m), batch, length), "tune", (str(model), batch, length, m, str(data))) for m in modes]
         if planner.arch.task == "lm":  # a verbaliser scores one token per example (--scored-tokens 1)
             verbalized = long_texts_jsonl(train, tmp / f"edgetune_plan_verbalizer_{length}.jsonl", words=length)
-            prediction = Planner(model, scored_tokens=1).edgetune(LORA, batch, length)
+            prediction = Planner(model, scored_tokens=1).edgetune(TrainableSpec.parse(LORA), batch, length)
             prediction.mode += ", verbaliser (--scored-tokens 1)"
             jobs.append((prediction, "tune", (str(model), batch, length, LORA, str(verbalized), VERBALIZER, TEMPLATE)))
         if has_torch and name == "all-MiniLM-L6-v2":
             predictions = {"full": planner.first_order(batch, length),
                            "full + checkpointing": planner.first_order(batch, length, checkpointing=True),
-                           LORA: planner.first_order(batch, length, lora=LORA)}
+                           LORA: planner.first_order(batch, length, lora=TrainableSpec.parse(LORA))}
             jobs += [(predictions[m], "torch", (batch, length, m)) for m in TORCH_MODES]
         for prediction, kind, child_args in jobs:
             measured, values = measure(kind, *child_args, repeats=repeats)

@@ -25,7 +25,7 @@ import onnxruntime as ort
 
 from edgetune.data.tokenizer import check_vocabulary, load_tokenizer, read_tokenizer_config, special_tokens
 from edgetune.errors import EdgetuneError, ModelError
-from edgetune.export.shared import WITH_PAST, linked_to
+from edgetune.graph.relink import WITH_PAST, linked_to
 from edgetune.graph.model import check_model_file
 
 __all__ = ["GenerationConfig", "GenerationError", "Generator", "empty_past"]

@@ -56,8 +56,6 @@ kernels, evaluation batches (``--eval-batch-size``), and ``--no-split``.
 from __future__ import annotations
 
 import copy
-import io
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -67,15 +65,16 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgetune.config import DEFAULT_TRAINABLE
 from edgetune.data.jsonl import TASK_LM
-from edgetune.errors import EdgetuneError, ModelError
+from edgetune.errors import EdgetuneError
 from edgetune.graph.blocks import Param, find_params
 from edgetune.graph.lora import add_lora, find_linears
 from edgetune.graph.loss import lm_head
-from edgetune.graph.model import check_model_file, check_parsed, inspect_model
-from edgetune.graph.select import LoraSpec, select_params, split_lora
-from edgetune.graph.split import _node_inputs
+from edgetune.graph.model import inspect_model
+from edgetune.graph.select import select_params
+from edgetune.graph.split import node_inputs, partition
+from edgetune.graph.trainable import ALL, DEFAULT, LAST, LoraSpec, Term, TrainableSpec
+from edgetune.graph.wire import read_skeleton
 
 MB = float(1 << 20)
 
@@ -105,83 +104,6 @@ ACT_BYTES_PER_HEAD_T2 = 12.0
 
 _MATMUL_OPS = ("MatMul", "Gemm")
 _HEAD_DIMS = (64, 128, 32, 80, 96, 256, 16)  # usual head sizes, most common first
-
-
-# -- reading the skeleton -----------------------------------------------------------------------
-
-_KEEP_TENSOR_FIELDS = (1, 2, 8)  # TensorProto dims, data_type, name: everything the planner reads
-_MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5
-
-
-def _read_varint(f: io.BufferedReader) -> int:
-    shift = value = 0
-    while True:
-        byte = f.read(1)
-        if not byte:
-            raise EOFError("truncated varint")
-        value |= (byte[0] & 0x7F) << shift
-        if byte[0] < 0x80:
-            return value
-        shift += 7
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
-
-
-def _skim(f: io.BufferedReader, end: int, inner: dict, keep: tuple[int, ...] | None = None) -> bytes:
-    """Re-encode the message up to ``end``: fields in ``inner`` recursively, others not in ``keep`` skipped."""
-    out = bytearray()
-    while f.tell() < end:
-        tag = _read_varint(f)
-        number, wire = tag >> 3, tag & 7
-        wanted = keep is None or number in keep
-        if wire == 0:
-            value = _read_varint(f)
-            payload = _varint(value)
-        elif wire in (1, 5):
-            payload = f.read(8 if wire == 1 else 4)
-        elif wire == 2:
-            length = _read_varint(f)
-            if not wanted:
-                f.seek(length, io.SEEK_CUR)
-                continue
-            if number in inner:
-                handler_inner, handler_keep = inner[number]
-                body = _skim(f, f.tell() + length, handler_inner, handler_keep)
-            else:
-                body = f.read(length)
-            payload = _varint(len(body)) + body
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        if wanted:
-            out += _varint(tag) + payload
-    return bytes(out)
-
-
-def read_skeleton(path: str | Path, tensor_fields: tuple[int, ...] = _KEEP_TENSOR_FIELDS) -> onnx.ModelProto:
-    """The model with every initializer's bytes left out (of its TensorProto fields, ``tensor_fields``
-    are kept: by default name, type and shape)."""
-    path = Path(path)
-    check_model_file(path)
-    tensor = ({}, tensor_fields)
-    graph = ({_GRAPH_INITIALIZER: tensor}, None)
-    try:
-        with open(path, "rb") as f:
-            data = _skim(f, path.stat().st_size, {_MODEL_GRAPH: graph})
-        model = onnx.ModelProto.FromString(data)
-    except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"{path}: not a valid ONNX model ({reason})") from None
-    return check_parsed(model, path)
 
 
 # -- architecture -------------------------------------------------------------------------------
@@ -271,6 +193,7 @@ def inspect_architecture(model: onnx.ModelProto, path: Path, task: str | None = 
 # -- predictions --------------------------------------------------------------------------------
 
 INFERENCE, EDGETUNE, FIRST_ORDER = "inference", "edgetune", "first-order"
+_LORA_QV = TrainableSpec(lora=LoraSpec(rank=8, alpha=16.0, targets=("q", "v")))  # lora:r=8,targets=q,v
 
 
 @dataclass
@@ -302,7 +225,7 @@ class _Session:
 
 
 class Planner:
-    """Peak-memory predictions for one model; ``mode`` strings are ``--trainable`` specs."""
+    """Peak-memory predictions for one model; a mode is a ``--trainable`` spec."""
 
     def __init__(self, onnx_path: str | Path, task: str | None = None, scored_tokens: int | None = None):
         """``scored_tokens``: tokens per example a causal LM's loss scores (None: every token)."""
@@ -337,32 +260,26 @@ class Planner:
                  "forward": forward}
         return Prediction(INFERENCE, INFERENCE, 0, batch, length, peak, parts)
 
-    def trainable(self, spec: str) -> tuple[onnx.ModelProto, list[Param]]:
+    def trainable(self, spec: TrainableSpec) -> tuple[onnx.ModelProto, list[Param]]:
         """The graph as the tuner builds it (LoRA inserted) and its trainable slice (``graph.prepare``)."""
+        if spec.sparse is not None or spec.importance is not None:  # both need the weights' values or data
+            raise EdgetuneError(f"--trainable '{spec.text}': plan predicts plain and lora: modes only")
         model = copy.deepcopy(self.model)
-        plain, lora = split_lora(spec)
-        selected = select_params(self.params, plain) if lora is None or plain.strip(", ") else []
-        if lora is not None:
-            adapters, _ = add_lora(model, lora, self.params, str(self.path))
+        selected = select_params(self.params, spec)
+        if spec.lora is not None:
+            adapters, _ = add_lora(model, spec.lora, self.params, str(self.path))
             selected = selected + adapters
         return model, selected
 
-    def edgetune(self, spec: str, batch: int, length: int) -> Prediction:
+    def edgetune(self, spec: TrainableSpec, batch: int, length: int) -> Prediction:
         model, selected = self.trainable(spec)
         names = {p.name for p in selected}
         arena = sum(p.size for p in selected) * 4 / MB
-        # the split of graph.split: a node is in the suffix iff it depends on a trainable tensor
-        dirty, suffix_nodes, prefix_nodes = set(names), [], []
-        for node in model.graph.node:
-            if dirty.intersection(_node_inputs(node)):
-                suffix_nodes.append(node)
-                dirty.update(node.output)
-            else:
-                prefix_nodes.append(node)
+        prefix_nodes, suffix_nodes, _ = partition(model.graph.node, names)  # the tuner's split
         uses = _consumers(model)
         prefix, suffix = _Session(), _Session()
-        prefix_reads = {n for node in prefix_nodes for n in _node_inputs(node)}
-        suffix_reads = {n for node in suffix_nodes for n in _node_inputs(node)}
+        prefix_reads = {n for node in prefix_nodes for n in node_inputs(node)}
+        suffix_reads = {n for node in suffix_nodes for n in node_inputs(node)}
         runtime_copies = 0.0
         for init in model.graph.initializer:
             if init.name in names:
@@ -403,11 +320,11 @@ class Planner:
         parts = {"base": EDGETUNE_BASE_MB, "arena": arena, "prefix_resident": prefix.resident,
                  "suffix_resident": suffix.resident, "forward": forward, "prefix_forward": prefix_forward,
                  "boundary": boundary, "loss": loss, "runtime_copies": runtime_copies}
-        return Prediction(spec, EDGETUNE, sum(p.size for p in selected), batch, length, peak, parts)
+        return Prediction(spec.text, EDGETUNE, sum(p.size for p in selected), batch, length, peak, parts)
 
     def first_order(self, batch: int, length: int, checkpointing: bool = False,
-                    lora: str | None = None) -> Prediction:
-        """PyTorch fp32 + AdamW; ``lora`` a ``lora:...`` spec (gradients and state for adapters only)."""
+                    lora: TrainableSpec | None = None) -> Prediction:
+        """PyTorch fp32 + AdamW; ``lora`` a spec with a ``lora:`` term (gradients and state for adapters only)."""
         a = self.arch
         s, b, h = length, batch, a.hidden
         per_block = 34 * s * b * h + 8 * s * b * a.intermediate + 9 * a.heads * s * s * b
@@ -420,7 +337,7 @@ class Planner:
         name = ("lora" if lora else "full") + (" + checkpointing" if checkpointing else "")
         peak = TORCH_BASE_MB + weights + (trained * 4 / MB if lora else 0.0) + state + activations
         parts = {"base": TORCH_BASE_MB, "weights": weights, "grad_and_adamw": state, "activations": activations}
-        return Prediction(f"{name} ({lora})" if lora else name, FIRST_ORDER, trained, batch, length, peak, parts)
+        return Prediction(f"{name} ({lora.text})" if lora else name, FIRST_ORDER, trained, batch, length, peak, parts)
 
     def _add_weight(self, session: _Session, init: onnx.TensorProto, uses) -> None:
         size = int(np.prod(init.dims)) * _itemsize(init.data_type) / MB
@@ -431,20 +348,20 @@ class Planner:
 
     # -- the command's table ----------------------------------------------------------------
 
-    def default_modes(self) -> list[str]:
-        """all, the tuner's default, and LoRA on q,v when the model has such layers."""
-        modes = ["all", DEFAULT_TRAINABLE, "last:2"]
+    def default_modes(self) -> list[TrainableSpec]:
+        """all, the tuner's default, last:2, and LoRA on q,v when the model has such layers."""
+        modes = [TrainableSpec((Term(ALL),)), DEFAULT, TrainableSpec((Term(LAST, 2),))]
         linears = find_linears(self.model)
         if any(lin.tail.endswith(("q_proj", "query")) for lin in linears) and any(
             lin.tail.endswith(("v_proj", "value")) for lin in linears
         ):
-            modes.append("lora:r=8,targets=q,v")
+            modes.append(_LORA_QV)
         return list(dict.fromkeys(modes))
 
-    def table(self, batch: int, length: int, modes: Sequence[str]) -> list[Prediction]:
+    def table(self, batch: int, length: int, modes: Sequence[TrainableSpec]) -> list[Prediction]:
         rows = [self.inference(batch, length)]
         rows += [self.edgetune(mode, batch, length) for mode in modes]
-        lora = next((m for m in modes if m.startswith("lora")), "lora:r=8,targets=q,v" if "lora:r=8,targets=q,v" in self.default_modes() else None)
+        lora = next((m for m in modes if m.lora is not None), _LORA_QV if _LORA_QV in self.default_modes() else None)
         rows += [self.first_order(batch, length), self.first_order(batch, length, checkpointing=True)]
         if lora:
             rows.append(self.first_order(batch, length, lora=lora))
@@ -458,7 +375,7 @@ class Suggestion:
     prediction: Prediction
 
 
-def suggest(planner: Planner, batch: int, length: int, modes: Sequence[str], budget_mb: float) -> Suggestion:
+def suggest(planner: Planner, batch: int, length: int, modes: Sequence[TrainableSpec], budget_mb: float) -> Suggestion:
     """The edgetune mode with the fewest trainable weights that fits at batch 1, at the largest batch ≤ ``batch``.
 
     Fewest weights first because a zeroth-order estimate's variance grows with the number of
@@ -472,26 +389,9 @@ def suggest(planner: Planner, batch: int, length: int, modes: Sequence[str], bud
         while low < high:
             mid = (low + high + 1) // 2
             low, high = (mid, high) if planner.edgetune(mode, mid, length).peak_mb <= budget_mb else (low, mid - 1)
-        return Suggestion(mode, low, planner.edgetune(mode, low, length))
+        return Suggestion(mode.text, low, planner.edgetune(mode, low, length))
     smallest = min((planner.edgetune(m, 1, length) for m in modes), key=lambda p: p.peak_mb)
     raise EdgetuneError(
         f"nothing fits in {budget_mb:.0f} MB at --max-length {length}: the smallest prediction is "
         f"{smallest.peak_mb:.0f} MB ({smallest.mode}, batch 1)"
     )
-
-
-_BUDGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(k|m|g|t)?(i?b)?\s*$", re.IGNORECASE)
-
-
-def parse_budget(text: str, what: str = "--budget") -> float:
-    """``1.5GB``, ``800MB``, ``800M``, ``2GiB`` or a plain number of MB -> MB (binary: 1 GB = 1024 MB).
-    ``what`` names the flag or variable the text came from in errors."""
-    match = _BUDGET_RE.match(text)
-    if not match:
-        raise EdgetuneError(f"{what} '{text}': give a size such as 800MB or 1.5GB")
-    value = float(match.group(1))
-    unit = (match.group(2) or "m").lower()
-    mb = value * {"k": 1 / 1024, "m": 1.0, "g": 1024.0, "t": 1024.0**2}[unit]
-    if mb <= 0:
-        raise EdgetuneError(f"{what} '{text}' must be positive")
-    return mb

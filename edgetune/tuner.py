@@ -5,20 +5,18 @@ from __future__ import annotations
 import functools
 import json
 import math
-import resource
 import shutil
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from edgetune import _core
 from edgetune.artifacts.adapters import save_lora_outputs
-from edgetune.artifacts.checkpoint import file_digest, load_checkpoint, save_checkpoint
-from edgetune.config import DEFAULT_TRAINABLE, Bound, ModelOptions, TrainConfig, check_option
+from edgetune import loop
+from edgetune.artifacts.checkpoint import file_digest, save_checkpoint
+from edgetune.config import Bound, ModelOptions, TrainConfig, check_option
 from edgetune.data import BatchStream, LabelSet, TokenizedSet, load_tokenizer, read_examples
 from edgetune.data.batching import IGNORE_INDEX
 from edgetune.data.chat import ChatTemplate
@@ -26,10 +24,10 @@ from edgetune.data.jsonl import FORMAT_MESSAGES, FORMAT_PROMPT, TASK_CLASSIFICAT
 from edgetune.data.tokenizer import SIDECARS as TOKENIZER_SIDECARS
 from edgetune.data.tokenizer import check_vocabulary, read_tokenizer_config, special_tokens
 from edgetune.data.verbalizer import TEMPLATE_KEY, VERBALIZER_KEY, Verbalizer
-from edgetune.engine import LossEngine, check_engine
+from edgetune.engine import LossEngine
 from edgetune.engine.prge import CopyBatchedEngine, Segment
 from edgetune.errors import EdgetuneError, ModelError, TrainingError
-from edgetune.export.shared import Relink
+from edgetune.graph.relink import Relink
 from edgetune.graph import prepare
 from edgetune.graph.cache import prepare_cached
 from edgetune.graph.stream import ModelFile
@@ -37,48 +35,21 @@ from edgetune.graph.loss import labelled_positions
 from edgetune.graph.prge import copy_batched
 from edgetune.graph.model import LABELS_KEY, TASK_KEY, check_model_file, load_model, max_length_for
 from edgetune.graph.prepare import arena_group
-from edgetune.graph.select import split_lora
-from edgetune.graph.sparse import split_sparse
-from edgetune.process.interrupt import Interrupted, StopRequest
+from edgetune.graph.trainable import DEFAULT_TRAINABLE, TrainableSpec
+from edgetune.loop import FitResult, Progress
+from edgetune.process.interrupt import StopRequest
+from edgetune.process.rss import peak_rss_mb
 from edgetune.artifacts.finite import dumps_finite, require_finite_tensors
 from edgetune.artifacts.io import atomic_write_text
 from edgetune.artifacts.outdir import claim_output, refuse_input_folder
-from edgetune.artifacts.steplog import JsonlLog
 from edgetune.artifacts.sparse_diff import save_sparse_outputs
-from edgetune.artifacts.trajectory import FILE_NAME as TRAJECTORY, Trajectory, check_room
-from edgetune.zo import Anchors, StepRecord, build_optimizer
-from edgetune.zo.importance import importance_count
-from edgetune.zo.prge import ParallelZO, parallel_strategy
-from edgetune.zo.subset import block_subsets
+from edgetune.zo import Anchors, StepRecord
+from edgetune.zo.importance import BlockScore, rank_blocks
+from edgetune.zo.subset import ArenaBlocks
 
-CHECKPOINT = "checkpoint.safetensors"
+__all__ = ["FitResult", "Progress", "Tuner", "peak_rss_mb"]  # FitResult, Progress: the loop's, the façade's API
+
 _EVAL_LOGITS_BUDGET = 1 << 24  # logits cells per evaluation run: 64 MB per fp32 copy
-# Fields that change the trajectory: a resumed run must use the same values.
-_TRAJECTORY_KEYS = ("optimizer", "batch_size", "lr", "eps", "queries", "schedule", "warmup", "weight_decay", "noise", "seed",
-                    "query_schedule", "queries_min", "query_threshold",
-                    "dizo_interval", "dizo_iters", "dizo_eps", "dizo_step", "dizo_tau",
-                    "window", "beta1", "beta2", "topk_density", "parallel", "rotate", "rotate_every", "rotate_mode")
-
-
-class Progress(Protocol):
-    def on_start(self, start: int, total: int) -> None: ...
-    def on_step(self, record: StepRecord) -> None: ...
-    def on_eval(self, step: int, metrics: dict[str, float]) -> None: ...
-
-
-@dataclass
-class FitResult:
-    before: dict[str, float] | None
-    after: dict[str, float] | None
-    steps: int
-    seconds: float
-    forward_passes: int  # the forwards this call ran: its StepRecords' ``forwards`` summed
-    peak_rss_mb: float
-    history: list[dict[str, Any]] = field(default_factory=list)
-    parallel: dict[str, Any] | None = None  # what --parallel auto measured and chose
-
-    def to_json(self) -> dict[str, Any]:
-        return self.__dict__.copy()
 
 
 class Tuner:
@@ -112,14 +83,14 @@ class Tuner:
         self._suffix_graph, self._session_args = prepared.suffix, (threads, providers)  # for --parallel
         self.labels = LabelSet(self.info.labels) if self.info.labels else None
         self.verbalizer: Verbalizer | None = None  # set by from_onnx: classification through the LM's words
-        self.trainable_spec: str | None = None  # save() writes adapter files when it has a lora: term
+        self.trainable_spec: TrainableSpec | None = None  # save() writes adapter files when it has a lora: term
         self.explicit_task: str | None = None  # --task as the user gave it (from_onnx sets it)
 
     @classmethod
     def from_onnx(
         cls,
         onnx_path: str | Path,
-        trainable: str | None = DEFAULT_TRAINABLE,
+        trainable: str | TrainableSpec | None = DEFAULT_TRAINABLE,
         tokenizer: str | Path | None = None,
         task: str | None = None,
         max_length: int | None = None,
@@ -129,20 +100,24 @@ class Tuner:
         verbalizer: str | dict[str, str] | None = None,
         template: str | None = None,
     ) -> Tuner:
-        """Prepare ``onnx_path`` for tuning the weights selected by ``trainable`` (see ``graph.select``).
+        """Prepare ``onnx_path`` for tuning the weights selected by ``trainable`` (a ``--trainable`` text,
+        see ``graph.trainable``, or a parsed :class:`TrainableSpec`).
 
         ``trainable=None`` prepares the model for evaluation only. ``max_length`` (tokens per example) may not
         exceed the model's position table; None is 128, or the table's rows where it has fewer. ``verbalizer`` (``"neg=bad,pos=good"``)
         with a causal LM classifies ``{"text", "label"}`` data by the word the LM says after
         ``template`` (default ``"{text}"``); a model tuned that way carries both in its metadata.
         """
-        ModelOptions(tokenizer, task, max_length, threads, split, verbalizer, template).validate()
-        check_option("trainable", trainable, str | None)
+        ModelOptions(tokenizer=tokenizer, task=task, max_length=max_length, threads=threads, split=split,
+                     verbalizer=verbalizer, template=template, providers=providers).validate()
+        if not isinstance(trainable, TrainableSpec):
+            check_option("trainable", trainable, str | None)
+            trainable = TrainableSpec.parse(trainable) if trainable is not None else None
+        if trainable is not None and trainable.importance is not None:
+            raise EdgetuneError(f"--trainable '{trainable.text}': importance:K is measured on data; resolve it with "
+                                "Tuner.rank_blocks and TrainableSpec.resolve first (the CLI does)")
         onnx_path = Path(onnx_path)
         check_model_file(onnx_path)  # before it is hashed: an unreadable or empty file is one line
-        if importance_count(trainable) is not None:
-            raise EdgetuneError(f"--trainable '{trainable}': importance:K is measured on data; resolve it with "
-                                "edgetune.zo.importance.rank_blocks and resolve_importance first (the CLI does)")
         tokenizer_path = Path(tokenizer) if tokenizer else onnx_path.parent / "tokenizer.json"
         tok = load_tokenizer(tokenizer_path)
         if threads:
@@ -157,6 +132,38 @@ class Tuner:
         tuner.trainable_spec = trainable
         tuner.explicit_task = task
         return tuner
+
+    @classmethod
+    def rank_blocks(
+        cls,
+        onnx_path: str | Path,
+        data: str | Path,
+        *,
+        probes: int = 8,
+        batch_size: int = 8,
+        eps: float = 1e-3,
+        seed: int = 0,
+        noise: str = "rademacher",
+        **tuner_options: Any,
+    ) -> list[BlockScore]:
+        """Blocks of ``onnx_path`` from most to least important on ``data`` (``zo.importance``), for
+        ``TrainableSpec.resolve([s.block for s in ranking])``.
+
+        ``tuner_options`` go to :meth:`from_onnx` (tokenizer, max_length, threads, verbalizer, ...).
+        The whole model is lifted for the measurement (an inference-sized arena) and released afterwards.
+        """
+        tuner = cls.from_onnx(onnx_path, trainable="all", **tuner_options)
+        groups = ArenaBlocks.of(tuner.params, tuner.arena).blocks
+        if not groups:
+            raise EdgetuneError(f"{onnx_path}: importance scoring needs transformer blocks; none were found")
+        dataset = tuner.load_data(data)
+        stream = BatchStream(len(dataset), batch_size, seed)
+
+        def next_batch(probe: int) -> None:
+            tuner.engine.set_batch(dataset.batch(stream.indices(probe), tuner.info.data_inputs))
+
+        return rank_blocks(tuner.arena.buffer(), groups, lambda: np.mean(tuner.engine.loss()), probes, eps, seed,
+                           noise, next_batch)
 
     def _set_verbalizer(self, spec: str | dict[str, str] | None, template: str | None) -> None:
         """An explicit verbaliser, else the one in the model's metadata (a template alone overrides its template)."""
@@ -282,126 +289,54 @@ class Tuner:
         """
         config = TrainConfig.from_options(options)  # before the output folder is claimed or data read
         config.check_eval_data(eval_data)
-        for name, value in (("resume", resume), ("overwrite", overwrite)):
-            check_option(name, value, bool)
+        self._check_run(output_dir, resume, overwrite)
         with claim_output(output_dir, [self.model_path, self.tokenizer_path], resume, overwrite), \
                 StopRequest() as stop:
-            return self._fit(data, eval_data, output_dir, resume, progress, stop, config)
+            return loop.fit(self, config, data, eval_data, output_dir, resume, progress, stop)
 
-    def _fit(self, data: str | Path, eval_data: str | Path | None, output_dir: str | Path | None, resume: bool,
-             progress: Progress | None, stop: StopRequest, config: TrainConfig) -> FitResult:
+    def steps(
+        self,
+        data: str | Path,
+        output_dir: str | Path | None = None,
+        resume: bool = False,
+        overwrite: bool = False,
+        config: TrainConfig | None = None,
+        **options: Any,
+    ) -> Iterator[StepRecord]:
+        """Tune on ``data`` one step per iteration, in a loop the app owns; yields each step's :class:`StepRecord`.
+
+        ``options`` are :class:`TrainConfig` fields, or pass ``config=TrainConfig(...)``; both are checked here,
+        before any data is read (the data, the output folder and the checkpoint at the first ``next``)::
+
+            tuner = Tuner.from_onnx("model.onnx", trainable="last:2")
+            for record in tuner.steps("train.jsonl", steps=500, lr=1e-3):
+                print(record.step, record.loss)
+                if record.step % 100 == 0:
+                    print(tuner.evaluate("dev.jsonl"))  # θ is exact between steps
+            tuner.save("out/")
+
+        Steps are never chained, so θ is exact at every yield (a step costs one more pass over the slice
+        than in :meth:`fit`). ``forward_budget`` ends the run as in :meth:`fit`; ``eval_every`` is the app's
+        to do. ``output_dir`` gets :meth:`fit`'s ``steps.jsonl`` and ``run.etlog``, and a checkpoint every
+        ``save_every`` steps, at the end, and when the app leaves the loop early (``resume`` continues it);
+        without it nothing is written. Leaving the loop early (``break``) or an exception leaves θ at the last
+        yielded step. No signal handler is installed: Ctrl-C is the app's.
+        """
+        config = loop.train_config(config, options)
+        if config.eval_every:
+            raise EdgetuneError(f"eval_every {config.eval_every}: steps() does not evaluate; "
+                                "call evaluate() between steps")
+        self._check_run(output_dir, resume, overwrite)
+        return loop.steps(self, config, data, output_dir, resume, overwrite)
+
+    def _check_run(self, output_dir: str | Path | None, resume: bool, overwrite: bool) -> None:
+        """The run options besides the config, and a slice to tune: checked before the folder or data."""
+        for name, value in (("resume", resume), ("overwrite", overwrite)):
+            check_option(name, value, bool)
         if not self.weights:
             raise EdgetuneError("nothing to tune: the tuner was created with trainable=None")
-        subsets = block_subsets(config, self.params, self.arena)  # a --rotate K the slice cannot take fails here
-        check_room(config, [p.name for p in self.params])  # DiZO's per-tensor scales must fit a step record
-        out = Path(output_dir) if output_dir else None
-        train = self.load_data(data)
-        dev = self.load_data(eval_data) if eval_data else None
-        fingerprint = self._fingerprint(config, data)
-
-        start, history, before, spent = 0, [], None, 0
-        trajectory = Trajectory(self._trajectory_header(config, fingerprint["model"]))
-        if resume:
-            if out is None:
-                raise EdgetuneError("--resume needs --output-dir (where the checkpoint is)")
-            start, history, before, optimizer_state, spent = self._restore(out / CHECKPOINT, fingerprint, config)
-            trajectory = trajectory.continued(out / TRAJECTORY, start)
-        elif dev is not None:
-            before = self.evaluate(dev, config.eval_rows)
-        if progress:
-            progress.on_start(start, config.steps)
-            if before is not None and not resume:
-                progress.on_eval(0, before)
-
-        optimizer = build_optimizer(config, self.arena.buffer(), anchors=self.anchors, subsets=subsets)
-        if resume:
-            optimizer.load_state_dict(optimizer_state)
-        stream = BatchStream(len(train), config.batch_size, config.seed)
-        if start < config.steps:
-            self.engine.set_batch(train.batch(stream.indices(start), self.info.data_inputs))
-            check_engine(self.engine, self.arena.buffer())
-        engine, batching = self.engine, None
-        if config.parallel != "off" and start < config.steps:
-            engine, optimizer, batching = parallel_strategy(
-                config, self.engine, optimizer, self.copy_batched_engine,
-                train.batch(stream.indices(start), self.info.data_inputs), self.arena.buffer(),
-                optimizer_state if resume else None)
-            # replay needs the estimator auto resolved to, not "auto"
-            trajectory.header["config"]["parallel"] = "on" if isinstance(optimizer, ParallelZO) else "off"
-        steplog = JsonlLog(out / "steps.jsonl" if out else None, start)
-        began, resumed_at, done = time.perf_counter(), spent, start
-
-        def out_of_budget() -> bool:
-            return bool(config.forward_budget) and spent >= config.forward_budget
-
-        def save(step: int) -> None:
-            state = {"step": step, "history": history, "before": before, "fingerprint": fingerprint,
-                     "optimizer": optimizer.state_dict(), "forwards": spent}
-            steplog.sync()
-            trajectory.write(out / TRAJECTORY)  # before the checkpoint: a resume finds the steps it needs
-            save_checkpoint(out / CHECKPOINT, self.weights, state)
-
-        try:
-            for t in range(start, config.steps):
-                if out_of_budget():  # a run resumed from the checkpoint its budget's end saved
-                    break
-                done = t + 1
-                eval_now = dev is not None and config.eval_every and done % config.eval_every == 0 and done < config.steps
-                save_now = out and config.save_every and done % config.save_every == 0
-                indices = stream.indices(t)
-                engine.set_batch(train.batch(indices, self.info.data_inputs))
-                try:
-                    # θ is read between steps; with a forward budget, a step may be the last one
-                    # and a step after a stop request: only an unchained step leaves θ exact for the checkpoint
-                    chain = (done < config.steps and not eval_now and not save_now and not config.forward_budget
-                             and stop.signum is None)
-                    record = optimizer.step(t, engine.mean_loss, chain=chain)
-                except TrainingError as exc:
-                    lines = ", ".join(sorted({train.where[int(i)] for i in indices}))
-                    kept = f"; last checkpoint kept in {out / CHECKPOINT}" if out and (out / CHECKPOINT).exists() else ""
-                    raise TrainingError(f"{exc} on examples {lines}{kept}") from None
-                spent += record.forwards
-                steplog.append(record.to_json())
-                trajectory.append(record)
-                if progress:
-                    try:
-                        progress.on_step(record)
-                    except KeyboardInterrupt:  # an embedder's hook stops the run as Ctrl-C does
-                        stop.request()
-                if stop.signum is not None and not chain:
-                    if out:
-                        save(done)
-                    raise Interrupted.at_step(done, out / CHECKPOINT if out else None, stop.signum)
-                if out_of_budget():
-                    break  # the budget's end is the run's end: evaluated and saved below
-                if eval_now:
-                    row = {"forwards": spent, **self.evaluate(dev, config.eval_rows)}
-                    history.append({"step": done, **row})
-                    if progress:
-                        progress.on_eval(done, row)
-                if save_now:
-                    save(done)
-            after = self.evaluate(dev, config.eval_rows) if dev is not None else None
-            if after is not None:
-                row = {"forwards": spent, **after}
-                history.append({"step": done, **row})
-                if progress:
-                    progress.on_eval(done, row)
-            if out:
-                save(done)
-        finally:
-            optimizer.settle()  # an interrupted chained step must not leave θ perturbed for save()
-            steplog.close()
-        return FitResult(
-            before=before,
-            after=after,
-            steps=done - start,
-            seconds=time.perf_counter() - began,
-            forward_passes=spent - resumed_at,
-            peak_rss_mb=peak_rss_mb(),
-            history=history,
-            parallel=batching.to_json() if batching else None,
-        )
+        if resume and output_dir is None:
+            raise EdgetuneError("--resume needs --output-dir (where the checkpoint is)")
 
     def copy_batched_engine(self) -> CopyBatchedEngine:
         """The tunable graph evaluating perturbed copies of the slice in one forward (P-RGE)."""
@@ -409,55 +344,6 @@ class Tuner:
         segments = [Segment(p.name, self.arena.offset(p.name), tuple(p.shape)) for p in self.params]
         graph = copy_batched(suffix, [s.name for s in segments])
         return CopyBatchedEngine(graph, segments, len(self.arena), self.engine, *self._session_args)
-
-    def _fingerprint(self, config: TrainConfig, data: str | Path) -> dict[str, Any]:
-        # A decaying lr or a growing q depends on the total, so only constant ones may be extended on resume.
-        keyed_to_total = config.schedule != "constant" or config.query_schedule == "grow"
-        keys = _TRAJECTORY_KEYS + (("steps",) if keyed_to_total else ())
-        return {
-            **{k: getattr(config, k) for k in keys},
-            "trainable": [p.name for p in self.params],
-            "max_length": self.max_length,
-            # the verbaliser's words and template decide the tokens and the target of every example
-            "verbalizer": self.verbalizer.describe() if self.verbalizer else None,
-            "template": self.verbalizer.template if self.verbalizer else None,
-            "data": file_digest(data),
-            "model": file_digest(self.model_path),
-            "tokenizer": self._tokenizer_digest(),
-        }
-
-    def _tokenizer_digest(self) -> str:
-        """The files that decide every token id: the vocabulary, and the chat template and eos that
-        turn a messages or prompt record into tokens."""
-        files = [self.tokenizer_path] + [self.tokenizer_path.parent / name for name in TOKENIZER_SIDECARS]
-        return ",".join(file_digest(f) for f in files if f.is_file())
-
-    def _trajectory_header(self, config: TrainConfig, model_digest: str) -> dict[str, Any]:
-        """What ``edgetune replay`` needs besides the steps: the base, the slice, the optimizer, the metadata."""
-        return {
-            "base_sha256": model_digest,
-            "trainable": self.trainable_spec,
-            "arena": [[p.name, list(p.shape)] for p in self.params],
-            "config": {k: getattr(config, k) for k in (*_TRAJECTORY_KEYS, "steps")},
-            "metadata": self.output_metadata(),
-        }
-
-    def _restore(self, path: Path, fingerprint: dict[str, Any], config: TrainConfig):
-        tensors, state = load_checkpoint(path)
-        saved = state.get("fingerprint", {})
-        for key, value in fingerprint.items():
-            if saved.get(key) != value:
-                what = "file contents" if key in ("data", "model", "tokenizer") else f"value {saved.get(key)!r}"
-                raise EdgetuneError(f"{path}: cannot resume, '{key}' differs from the checkpoint ({what})")
-        if set(tensors) != set(self.weights):
-            raise EdgetuneError(f"{path}: checkpoint holds different trainable tensors than --trainable selects")
-        for name, value in tensors.items():
-            self.weights[name][...] = value
-        step = int(state["step"])
-        if step > config.steps:
-            raise EdgetuneError(f"{path}: checkpoint is at step {step}, beyond --steps {config.steps}")
-        history = [h for h in state.get("history", []) if h["step"] <= step]
-        return step, history, state.get("before"), state.get("optimizer", {}), int(state.get("forwards", 0))
 
     # -- output -------------------------------------------------------------------------------
 
@@ -490,19 +376,19 @@ class Tuner:
             raise TrainingError(f"{out / 'summary.json'}: the run's summary holds NaN or infinity; nothing written") from None
         out.mkdir(parents=True, exist_ok=True)
         metadata = self.output_metadata()
-        lora = self.trainable_spec is not None and split_lora(self.trainable_spec)[1] is not None
-        sparse = self.trainable_spec is not None and split_sparse(self.trainable_spec)[1] is not None
+        spec = self.trainable_spec
         with_past = Relink.read(self.model_path)  # the base's KV-cache graph, read before model.onnx may be replaced
         try:
-            if lora:  # model.onnx gets the adapters merged; adapter files beside it
-                save_lora_outputs(out, self.model_path, self.trainable_spec, self.weights, metadata, self.info.task)
-            elif sparse:  # model.onnx gets δ added into its weights; sparse.etdiff beside it
-                save_sparse_outputs(out, self.model_path, self.trainable_spec, self.weights, metadata)
+            if spec is not None and spec.lora:  # model.onnx gets the adapters merged; adapter files beside it
+                save_lora_outputs(out, self.model_path, spec.lora, self.weights, metadata, self.info.task)
+            elif spec is not None and spec.sparse:  # model.onnx gets δ added into its weights; sparse.etdiff beside it
+                save_sparse_outputs(out, self.model_path, spec.sparse, self.weights, metadata)
             else:
                 ModelFile(self.model_path).write(out / "model.onnx", self.weights, metadata)
             if with_past is not None:  # generation then keeps its KV cache, now over the tuned weights
                 with_past.write(out / "model.onnx")
-            state = {"step": -1, "summary": summary or {}, "trainable": self.trainable_spec, "metadata": metadata}
+            # the canonical text: edgetune apply parses it back to rebuild a LoRA-FA run's frozen A
+            state = {"step": -1, "summary": summary or {}, "trainable": spec and str(spec), "metadata": metadata}
             save_checkpoint(out / "trainable.safetensors", self.weights, state)
             if self.tokenizer_path.resolve() != (out / "tokenizer.json").resolve():
                 shutil.copyfile(self.tokenizer_path, out / "tokenizer.json")
@@ -517,17 +403,3 @@ class Tuner:
             raise EdgetuneError(f"{out}: could not write the tuned model ({exc.strerror})") from None
         return out / "model.onnx"
 
-
-def peak_rss_mb() -> float:
-    """The process's high-water resident set so far (VmHWM), in MiB.
-
-    ru_maxrss only where there is no /proc: Linux carries it over exec, so a tune started from a
-    large process (a notebook, a benchmark) would report its parent's peak."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

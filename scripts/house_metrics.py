@@ -22,10 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "edgetune"
-# Every function that has ever turned the --trainable string into a meaning; a call of any of them
-# outside its own definition is a place that parses the spec.
-TRAINABLE_PARSERS = {"split_lora", "split_sparse", "importance_count", "select_params", "parse_trainable",
-                     "parse"}
+# The functions that turn the --trainable string into a meaning (graph/trainable.py's TrainableSpec.parse
+# alone since the grammar moved there); each call is a place where the spec text enters the program.
+TRAINABLE_PARSERS = {"parse"}
 TRAINABLE_PARSER_OWNERS = {"parse": "TrainableSpec"}  # a bare name too common to count without its owner
 
 

@@ -163,7 +163,8 @@ def tiny_llama(tmp_path_factory):
 
 
 def test_cli_exports_a_causal_lm_with_kv_cache_graph_and_chat_template(tiny_llama, tmp_path, cli):
-    from edgetune.export.shared import WITH_PAST, linked_to, tensor_locations
+    from edgetune.graph.relink import WITH_PAST, linked_to
+    from edgetune.graph.wire import tensor_locations
     from models.tiny_hf import CHAT_TEMPLATE
 
     out = tmp_path / "onnx"

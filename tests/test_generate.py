@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers", reason="export extra not inst
 pytest.importorskip("optimum.exporters.onnx", reason="export extra not installed: pip install 'edgetune[export]'")
 
 from edgetune.export import export_causal_lm  # noqa: E402
-from edgetune.export.shared import WITH_PAST, linked_to  # noqa: E402
+from edgetune.graph.relink import WITH_PAST, linked_to  # noqa: E402
 from edgetune.generate import GenerationConfig, GenerationError, Generator, choose  # noqa: E402
 from models.tiny import make_lm_texts, write_jsonl  # noqa: E402
 from models.tiny_hf import make_tiny_llama  # noqa: E402

@@ -11,6 +11,7 @@ from edgetune.graph import prepare
 from edgetune.graph.blocks import find_params
 from edgetune.graph.loss import add_loss, labelled_positions
 from edgetune.graph.select import select_params
+from edgetune.graph.trainable import TrainableSpec
 from models.tiny import build_causal_lm, build_classifier, wrap_lm_head
 
 
@@ -42,7 +43,7 @@ def test_llama_like_decoder_blocks_and_buffers():
 
 def test_selection_grammar():
     params = find_params(build_classifier(None, layers=3, mangle_names=True))
-    names = lambda spec: {p.name for p in select_params(params, spec)}  # noqa: E731
+    names = lambda spec: {p.name for p in select_params(params, TrainableSpec.parse(spec))}  # noqa: E731
     last1 = names("last:1")
     assert {p.name for p in params if p.block == 2 or p.region == "head"} == last1
     assert names("blocks:1-2") == {p.name for p in params if p.block in (1, 2)}
@@ -53,7 +54,7 @@ def test_selection_grammar():
     for bad, message in [("last:0", "not a valid block count"), ("blocks:x", "not a valid"),
                          ("nothing*", "selects no weights"), ("re:(", "bad regular expression")]:
         with pytest.raises(ModelError, match=message):
-            select_params(params, bad)
+            select_params(params, TrainableSpec.parse(bad))
 
 
 def _log_softmax(x, axis=-1):
@@ -137,8 +138,8 @@ def test_causal_lm_loss_of_a_batch_with_nothing_scored_is_zero():
 def test_split_graphs_compute_what_the_whole_graph_computes(tmp_path, builder, task):
     path = tmp_path / "model.onnx"
     builder(path, layers=3, mangle_names=True)
-    prepared = prepare(path, "last:1")
-    whole = prepare(path, "last:1", split=False)
+    prepared = prepare(path, TrainableSpec.parse("last:1"))
+    whole = prepare(path, TrainableSpec.parse("last:1"), split=False)
     assert prepared.prefix is not None and prepared.boundary
     lifted = {name for name in prepared.initial}
     assert lifted.isdisjoint({i.name for i in prepared.suffix.graph.initializer})

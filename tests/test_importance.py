@@ -7,7 +7,8 @@ import pytest
 
 from edgetune.errors import EdgetuneError
 from edgetune.tuner import Tuner
-from edgetune.zo.importance import BlockScore, importance_count, resolve_importance, score_groups
+from edgetune.graph.trainable import TrainableSpec
+from edgetune.zo.importance import score_groups
 
 
 def test_probe_scores_match_the_true_gradient_energy_per_weight():
@@ -36,15 +37,19 @@ def test_probe_scores_match_the_true_gradient_energy_per_weight():
 
 
 def test_resolving_importance_terms():
-    ranking = [BlockScore(2, 10, 3.0), BlockScore(0, 10, 2.0), BlockScore(1, 10, 1.0)]
-    assert resolve_importance("importance:2", ranking) == "blocks:0,blocks:2,head"
-    assert resolve_importance("embeddings,importance:1", ranking) == "embeddings,blocks:2,head"
-    assert resolve_importance("last:1", ranking) == "last:1"
-    assert importance_count("head") is None
+    ranking = [2, 0, 1]  # blocks, best first
+
+    def resolve(text):
+        return str(TrainableSpec.parse(text).resolve(ranking))
+
+    assert resolve("importance:2") == "blocks:0,blocks:2,head"
+    assert resolve("embeddings,importance:1") == "embeddings,blocks:2,head"
+    assert resolve("last:1") == "last:1"
+    assert TrainableSpec.parse("head").importance is None
     with pytest.raises(EdgetuneError, match="only 3 blocks"):
-        resolve_importance("importance:4", ranking)
+        resolve("importance:4")
     with pytest.raises(EdgetuneError, match="importance:K"):
-        importance_count("importance:x")
+        TrainableSpec.parse("importance:x")
 
 
 def test_python_api_explains_that_importance_needs_data(classifier):

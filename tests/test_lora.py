@@ -10,7 +10,7 @@ from edgetune.graph import prepare
 from edgetune.graph.blocks import find_params
 from edgetune.graph.lora import find_linears, initial_values, plan_lora
 from edgetune.graph.prepare import arena_group
-from edgetune.graph.select import LoraSpec, split_lora
+from edgetune.graph.trainable import LoraSpec, TrainableSpec
 from models.tiny import build_causal_lm, build_classifier
 
 
@@ -57,7 +57,7 @@ def test_initialisation_is_peft_like_and_deterministic(classifier):
 
 
 def test_split_keeps_everything_before_the_first_adapter_in_the_frozen_prefix(classifier):
-    prepared = prepare(classifier["model"], "lora:r=4,targets=o")
+    prepared = prepare(classifier["model"], TrainableSpec.parse("lora:r=4,targets=o"))
     prefix_ops = {n.name for n in prepared.prefix.graph.node}
     suffix_ops = {n.name for n in prepared.suffix.graph.node}
     assert any(n.startswith("/bert/embeddings/") for n in prefix_ops)
@@ -72,7 +72,7 @@ def test_split_keeps_everything_before_the_first_adapter_in_the_frozen_prefix(cl
 
 
 def test_lora_fa_keeps_a_frozen_as_an_initializer(lm):
-    prepared = prepare(lm["model"], "lora:r=2,targets=q,v,fa")
+    prepared = prepare(lm["model"], TrainableSpec.parse("lora:r=2,targets=q,v,fa"))
     graphs = [prepared.suffix] + ([prepared.prefix] if prepared.prefix is not None else [])
     inits = {i.name for g in graphs for i in g.graph.initializer}
     assert "model.layers.0.self_attn.q_proj.lora_A.weight" in inits
@@ -109,17 +109,17 @@ def test_lora_resume_is_bit_identical(lm, tmp_path, kill_and_resume):
 
 
 def test_spec_grammar_and_defaults():
-    assert split_lora("last:1") == ("last:1", None)
-    plain, spec = split_lora("head,lora:r=4,targets=q,v")
-    assert plain == "head" and spec == LoraSpec(rank=4, alpha=8.0, targets=("q", "v"))
-    _, default = split_lora("lora")
+    assert TrainableSpec.parse("last:1").lora is None
+    parsed = TrainableSpec.parse("head,lora:r=4,targets=q,v")
+    assert str(parsed) == "head,lora:r=4,targets=q,v" and parsed.lora == LoraSpec(rank=4, alpha=8.0, targets=("q", "v"))
+    default = TrainableSpec.parse("lora").lora
     assert (default.rank, default.alpha, default.scale, default.targets, default.frozen_a) == (8, 16.0, 2.0, ("q", "v"), False)
-    _, fa = split_lora("lora:targets=gate,up,alpha=4,fa,r=2,seed=3")
+    fa = TrainableSpec.parse("lora:targets=gate,up,alpha=4,fa,r=2,seed=3").lora
     assert fa == LoraSpec(rank=2, alpha=4.0, targets=("gate", "up"), frozen_a=True, seed=3)
     assert default.layers is None
-    _, late = split_lora("lora:r=2,layers=22-29,targets=o,down,fa")
+    late = TrainableSpec.parse("lora:r=2,layers=22-29,targets=o,down,fa").lora
     assert late == LoraSpec(rank=2, alpha=4.0, targets=("o", "down"), frozen_a=True, layers=(22, 29))
-    assert split_lora("lora:targets=q,layers=3")[1].layers == (3, 3)
+    assert TrainableSpec.parse("lora:targets=q,layers=3").lora.layers == (3, 3)
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -136,7 +136,7 @@ def test_spec_grammar_and_defaults():
 ])
 def test_bad_lora_specs_are_one_line_errors(spec, message):
     with pytest.raises(ModelError, match=message) as info:
-        split_lora(spec)
+        TrainableSpec.parse(spec)
     assert "\n" not in str(info.value)
 
 
@@ -168,14 +168,14 @@ def test_layers_option_adapts_only_the_blocks_in_range_and_the_prefix_runs_the_r
     path = tmp_path / "lm.onnx"
     build_causal_lm(path, layers=4)
     model = onnx.load(str(path))
-    chosen = [l.linear.module for l in plan_lora(model, split_lora("lora:targets=o,down,layers=2-3")[1])]
+    chosen = [l.linear.module for l in plan_lora(model, TrainableSpec.parse("lora:targets=o,down,layers=2-3").lora)]
     assert chosen == [f"model.layers.{i}.{m}" for i in (2, 3) for m in ("self_attn.o_proj", "mlp.down_proj")]
     with pytest.raises(ModelError, match="lora target 'lm_head' matches no linear layer"):  # outside every block
         plan_lora(model, LoraSpec(targets=("lm_head",), layers=(2, 3)))
     with pytest.raises(ModelError, match=r"lm.onnx: lora layers=4-9 matches no linear layer \(blocks 0-3\)"):
         plan_lora(model, LoraSpec(layers=(4, 9)), "lm.onnx")
 
-    prepared = prepare(path, "lora:r=2,targets=q,layers=3")
+    prepared = prepare(path, TrainableSpec.parse("lora:r=2,targets=q,layers=3"))
     assert {p.block for p in prepared.params} == {3}
     prefix_ops = {n.name for n in prepared.prefix.graph.node}
     assert any(n.startswith("/model/layers.2/") for n in prefix_ops), "blocks before the range run once per step"

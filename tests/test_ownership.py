@@ -23,6 +23,7 @@ from edgetune.artifacts.checkpoint import save_checkpoint
 from edgetune.demo import free_output_dir
 from edgetune.errors import EdgetuneError
 from edgetune.graph.cache import cache_entries, clear_cache, prepare_cached
+from edgetune.graph.trainable import TrainableSpec
 from edgetune.process.interrupt import Interrupted, StopRequest
 from edgetune.artifacts.outdir import LOCK_FILE, RUN_FILES, claim_output, output_lock
 
@@ -307,20 +308,20 @@ def test_stale_temporaries_of_the_output_folder_are_removed_at_start(bundle, tmp
 def test_cache_evicts_least_recently_used_entries_beyond_its_limit(bundle, tmp_path, monkeypatch):
     root = tmp_path / "cache"
     model = bundle["model"]
-    prepare_cached(model, "last:1", "d", cache_root=root)
-    prepare_cached(model, "head", "d", cache_root=root)
+    prepare_cached(model, TrainableSpec.parse("last:1"), "d", cache_root=root)
+    prepare_cached(model, TrainableSpec.parse("head"), "d", cache_root=root)
     first, second = cache_entries(root)
     assert [first.trainable, second.trainable] == ["last:1", "head"] and first.model == str(model)
     os.utime(first.path / "manifest.json", (time.time() - 60, time.time() - 60))
     os.utime(second.path / "manifest.json", (time.time() - 30, time.time() - 30))
-    prepare_cached(model, "last:1", "d", cache_root=root)  # a use makes it the most recent
+    prepare_cached(model, TrainableSpec.parse("last:1"), "d", cache_root=root)  # a use makes it the most recent
     assert [e.trainable for e in cache_entries(root)] == ["head", "last:1"]
 
     half = root / f"0123456789abcdef01234567.tmp-{dead_pid()}"  # a preparation killed mid-write
     half.mkdir()
     (half / "suffix.onnx").write_bytes(b"x" * 100)
     monkeypatch.setenv("EDGETUNE_CACHE_MAX", str((first.bytes + 1) / 2**20))  # in MB: room for one entry
-    prepare_cached(model, "last:2", "d", cache_root=root)
+    prepare_cached(model, TrainableSpec.parse("last:2"), "d", cache_root=root)
     assert [e.trainable for e in cache_entries(root)] == ["last:2"]
     assert not half.exists()
 
@@ -328,24 +329,24 @@ def test_cache_evicts_least_recently_used_entries_beyond_its_limit(bundle, tmp_p
 def test_a_failed_preparation_leaves_no_half_written_entry(bundle, tmp_path):
     root = tmp_path / "cache"
     with pytest.raises(EdgetuneError):
-        prepare_cached(bundle["model"], "lora:r=2,targets=nothing_like_this", "d", cache_root=root)
+        prepare_cached(bundle["model"], TrainableSpec.parse("lora:r=2,targets=nothing_like_this"), "d", cache_root=root)
     assert not root.exists() or not list(root.iterdir())
 
 
 def test_a_damaged_cache_entry_is_one_line_naming_the_cache_and_the_cure(bundle, tmp_path):
     root = tmp_path / "cache"
-    prepare_cached(bundle["model"], "last:1", "d", cache_root=root)
+    prepare_cached(bundle["model"], TrainableSpec.parse("last:1"), "d", cache_root=root)
     (entry,) = cache_entries(root)
     (entry.path / "manifest.json").write_text('{"info": ')  # cut short
     with pytest.raises(EdgetuneError, match=r"damaged prepared-graph cache entry \(EDGETUNE_CACHE\): run edgetune "
                        r"cache --clear"):
-        prepare_cached(bundle["model"], "last:1", "d", cache_root=root)
+        prepare_cached(bundle["model"], TrainableSpec.parse("last:1"), "d", cache_root=root)
     assert clear_cache(root)[0] == 1 and list(root.iterdir()) == []
 
 
 def test_cache_command_lists_and_clears(bundle, tmp_path, cli, monkeypatch):
     monkeypatch.setenv("EDGETUNE_CACHE", str(tmp_path / "c"))
-    prepare_cached(bundle["model"], "last:1", "d", cache_root=tmp_path / "c" / "prepared")
+    prepare_cached(bundle["model"], TrainableSpec.parse("last:1"), "d", cache_root=tmp_path / "c" / "prepared")
     listing = cli("cache")
     assert listing.returncode == 0, listing.stderr
     assert str(tmp_path / "c" / "prepared") in listing.stdout and "EDGETUNE_CACHE" in listing.stdout

@@ -6,6 +6,8 @@ import ctypes
 import dataclasses
 import importlib.metadata
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,15 @@ def test_every_version_is_pyprojects(cli):
     lib = ctypes.CDLL(str(shared_library()))
     lib.et_version.restype = ctypes.c_char_p
     assert lib.et_version().decode() == version
+
+
+def test_tuning_never_imports_the_export_package():
+    """export/ needs torch and transformers; a tuning process (and the KV-cache relink its save does) must not
+    load any of it, in a fresh interpreter."""
+    code = "import edgetune.tuner, sys; print([m for m in sys.modules if m.startswith('edgetune.export')])"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 def test_c_api_default_noise_is_the_trainers():

@@ -6,11 +6,15 @@ import pytest
 from edgetune.cli import main
 from edgetune.errors import EdgetuneError, ModelError
 from edgetune.graph import prepare
-from edgetune.plan import Planner, parse_budget, read_skeleton, suggest
+from edgetune.graph.trainable import TrainableSpec
+from edgetune.graph.units import parse_size_mb
+from edgetune.graph.wire import read_skeleton
+from edgetune.plan import Planner, suggest
 from edgetune.tuner import Tuner
 from models.tiny import build_causal_lm, wrap_lm_head
 
 LORA = "lora:r=4,targets=q,v"
+LAST_1 = TrainableSpec.parse("last:1")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +49,7 @@ def test_trainable_counts_match_the_tuner(classifier):
     planner = Planner(classifier["model"])
     for spec in ("all", "last:1", LORA):
         tuner = Tuner.from_onnx(classifier["model"], trainable=spec)
-        assert planner.edgetune(spec, 2, 16).trainable_params == tuner.trainable_params, spec
+        assert planner.edgetune(TrainableSpec.parse(spec), 2, 16).trainable_params == tuner.trainable_params, spec
         if spec == "all":
             assert planner.arch.total_params == tuner.trainable_params
 
@@ -54,8 +58,9 @@ def test_trainable_counts_match_graph_preparation_for_an_lm(lm):
     """The tuner's slice is ``prepare``'s (in-process here: the cached path runs it in a child)."""
     planner = Planner(lm["model"])
     for spec in ("all", "last:1", LORA + ",fa"):
-        prepared = prepare(lm["model"], spec)
-        assert planner.edgetune(spec, 2, 16).trainable_params == sum(p.size for p in prepared.params), spec
+        parsed = TrainableSpec.parse(spec)
+        prepared = prepare(lm["model"], parsed)
+        assert planner.edgetune(parsed, 2, 16).trainable_params == sum(p.size for p in prepared.params), spec
 
 
 def test_architecture_of_the_tiny_lm(lm_planner):
@@ -79,7 +84,7 @@ def test_predictions_grow_with_batch_and_length(which, request):
 
 def test_lora_first_order_needs_less_than_full(lm_planner):
     full = lm_planner.first_order(8, 64)
-    lora = lm_planner.first_order(8, 64, lora=LORA)
+    lora = lm_planner.first_order(8, 64, lora=TrainableSpec.parse(LORA))
     assert lora.peak_mb < full.peak_mb and lora.trainable_params < full.trainable_params
 
 
@@ -96,7 +101,8 @@ def test_scored_tokens_shrink_the_lm_logits_the_tuning_graph_computes(lm):
     """edgetune's LM graph runs the head on scored positions only: 2 logits-sized tensors of B·S rows."""
     every, one = Planner(lm["model"]), Planner(lm["model"], scored_tokens=1)
     batch, length, vocab = 8, 512, every.arch.vocab
-    saved = every.edgetune(LORA, batch, length).peak_mb - one.edgetune(LORA, batch, length).peak_mb
+    lora = TrainableSpec.parse(LORA)
+    saved = every.edgetune(lora, batch, length).peak_mb - one.edgetune(lora, batch, length).peak_mb
     assert saved == pytest.approx(2 * 4 * batch * (length - 1) * vocab / 2**20, rel=1e-6)
     assert one.inference(batch, length).peak_mb == every.inference(batch, length).peak_mb  # ORT alone: all logits
 
@@ -104,27 +110,28 @@ def test_scored_tokens_shrink_the_lm_logits_the_tuning_graph_computes(lm):
 def test_scored_tokens_change_nothing_when_the_head_is_not_a_lone_matmul(lm, tmp_path):
     onnx.save(wrap_lm_head(onnx.load(str(lm["model"]))), str(tmp_path / "capped.onnx"))
     every, one = Planner(tmp_path / "capped.onnx"), Planner(tmp_path / "capped.onnx", scored_tokens=1)
-    assert one.edgetune(LORA, 8, 512).peak_mb == every.edgetune(LORA, 8, 512).peak_mb
+    lora = TrainableSpec.parse(LORA)
+    assert one.edgetune(lora, 8, 512).peak_mb == every.edgetune(lora, 8, 512).peak_mb
 
 
 def test_budget_suggests_the_fewest_weights_that_fit(clf_planner):
-    modes = ["all", "last:1"]
-    cheapest = clf_planner.edgetune("last:1", 1, 32).peak_mb
+    modes = [TrainableSpec.parse("all"), LAST_1]
+    cheapest = clf_planner.edgetune(LAST_1, 1, 32).peak_mb
     pick = suggest(clf_planner, 64, 32, modes, cheapest + 1.0)
     assert pick.mode == "last:1" and pick.prediction.peak_mb <= cheapest + 1.0
     roomy = suggest(clf_planner, 64, 32, modes, 10_000)
     assert (roomy.mode, roomy.batch) == ("last:1", 64)
-    tight = clf_planner.edgetune("last:1", 8, 512).peak_mb
+    tight = clf_planner.edgetune(LAST_1, 8, 512).peak_mb
     middle = suggest(clf_planner, 64, 512, modes, tight)
-    assert middle.batch >= 8 and clf_planner.edgetune("last:1", middle.batch + 1, 512).peak_mb > tight
+    assert middle.batch >= 8 and clf_planner.edgetune(LAST_1, middle.batch + 1, 512).peak_mb > tight
 
 
-def test_parse_budget():
-    assert parse_budget("1.5GB") == 1536.0
-    assert parse_budget("800MB") == parse_budget("800") == parse_budget("800 MiB") == 800.0
+def test_parse_size_mb():
+    assert parse_size_mb("1.5GB", "--budget") == 1536.0
+    assert {parse_size_mb(text, "--budget") for text in ("800MB", "800", "800 MiB", "800M")} == {800.0}
     for bad in ("lots", "1.5 XB", "-3GB", "0"):
-        with pytest.raises(EdgetuneError):
-            parse_budget(bad)
+        with pytest.raises(EdgetuneError, match=f"--budget '{bad}'"):
+            parse_size_mb(bad, "--budget")
 
 
 def test_cli_plan_json_and_budget(classifier, capsys):

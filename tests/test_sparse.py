@@ -11,7 +11,8 @@ from onnx import numpy_helper
 from edgetune import Tuner
 from edgetune.errors import EdgetuneError, ModelError
 from edgetune.graph.lora import find_linears
-from edgetune.graph.sparse import plan_sparse, split_sparse
+from edgetune.graph.sparse import plan_sparse
+from edgetune.graph.trainable import TrainableSpec
 from edgetune.artifacts.sparse_diff import SparseDiff, apply_sparse_diff
 
 SPEC = "sparse:density=0.05"
@@ -49,7 +50,7 @@ def test_only_the_deltas_are_in_the_arena(classifier, tuned):
 
 def test_indices_are_the_largest_magnitudes(classifier):
     model = onnx.load(str(classifier["model"]))
-    _, spec = split_sparse("head,sparse:density=0.1,targets=q,v")
+    spec = TrainableSpec.parse("head,sparse:density=0.1,targets=q,v").sparse
     slices = plan_sparse(model, spec)
     assert {s.linear.tail for s in slices} == {"attention.self.query", "attention.self.value"}
     weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
@@ -125,7 +126,7 @@ def test_corrupt_or_foreign_diff_is_one_line_error(classifier, tuned, tmp_path, 
 ])
 def test_bad_sparse_specs_are_refused(spec, message):
     with pytest.raises(ModelError, match=message):
-        split_sparse(spec)
+        TrainableSpec.parse(spec)
 
 
 def test_lora_and_sparse_cannot_be_combined(classifier):

@@ -10,6 +10,7 @@ from edgetune.data.batching import Batch
 from edgetune.engine.runner import LossEngine
 from edgetune.graph import prepare
 from edgetune.graph.split import split_graph
+from edgetune.graph.trainable import TrainableSpec
 from models.tiny import build_causal_lm
 
 CPU = ["CPUExecutionProvider"]
@@ -37,7 +38,7 @@ def test_a_tied_head_transpose_is_a_suffix_initializer_not_a_boundary(tmp_path, 
     path = tmp_path / "tied.onnx"
     model = build_causal_lm(path, layers=3, tie_embeddings=True)
     embedding = next(numpy_helper.to_array(i) for i in model.graph.initializer if i.name == "model.embed_tokens.weight")
-    prepared = prepare(path, trainable)
+    prepared = prepare(path, TrainableSpec.parse(trainable))
     assert prepared.prefix is not None and prepared.boundary
 
     # every tensor crossing at run time depends on the batch; nothing only the weights determine
@@ -52,7 +53,7 @@ def test_a_tied_head_transpose_is_a_suffix_initializer_not_a_boundary(tmp_path, 
 
     ids = np.random.default_rng(3).integers(4, 60, (2, 7))
     batch = Batch(inputs={"input_ids": ids, "attention_mask": np.ones_like(ids)}, labels=ids, size=2)
-    whole = prepare(path, trainable, split=False)
+    whole = prepare(path, TrainableSpec.parse(trainable), split=False)
     np.testing.assert_allclose(_engine_loss(prepared, batch), _engine_loss(whole, batch), rtol=1e-6, atol=1e-6)
 
 

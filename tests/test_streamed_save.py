@@ -19,7 +19,7 @@ from edgetune.errors import ModelError
 from edgetune.graph.lift import fold_weights
 from edgetune.graph.lora import initial_values, merge_lora, plan_lora
 from edgetune.graph.model import load_model
-from edgetune.graph.select import split_lora
+from edgetune.graph.trainable import TrainableSpec
 from edgetune.graph import stream
 from edgetune.graph.stream import ModelFile
 from edgetune.artifacts.sparse_diff import FILE_NAME as SPARSE_DIFF, SparseDiff
@@ -77,7 +77,7 @@ def test_lora_merge_and_lora_graph_equal_the_fold(classifier, feeds, tmp_path):
     _tune_randomly(tuner)  # B leaves zero, so the merge changes the weights
     tuner.save(tmp_path)
 
-    _, spec = split_lora(trainable)
+    spec = TrainableSpec.parse(trainable).lora
     base, metadata = load_model(classifier["model"]), tuner.output_metadata()
     layers = plan_lora(base, spec)
     values = initial_values(layers, spec.seed)
@@ -189,7 +189,7 @@ print(json.dumps([result.peak_rss_mb, before_save, peak_rss_mb()]))
 
 def test_tensor_locations_point_at_each_tensors_bytes(classifier):
     """The windowed file reader behind tensor_locations finds every raw_data byte range (used to copy them)."""
-    from edgetune.export.shared import tensor_locations
+    from edgetune.graph.wire import tensor_locations
 
     model = load_model(classifier["model"])
     locations = tensor_locations(classifier["model"])

@@ -44,7 +44,7 @@ from edgetune.graph.lora import (
     plan_lora,
 )
 from edgetune.graph.model import load_model
-from edgetune.graph.select import split_lora
+from edgetune.graph.trainable import LoraSpec, TrainableSpec
 from edgetune.graph.stream import ModelFile, Tensor
 from edgetune.artifacts.io import atomic_write_bytes, atomic_write_text
 from edgetune.artifacts.outdir import refuse_input_file
@@ -81,10 +81,9 @@ class Adapter:
 # -- writing a LoRA run's outputs -------------------------------------------------------------
 
 
-def save_lora_outputs(out: Path, base_path: Path, trainable: str, weights: Mapping[str, np.ndarray],
+def save_lora_outputs(out: Path, base_path: Path, spec: LoraSpec, weights: Mapping[str, np.ndarray],
                       metadata: Mapping[str, str], task: str) -> None:
     """Write ``model.onnx`` (merged), ``model_lora.onnx`` + ``adapter.onnx_adapter`` and ``peft/``."""
-    _, spec = split_lora(trainable)
     base = ModelFile(base_path)  # the graph without its weights; each weight is read when written
     linears = find_linears(base.skeleton)
     layers = plan_lora(base.skeleton, spec, str(base_path))
@@ -356,8 +355,11 @@ def read_peft(folder: Path, model: onnx.ModelProto) -> Adapter:
 def read_trainable(path: Path, model: onnx.ModelProto) -> Adapter:
     """A LoRA run's ``trainable.safetensors``: its spec rebuilds LoRA-FA's frozen A deterministically."""
     tensors, state = load_checkpoint(path)
-    spec = (state.get("trainable") or "") if isinstance(state, dict) else ""
-    _, lora = split_lora(spec)
+    text = state.get("trainable") if isinstance(state, dict) else None
+    try:  # the run's canonical spec, written by Tuner.save
+        lora = TrainableSpec.parse(text).lora if isinstance(text, str) and text else None
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
     if lora is None:
         raise EdgetuneError(f"{path}: not from a LoRA run (its tuned weights are already folded into model.onnx)")
     layers = plan_lora(model, lora, str(path))

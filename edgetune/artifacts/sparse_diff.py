@@ -27,8 +27,9 @@ from edgetune.errors import EdgetuneError
 from edgetune.artifacts.finite import require_finite_tensors
 from edgetune.graph.lift import fold_weights
 from edgetune.graph.model import check_model_file, load_model
-from edgetune.graph.sparse import add_delta, add_deltas, plan_sparse, split_sparse
+from edgetune.graph.sparse import add_delta, add_deltas, plan_sparse
 from edgetune.graph.stream import ModelFile, Tensor
+from edgetune.graph.trainable import SparseSpec
 
 MAGIC = b"ETDIFF"
 VERSION = 1
@@ -92,10 +93,9 @@ class SparseDiff:
         add_deltas(model, self.deltas, where)
 
 
-def save_sparse_outputs(out: Path, base_path: Path, trainable: str, weights: Mapping[str, np.ndarray],
+def save_sparse_outputs(out: Path, base_path: Path, spec: SparseSpec, weights: Mapping[str, np.ndarray],
                         metadata: Mapping[str, str]) -> None:
     """Write ``model.onnx`` (δ added into the base weights; plain ORT runs it) and ``sparse.etdiff``."""
-    _, spec = split_sparse(trainable)
     base = ModelFile(base_path)  # the graph without its weights; each weight is read when needed
     slices = plan_sparse(base.skeleton, spec, str(base_path), read=base.array)
     deltas = {piece.linear.weight: (piece.indices, np.asarray(weights[piece.delta_name])) for piece in slices}

@@ -32,15 +32,18 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgetune.graph.model import inspect_model, max_length_for
-    from edgetune.plan import Planner, parse_budget, suggest
+    from edgetune.graph.trainable import TrainableSpec
+    from edgetune.graph.units import parse_size_mb
+    from edgetune.plan import Planner, suggest
 
-    budget = parse_budget(args.budget) if args.budget is not None else None  # before reading the model
+    budget = parse_size_mb(args.budget, "--budget") if args.budget is not None else None  # before reading the model
+    modes = [TrainableSpec.parse(text) for text in args.trainable or ()]
     if any(n is not None and n < 1 for n in (args.batch, args.max_length, args.scored_tokens)):
         raise EdgetuneError("--batch, --max-length and --scored-tokens must be at least 1")
     planner = Planner(args.onnx, args.task, args.scored_tokens)
     # the length tune would take: a plan for more tokens than the model has positions is one tune refuses
     args.max_length = max_length_for(inspect_model(planner.model, planner.path, args.task), args.max_length)
-    modes = args.trainable or planner.default_modes()
+    modes = modes or planner.default_modes()
     rows = planner.table(args.batch, args.max_length, modes)
     suggestion = suggest(planner, args.batch, args.max_length, modes, budget) if budget is not None else None
     if args.json:

@@ -5,7 +5,7 @@ Output folder (both functions)::
     out_dir/model.onnx              inputs input_ids, attention_mask (+ token_type_ids / position_ids),
                                     output logits; metadata edgetune.task (+ edgetune.labels)
     out_dir/model_with_past.onnx    causal LMs: the same model with a KV cache, for generation; its
-                                    weights are references into model.onnx (see edgetune.export.shared)
+                                    weights are references into model.onnx (see edgetune.graph.relink)
     out_dir/tokenizer.json          the fast tokenizer, padding and truncation switched off
     out_dir/tokenizer_config.json   bos/eos/pad/unk token strings and the chat template (or null)
     out_dir/chat_template.jinja     the chat template, when the model has one
@@ -30,7 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edgetune.errors import EdgetuneError
-from edgetune.export.shared import WITH_PAST, link_weights
+from edgetune.export.shared import link_weights
+from edgetune.graph.relink import WITH_PAST
 
 __all__ = ["EXPORT_EXTRA_HINT", "ExportError", "export_causal_lm", "export_classifier", "MANIFEST"]
 

@@ -32,6 +32,8 @@ from edgetune.graph.blocks import Param
 from edgetune.graph.lift import save_model
 from edgetune.graph.model import ModelInfo
 from edgetune.graph.prepare import PreparedModel, prepare
+from edgetune.graph.trainable import TrainableSpec
+from edgetune.graph.units import parse_size_mb
 from edgetune.artifacts.io import is_temporary, remove_stale_temporaries
 
 FORMAT_VERSION = 1
@@ -53,10 +55,11 @@ def _code_digest() -> str:
     return digest.hexdigest()
 
 
-def prepare_cached(path: str | Path, trainable: str, model_digest: str, task: str | None = None,
+def prepare_cached(path: str | Path, trainable: TrainableSpec, model_digest: str, task: str | None = None,
                    split: bool = True, cache_root: str | Path | None = None) -> PreparedModel:
     """Like :func:`prepare`, with the graphs as files in the cache (prefix/suffix are paths)."""
-    key = hashlib.sha256(json.dumps([FORMAT_VERSION, _code_digest(), model_digest, trainable, task, split]).encode())
+    spec = str(trainable)  # canonical: two spellings of one slice share an entry, and the child reads it back
+    key = hashlib.sha256(json.dumps([FORMAT_VERSION, _code_digest(), model_digest, spec, task, split]).encode())
     key = key.hexdigest()[:24]
     root = Path(cache_root or default_cache_root())
     directory = root / key
@@ -64,7 +67,7 @@ def prepare_cached(path: str | Path, trainable: str, model_digest: str, task: st
         _touch(directory)
     else:
         remove_stale_temporaries(root)  # what a preparation killed mid-write left
-        run_child("edgetune.graph.cache", [str(path), trainable, task, split, str(directory)], f"preparing {path}")
+        run_child("edgetune.graph.cache", [str(path), spec, task, split, str(directory)], f"preparing {path}")
     evict(root, cache_limit(), keep=directory)
     try:
         return _load(directory, Path(path))
@@ -74,9 +77,7 @@ def prepare_cached(path: str | Path, trainable: str, model_digest: str, task: st
 
 def cache_limit() -> int:
     """The cache's size cap in bytes: ``EDGETUNE_CACHE_MAX`` (``500MB``, ``2GB``, a number of MB)."""
-    from edgetune.plan import parse_budget
-
-    return int(parse_budget(os.environ.get("EDGETUNE_CACHE_MAX") or DEFAULT_MAX, "EDGETUNE_CACHE_MAX") * 2**20)
+    return int(parse_size_mb(os.environ.get("EDGETUNE_CACHE_MAX") or DEFAULT_MAX, "EDGETUNE_CACHE_MAX") * 2**20)
 
 
 @dataclass
@@ -168,7 +169,7 @@ def _prepare_into(path: str, trainable: str, task: str | None, split: bool, dire
 def _write_entry(path: str, trainable: str, task: str | None, split: bool, staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    prepared = prepare(path, trainable, task=task, split=split)
+    prepared = prepare(path, TrainableSpec.parse(trainable), task=task, split=split)  # the child's edge: text in
     if prepared.prefix is not None:
         save_model(prepared.prefix, staging / "prefix.onnx")
     save_model(prepared.suffix, staging / "suffix.onnx")

@@ -28,7 +28,7 @@ from onnx import helper, numpy_helper
 
 from edgetune.errors import ModelError
 from edgetune.graph.blocks import Param, block_of_name
-from edgetune.graph.select import LoraSpec
+from edgetune.graph.trainable import LoraSpec
 
 # Short target names → module paths inside a block, per family (Llama/Mistral/Qwen, BERT).
 ALIASES: dict[str, tuple[str, ...]] = {

@@ -14,14 +14,15 @@ import numpy as np
 import onnx
 
 from edgetune.graph.blocks import Param, find_params
+from edgetune.graph.head_grad import HEAD_GRAD_B, HEAD_GRAD_W, LinearHead, add_head_grad, require_tuned
 from edgetune.graph.lift import lift_to_inputs
 from edgetune.graph.lora import add_lora
 from edgetune.graph.loss import LOGITS_OUTPUT, LOSS_OUTPUT, TOKEN_LOGITS_OUTPUT, add_loss
 from edgetune.graph.model import ModelInfo, inspect_model, load_model
-from edgetune.errors import ModelError
-from edgetune.graph.select import select_params, split_lora
-from edgetune.graph.sparse import add_sparse, split_sparse
+from edgetune.graph.select import select_params
+from edgetune.graph.sparse import add_sparse
 from edgetune.graph.split import split_graph
+from edgetune.graph.trainable import TrainableSpec
 
 
 @dataclass
@@ -33,10 +34,15 @@ class PreparedModel:
     suffix: onnx.ModelProto | str
     boundary: list[str]
     total_params: int  # every weight of the model, for reporting
+    head: LinearHead | None = None  # the last linear layer whose exact gradient the suffix outputs (head_grad)
 
 
-def prepare(path: str | Path, trainable: str | None, task: str | None = None, split: bool = True) -> PreparedModel:
+def prepare(path: str | Path, trainable: TrainableSpec | None, task: str | None = None, split: bool = True,
+            head_grad: bool = False) -> PreparedModel:
     """``trainable=None`` prepares for evaluation only: the loss is added, nothing is lifted.
+
+    ``head_grad`` adds the exact gradient of the classifier's last linear layer as outputs
+    (``graph/head_grad.py``); that layer must be in the slice.
 
     A ``lora:`` term inserts adapters first, a ``sparse:`` term δ slices of linear weights; their tensors
     join the slice in their base layer's block.
@@ -45,22 +51,21 @@ def prepare(path: str | Path, trainable: str | None, task: str | None = None, sp
     model = load_model(path)
     info = inspect_model(model, path, task)
     all_params = find_params(model)
-    plain, sparse = split_sparse(trainable) if trainable else ("", None)
-    plain, lora = split_lora(plain) if plain else ("", None)
-    if lora is not None and sparse is not None:
-        raise ModelError(f"--trainable '{trainable}': a lora: and a sparse: term cannot be combined")
-    only_added = (lora is not None or sparse is not None) and not plain.strip(", ")
-    selected = select_params(all_params, plain) if trainable and not only_added else []
+    selected = select_params(all_params, trainable) if trainable is not None else []
     total = sum(p.size for p in all_params)
-    if lora is not None:
-        adapters, added = add_lora(model, lora, all_params, str(path))
+    if trainable and trainable.lora:
+        adapters, added = add_lora(model, trainable.lora, all_params, str(path))
         selected, total = selected + adapters, total + added
-    if sparse is not None:
-        selected += add_sparse(model, sparse, all_params, str(path))
+    if trainable and trainable.sparse:
+        selected += add_sparse(model, trainable.sparse, all_params, str(path))
     selected.sort(key=_arena_order)
     add_loss(model, info.task)
+    head = add_head_grad(model, str(path)) if head_grad else None
+    if head is not None:
+        require_tuned(head, [p.name for p in selected], trainable, str(path))
     initial = lift_to_inputs(model, [p.name for p in selected])
-    outputs = [o.name for o in model.graph.output if o.name in (LOSS_OUTPUT, LOGITS_OUTPUT, TOKEN_LOGITS_OUTPUT)]
+    kept = (LOSS_OUTPUT, LOGITS_OUTPUT, TOKEN_LOGITS_OUTPUT, HEAD_GRAD_W, HEAD_GRAD_B)
+    outputs = [o.name for o in model.graph.output if o.name in kept]
     if split and selected:
         parts = split_graph(model, initial.keys(), outputs)
         prefix, suffix, boundary = parts.prefix, parts.suffix, parts.boundary
@@ -74,6 +79,7 @@ def prepare(path: str | Path, trainable: str | None, task: str | None = None, sp
         suffix=suffix,
         boundary=boundary,
         total_params=total,
+        head=head,
     )
 
 

@@ -30,16 +30,7 @@ from onnx import helper, numpy_helper
 from edgetune.errors import ModelError
 from edgetune.graph.blocks import Param, block_of_name
 from edgetune.graph.lora import Linear, find_linears, match_targets
-from edgetune.graph.options import SPARSE, parse_options, spec_error, split_term
-
-SCORES = ("magnitude",)
-
-
-@dataclass(frozen=True)
-class SparseSpec:
-    density: float
-    score: str = "magnitude"
-    targets: tuple[str, ...] | None = None  # LoRA-style aliases or module suffixes; None: every linear layer
+from edgetune.graph.trainable import SparseSpec
 
 
 @dataclass(frozen=True)
@@ -56,30 +47,6 @@ class SparseSlice:
     @property
     def index_name(self) -> str:
         return f"{self.linear.module}.sparse_index"
-
-
-def split_sparse(spec: str) -> tuple[str, SparseSpec | None]:
-    """Split ``--trainable`` into its other terms and the trailing ``sparse:`` term, if any."""
-    plain, tokens = split_term(spec, SPARSE)
-    return plain, None if tokens is None else _parse(tokens, spec)
-
-
-def _parse(tokens: list[str], spec: str) -> SparseSpec:
-    fail = spec_error(spec)
-    parsed = parse_options(SPARSE, tokens, ("density", "score", "targets"), (), fail)
-    options = parsed.values
-    if "density" not in options:
-        raise fail("sparse needs density=FRACTION (0.01 tunes 1 % of each targeted weight)")
-    try:
-        density = float(options["density"])
-    except ValueError:
-        density = math.nan
-    if not 0 < density <= 1:
-        raise fail(f"sparse density must be in (0, 1], not '{options['density']}'")
-    score = options.get("score", "magnitude")
-    if score not in SCORES:
-        raise fail(f"sparse score must be one of {', '.join(SCORES)}, not '{score}'")
-    return SparseSpec(density, score, parsed.targets)
 
 
 def plan_sparse(model: onnx.ModelProto, spec: SparseSpec, where: str = "model",

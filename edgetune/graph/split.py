@@ -30,35 +30,43 @@ class SplitGraph:
     boundary: list[str]  # prefix outputs fed to the suffix
 
 
-def _node_inputs(node: onnx.NodeProto) -> list[str]:
+def node_inputs(node: onnx.NodeProto) -> list[str]:
     """Inputs including outer-scope names read by subgraphs (If/Loop/Scan bodies)."""
     names = [n for n in node.input if n]
     for attr in node.attribute:
         for graph in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
             defined = {i.name for i in graph.input} | {i.name for i in graph.initializer}
             for inner in graph.node:
-                names.extend(n for n in _node_inputs(inner) if n and n not in defined)
+                names.extend(n for n in node_inputs(inner) if n and n not in defined)
                 defined.update(inner.output)
     return names
 
 
-def split_graph(model: onnx.ModelProto, trainable: Iterable[str], outputs: list[str]) -> SplitGraph:
-    graph = model.graph
+def partition(nodes: Iterable[onnx.NodeProto], trainable: Iterable[str],
+              ) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto], set[str]]:
+    """The frozen prefix's nodes, the suffix's (every node that depends on a trainable tensor), and the
+    names that depend on one; ``edgetune plan`` predicts the split with it."""
     dirty = set(trainable)
-    suffix_nodes, prefix_nodes = [], []
-    for node in graph.node:
-        if dirty.intersection(_node_inputs(node)):
+    prefix_nodes, suffix_nodes = [], []
+    for node in nodes:
+        if dirty.intersection(node_inputs(node)):
             suffix_nodes.append(node)
             dirty.update(node.output)
         else:
             prefix_nodes.append(node)
+    return prefix_nodes, suffix_nodes, dirty
+
+
+def split_graph(model: onnx.ModelProto, trainable: Iterable[str], outputs: list[str]) -> SplitGraph:
+    graph = model.graph
+    prefix_nodes, suffix_nodes, dirty = partition(graph.node, trainable)
     for name in outputs:
         if name not in dirty:
             raise ModelError(f"output '{name}' does not depend on the trainable weights")
 
     produced_by_suffix = {o for n in suffix_nodes for o in n.output}
     constant_nodes = {o: n for n in prefix_nodes if n.op_type == "Constant" for o in n.output}
-    needed = {n for node in suffix_nodes for n in _node_inputs(node)} - produced_by_suffix
+    needed = {n for node in suffix_nodes for n in node_inputs(node)} - produced_by_suffix
     moved = [constant_nodes[n] for n in needed if n in constant_nodes]  # cheap: recompute in the suffix
     prefix_outputs = {o for n in prefix_nodes for o in n.output}
     crossing = sorted(n for n in needed if n in prefix_outputs and n not in constant_nodes)
@@ -87,7 +95,7 @@ def _producers(nodes: list[onnx.NodeProto], names: Iterable[str]) -> list[onnx.N
     for node in reversed(nodes):
         if want.intersection(node.output):
             kept.append(node)
-            want.update(_node_inputs(node))
+            want.update(node_inputs(node))
     return kept[::-1]
 
 
@@ -100,7 +108,7 @@ def _constant_tensors(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> se
     """Outputs of ``nodes`` computed from initializers and Constant nodes alone (no graph input on their path)."""
     constant = {init.name for init in model.graph.initializer}
     for node in nodes:
-        inputs = _node_inputs(node)
+        inputs = node_inputs(node)
         deterministic = node.op_type not in _NONDETERMINISTIC and (inputs or node.op_type == "Constant")
         if deterministic and all(n in constant for n in inputs):
             constant.update(o for o in node.output if o)
@@ -131,7 +139,7 @@ def _evaluate(model: onnx.ModelProto, nodes: list[onnx.NodeProto], names: list[s
 
 
 def _subgraph(model, label, nodes, outputs, extra_inputs=(), extra_initializers=()):
-    used = {n for node in nodes for n in _node_inputs(node)}
+    used = {n for node in nodes for n in node_inputs(node)}
     graph = model.graph
     inputs = [i for i in graph.input if i.name in used] + list(extra_inputs)
     initializers = [i for i in graph.initializer if i.name in used] + list(extra_initializers)

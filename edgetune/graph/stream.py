@@ -2,8 +2,8 @@
 
 Loading the base ONNX file, folding the tuned values in and serialising it costs the whole protobuf
 twice over, which made saving the peak of a run (515 MB against 228 MB while tuning MiniLM). Here
-the base is read as a *skeleton* (every initializer without its bytes, ``plan.read_skeleton``) plus
-where each initializer's bytes lie (``export.shared.tensor_locations``); the output is that
+the base is read as a *skeleton* (every initializer without its bytes, ``wire.read_skeleton``) plus
+where each initializer's bytes lie (``wire.tensor_locations``); the output is that
 skeleton, possibly edited (metadata, LoRA inputs), serialised with each initializer's bytes copied
 from the base file in chunks, or taken from a tuned value, one tensor at a time. Protobuf does not
 care in which order a message's fields come, so the graph is written as its non-initializer fields
@@ -22,10 +22,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgetune.errors import ModelError
-from edgetune.export.shared import tensor_locations
 from edgetune.graph.lift import _EXTERNAL_DATA_THRESHOLD, update_metadata
 from edgetune.artifacts.io import atomic_writer
-from edgetune.plan import _varint, read_skeleton
+from edgetune.graph.wire import encode_varint, read_skeleton, tensor_locations
 
 # A tuned value, or a function computing it when it is written (a LoRA merge, a sparse δ added):
 # then only one such tensor exists at a time. Either way float32, shaped as the base initializer
@@ -36,7 +35,7 @@ Tensor = Union[np.ndarray, Callable[[], np.ndarray]]
 _TENSOR_FIELDS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 16)
 _TYPED_DATA = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
 # Wire tags (field number << 3 | 2, length-delimited): ModelProto.graph, GraphProto.initializer, TensorProto.raw_data
-_GRAPH_TAG, _INITIALIZER_TAG, _RAW_TAG = _varint(7 << 3 | 2), _varint(5 << 3 | 2), _varint(9 << 3 | 2)
+_GRAPH_TAG, _INITIALIZER_TAG, _RAW_TAG = (encode_varint(number << 3 | 2) for number in (7, 5, 9))
 _CHUNK = 1 << 20  # bytes per read when copying a tensor from the base file
 
 
@@ -95,7 +94,7 @@ class ModelFile:
             # entered second, so renamed first: the new model never points into an old .data file
             data = stack.enter_context(atomic_writer(path.with_name(data_name))) if external else out
             out.write(model.SerializeToString())
-            out.write(_GRAPH_TAG + _varint(len(graph) + sum(len(f) for f in fields) + inline))
+            out.write(_GRAPH_TAG + encode_varint(len(graph) + sum(len(f) for f in fields) + inline))
             out.write(graph)
             for field, (_, size, source) in zip(fields, pieces):
                 out.write(field)
@@ -132,10 +131,10 @@ class ModelFile:
                     tensor.external_data.add(key=key, value=str(value))
                 header, raw, offset = tensor, b"", offset + size
             else:
-                raw = b"" if source is None else _RAW_TAG + _varint(size)
+                raw = b"" if source is None else _RAW_TAG + encode_varint(size)
             body = header.SerializeToString() + raw
             inline = size if source is not None and data_name is None else 0
-            fields.append(_INITIALIZER_TAG + _varint(len(body) + inline) + body)
+            fields.append(_INITIALIZER_TAG + encode_varint(len(body) + inline) + body)
         return fields
 
     def _copy(self, source: object, size: int, out: BinaryIO) -> None:

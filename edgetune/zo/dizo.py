@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
@@ -31,8 +31,13 @@ from edgetune import _core
 from edgetune.errors import EdgetuneError, TrainingError
 from edgetune.zo.zosgd import ZOSGD, StepRecord
 
-if TYPE_CHECKING:
-    from edgetune.graph.cache import MappedTensors
+
+class AnchorFile(Protocol):
+    """θ0 by tensor name, read-only and paged in on demand (``graph.cache.MappedTensors``)."""
+
+    def __getitem__(self, name: str) -> np.ndarray: ...
+    def evict(self, view: np.ndarray) -> None: ...
+
 
 # Projection noise seeds are derive_seed(seed ^ salt, step, iteration): a stream apart from the queries'.
 _PROJECTION_SALT = 0xD120D120D120D120
@@ -44,7 +49,7 @@ class Anchors:
     """θ0 for DiZO: the arena's views and, by the same names, their initial values memory-mapped."""
 
     weights: Mapping[str, np.ndarray]
-    initial: MappedTensors
+    initial: AnchorFile
 
 
 class DiZO:
