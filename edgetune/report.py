@@ -42,8 +42,10 @@ def title(curves: RunCurves) -> str:
     config = curves.config
     if not config:
         return f"{curves.folder} (run not finished)"
-    model = Path(str(config.get("onnx", "?"))).name
-    return f"{model} · trainable {config.get('trainable', '?')} · {config.get('optimizer', '?')}"
+    model = Path(str(config.get("onnx", "?")))
+    model = f"{model.parent.name}/{model.name}" if model.parent.name else model.name  # model.onnx alone says little
+    return (f"{model} · trainable {config.get('trainable', '?')} · {config.get('optimizer', '?')}, "
+            f"lr {config.get('lr', '?')}, q {config.get('queries', '?')}")
 
 
 def draw_curves(curves: RunCurves) -> bytes:
