@@ -33,6 +33,7 @@ from edgetune.engine.prge import CopyBatchedEngine
 from edgetune.errors import EdgetuneError, TrainingError
 from edgetune.graph.blocks import Param
 from edgetune.graph.model import ModelInfo
+from edgetune.graph.trainable import TrainableSpec
 from edgetune.process.interrupt import Interrupted, StopRequest
 from edgetune.process.rss import peak_rss_mb
 from edgetune.zo import Anchors, StepRecord, build_optimizer
@@ -55,7 +56,7 @@ class TunedModel(Protocol):
     tokenizer_path: Path
     max_length: int
     verbalizer: Verbalizer | None
-    trainable_spec: Any  # the --trainable spec, None for evaluation only; str() is its canonical text
+    trainable_spec: TrainableSpec | None  # None: evaluation only
 
     @property
     def anchors(self) -> Anchors | None: ...
