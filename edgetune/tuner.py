@@ -44,7 +44,7 @@ from edgetune.artifacts.io import atomic_write_text
 from edgetune.artifacts.outdir import claim_output, refuse_input_folder
 from edgetune.artifacts.sparse_diff import save_sparse_outputs
 from edgetune.zo import Anchors, StepRecord
-from edgetune.zo.importance import BlockScore, rank_blocks
+from edgetune.zo.importance import BlockScore, rank_blocks, score_groups
 from edgetune.zo.subset import ArenaBlocks
 
 __all__ = ["FitResult", "Progress", "Tuner", "peak_rss_mb"]  # FitResult, Progress: the loop's, the façade's API
@@ -162,8 +162,9 @@ class Tuner:
         def next_batch(probe: int) -> None:
             tuner.engine.set_batch(dataset.batch(stream.indices(probe), tuner.info.data_inputs))
 
-        return rank_blocks(tuner.arena.buffer(), groups, lambda: np.mean(tuner.engine.loss()), probes, eps, seed,
-                           noise, next_batch)
+        loss = lambda: np.mean(tuner.engine.loss())  # noqa: E731
+        scores = score_groups(tuner.arena.buffer(), groups, loss, probes, eps, seed, noise, next_batch)
+        return rank_blocks(groups, scores)
 
     def _set_verbalizer(self, spec: str | dict[str, str] | None, template: str | None) -> None:
         """An explicit verbaliser, else the one in the model's metadata (a template alone overrides its template)."""

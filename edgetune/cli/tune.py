@@ -127,7 +127,8 @@ def _announce(run: _RunOptions, tuner) -> None:
                       markup=False)
 
 
-def _rank_blocks_if_asked(run: _RunOptions, trainable: TrainableSpec, model: ModelOptions, config: TrainConfig):
+def _rank_blocks_if_asked(run: _RunOptions, trainable: TrainableSpec, model: ModelOptions,
+                          config: TrainConfig) -> tuple[TrainableSpec, list | None]:
     """``trainable`` with an ``importance:K`` term resolved (``run.trainable``, the summary's, too) and the
     ranking, or None without one."""
     from edgetune.tuner import Tuner

@@ -67,18 +67,8 @@ def score_groups(
     return {key: energy[key] / probes / (end - start + 2) for key, (start, end) in groups.items()}
 
 
-def rank_blocks(
-    buffer: np.ndarray,
-    groups: dict[int, tuple[int, int]],
-    loss_fn: Callable[[], float],
-    probes: int,
-    eps: float,
-    seed: int,
-    noise: str = "rademacher",
-    next_batch: Callable[[int], None] | None = None,
-) -> list[BlockScore]:
-    """The blocks ``groups`` (block → its arena range) from most to least important, scored by
-    :func:`score_groups`; ties go to the lower block. ``Tuner.rank_blocks`` builds the arena and the data."""
-    scores = score_groups(buffer, groups, loss_fn, probes, eps, seed, noise, next_batch)
+def rank_blocks(groups: dict[int, tuple[int, int]], scores: dict[int, float]) -> list[BlockScore]:
+    """The blocks of ``groups`` (block → its arena range) by their :func:`score_groups` scores, most
+    important first; ties go to the lower block. ``Tuner.rank_blocks`` builds the arena and the data."""
     ranked = [BlockScore(b, end - start, scores[b]) for b, (start, end) in sorted(groups.items())]
     return sorted(ranked, key=lambda s: (-s.score, s.block))
