@@ -15,7 +15,7 @@ from edgetune.data.batching import IGNORE_INDEX, Batch, BatchStream
 from edgetune.engine.runner import LossEngine
 from edgetune.errors import EdgetuneError, ModelError
 from edgetune.graph import prepare
-from edgetune.graph.head_grad import HEAD_GRAD_B, HEAD_GRAD_W
+from edgetune.graph.head_grad import HEAD_GRAD_B, HEAD_GRAD_W, find_linear_head
 from edgetune.graph.loss import LABELS_INPUT, LOGITS_OUTPUT
 from edgetune.graph.trainable import TrainableSpec
 from edgetune.zo import ZOSGD, Schedule
@@ -135,6 +135,8 @@ def test_the_split_suffix_outputs_the_same_gradient_through_the_engine(classifie
     whole = prepare(classifier["model"], TrainableSpec.parse("last:1"), split=False, head_grad=True)
     split = prepare(classifier["model"], TrainableSpec.parse("last:1"), split=True, head_grad=True)
     assert split.prefix is not None
+    # a cached suffix can name its head again: the lifted weight is an input of known shape there
+    assert find_linear_head(split.suffix.graph) == split.head
     engine = LossEngine(split, {k: np.ascontiguousarray(v) for k, v in split.initial.items()}, 1, CPU)
     grads = HeadGrads.bind(engine, {k: np.zeros(1) for k in split.initial}, split.head)
     inputs = {k: v for k, v in feeds.items() if k != LABELS_INPUT}
