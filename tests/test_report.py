@@ -68,12 +68,13 @@ def test_curves_cumulate_forwards_and_place_each_evaluation(tuned):
     curves = read_curves(out)
     records = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     assert curves.steps.tolist() == list(range(1, STEPS + 1))
-    assert curves.forwards.tolist() == np.cumsum([r["forwards"] for r in records]).tolist()
+    summary = json.loads((out / "summary.json").read_text())["result"]
+    before_steps = (summary.get("calibration") or {}).get("forwards", 0)  # --lr/--eps auto's probes
+    assert curves.forwards.tolist() == (before_steps + np.cumsum([r["forwards"] for r in records])).tolist()
     assert curves.loss.tolist() == [r["loss"] for r in records]
     # before tuning at 0 forwards, then every EVAL_EVERY steps (the last one is the after-evaluation)
     assert [p.step for p in curves.evals] == [0, 4, 8, 12]
     assert [p.forwards for p in curves.evals] == [0] + [int(curves.forwards[p.step - 1]) for p in curves.evals[1:]]
-    summary = json.loads((out / "summary.json").read_text())["result"]
     assert curves.metric == "accuracy" and curves.evals[-1].metric == summary["after"]["accuracy"]
     assert curves.evals[0].loss == summary["before"]["loss"]
     assert curves.finished and curves.peak_rss_mb == summary["peak_rss_mb"]
@@ -87,6 +88,13 @@ def test_forwards_of_varying_steps_and_of_logs_without_a_count(tmp_path):
     (tmp_path / "steps.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     curves = read_curves(tmp_path)
     assert curves.forwards.tolist() == [4, 10, 13] and curves.evals == [] and not curves.finished
+    # forwards spent before the first step (a calibration) shift every step, as the evaluations count them
+    result = {"calibration": {"forwards": 20}, "before": {"loss": 0.7}, "history": [
+        {"step": 2, "forwards": 30, "loss": 0.6}]}
+    (tmp_path / "summary.json").write_text(json.dumps({"config": {}, "result": result}))
+    curves = read_curves(tmp_path)
+    assert curves.forwards.tolist() == [24, 30, 33] and [p.forwards for p in curves.evals] == [0, 30]
+    assert curves.metric is None and curves.finished
 
 
 def test_smoothed_is_a_trailing_mean_that_starts_with_the_first_value():

@@ -3,7 +3,8 @@
 The step log (``steps.jsonl``) is the one file needed, so that a run in progress or interrupted can be
 looked at too. ``summary.json`` (a finished run) or else the checkpoint's state (an interrupted one) adds
 the evaluations. The x axis is cumulative *forward passes*, the unit a zeroth-order run pays in: a step
-with q queries costs 2q of them (more with DiZO's or the window's extra passes), so steps are no common scale.
+with q queries costs 2q of them (more with DiZO's or the window's extra passes), so steps are no common scale;
+a calibration before the first step (summary.json's or the checkpoint's ``calibration``) shifts them all.
 """
 
 from __future__ import annotations
@@ -74,7 +75,16 @@ def read_curves(folder: str | Path) -> RunCurves:
     else:
         state = {}
     curves.evals, curves.metric = _evaluations(state, folder)
+    curves.forwards += _forwards_before_steps(state)
     return curves
+
+
+def _forwards_before_steps(state: dict[str, Any]) -> int:
+    """Forwards a run spent before its first step (--lr/--eps auto's calibration probes): the step log
+    holds steps only, while the evaluations' ``forwards`` count these too."""
+    calibration = state.get("calibration")
+    forwards = calibration.get("forwards") if isinstance(calibration, dict) else None
+    return forwards if _is_int(forwards) and forwards > 0 else 0
 
 
 def read_step_log(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
