@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from edgetune.errors import EdgetuneError
+from edgetune.graph.units import parse_size_mb
 # Bound and option are the vocabulary of every option declaration, the optimizers' included (re-exported here)
 from edgetune.zo.options import (OPTIMIZER_NAMES, OPTIMIZER_OPTIONS, ROTATE_MODES, Bound, DiZOOptions,
                                  MicroAdamOptions, WindowOptions, option)
@@ -186,6 +187,12 @@ class _CommonOptions:
                                trajectory=True)
     rotate_mode: str = option("random", "--rotate: walk the blocks in order (cyclic) or draw them from the seed "
                               "(random)", choices=ROTATE_MODES, trajectory=True)
+    activation_cache: str = option("auto", "keep the frozen prefix's output per training example, so that after "
+                                   "the first epoch a step runs only the trainable suffix: auto (in RAM up to a "
+                                   "quarter of the model's size, else in a temporary file), off, or a RAM budget "
+                                   "such as 200MB")
+    activation_cache_dtype: str = option("fp32", "--activation-cache storage: fp32 (the same losses to the last "
+                                         "bit) or fp16 (half the memory, not exact)", choices=("fp32", "fp16"))
 
 
 @dataclass
@@ -231,6 +238,12 @@ class TrainConfig(MicroAdamOptions, WindowOptions, DiZOOptions, _CommonOptions):
             raise EdgetuneError(f"--rotate works with --optimizer zo-sgd only, not '{self.optimizer}'")
         if self.rotate and self.parallel != "off":
             raise EdgetuneError("--rotate needs --parallel off (P-RGE perturbs copies of the whole slice)")
+        if self.activation_cache not in ("auto", "off"):
+            try:
+                parse_size_mb(self.activation_cache, "--activation-cache")
+            except EdgetuneError:
+                raise EdgetuneError("--activation-cache must be auto, off or a RAM budget such as 200MB, got "
+                                    f"'{self.activation_cache}'") from None
 
     def refuse_ignored(self, given: Iterable[str]) -> None:
         """An option of another optimizer than ``optimizer``, among the ``given`` ones (flags, YAML keys,

@@ -12,6 +12,7 @@ log (``steps.jsonl``), the forwards spent, and the checkpoint that lets it conti
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -27,11 +28,14 @@ from edgetune.artifacts.steplog import JsonlLog
 from edgetune.artifacts.trajectory import FILE_NAME as TRAJECTORY, Trajectory, check_room
 from edgetune.config import TrainConfig
 from edgetune.data import BatchStream, TokenizedSet, Verbalizer
+from edgetune.data.batching import Batch
 from edgetune.data.tokenizer import SIDECARS as TOKENIZER_SIDECARS
 from edgetune.engine import LossEngine, check_engine
+from edgetune.engine.activation_cache import ActivationCache, budget_bytes
 from edgetune.engine.prge import CopyBatchedEngine
 from edgetune.errors import EdgetuneError, TrainingError
 from edgetune.graph.blocks import Param
+from edgetune.graph.cache import default_cache_root
 from edgetune.graph.model import ModelInfo
 from edgetune.graph.trainable import TrainableSpec
 from edgetune.process.interrupt import Interrupted, StopRequest
@@ -39,6 +43,8 @@ from edgetune.process.rss import peak_rss_mb
 from edgetune.zo import Anchors, StepRecord, build_optimizer
 from edgetune.zo.prge import ParallelZO, parallel_strategy
 from edgetune.zo.subset import block_subsets
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.safetensors"
 _TRAJECTORY_KEYS = TrainConfig.trajectory_keys()  # the fields marked for the trajectory: a resumed run keeps them
@@ -82,6 +88,7 @@ class FitResult:
     peak_rss_mb: float
     history: list[dict[str, Any]] = field(default_factory=list)
     parallel: dict[str, Any] | None = None  # what --parallel auto measured and chose
+    activation_cache: dict[str, Any] | None = None  # where the frozen prefix's outputs were kept, and their size
 
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -128,6 +135,8 @@ class TrainingRun:
         self._saved_optimizer: dict[str, Any] | None = None
         self._engine: LossEngine | None = None
         self._steplog: JsonlLog | None = None
+        self.cache: ActivationCache | None = None
+        self.cache_summary: dict[str, Any] | None = None  # the cache as it was at close()
         if resume:
             self.restore()
 
@@ -173,7 +182,8 @@ class TrainingRun:
         if self._engine is not None:
             return self._engine
         tuner, config = self.tuner, self.config
-        first = self.train.batch(self.stream.indices(self.start), tuner.info.data_inputs)
+        first = self._batch(self.start)
+        self._attach_cache(first)
         tuner.engine.set_batch(first)
         check_engine(tuner.engine, tuner.arena.buffer())
         self._engine = tuner.engine
@@ -189,12 +199,12 @@ class TrainingRun:
         """Step ``done`` on its batch, logged. ``chain`` promises that another step follows with nothing reading
         θ in between (evaluation, checkpoint): the next perturbation is then fused into this step's last pass."""
         engine, t = self.bind(), self.done
-        indices = self.stream.indices(t)
-        engine.set_batch(self.train.batch(indices, self.tuner.info.data_inputs))
+        batch = self._batch(t)
+        engine.set_batch(batch)
         try:
             record = self.optimizer.step(t, engine.mean_loss, chain=chain)
         except TrainingError as exc:
-            lines = ", ".join(sorted({self.train.where[int(i)] for i in indices}))
+            lines = ", ".join(sorted({self.train.where[int(i)] for i in batch.examples}))
             kept = f"; last checkpoint kept in {self.checkpoint}" if self.checkpoint and self.checkpoint.exists() else ""
             raise TrainingError(f"{exc} on examples {lines}{kept}") from None
         self.done, self.spent = t + 1, self.spent + record.forwards
@@ -215,6 +225,34 @@ class TrainingRun:
         self.optimizer.settle()
         if self._steplog is not None:
             self._steplog.close()
+        if self.cache is not None:
+            self.cache_summary = self.cache.describe()
+            self.tuner.engine.attach_cache(None)
+            self.cache.close()
+            self.cache = None
+
+    def _batch(self, t: int, stream: BatchStream | None = None) -> Batch:
+        """Step ``t``'s batch (of ``stream``, else the steps'), its rows keyed by their index in the training set
+        for the activation cache."""
+        indices = (stream or self.stream).indices(t)
+        batch = self.train.batch(indices, self.tuner.info.data_inputs)
+        batch.examples = indices
+        return batch
+
+    def _attach_cache(self, first: Batch) -> None:
+        """Keep the frozen prefix's outputs per example (``--activation-cache``) where it is exact."""
+        budget = budget_bytes(self.config.activation_cache, self.tuner.model_path.stat().st_size)
+        engine = self.tuner.engine
+        if budget is None or not engine.cached:
+            return
+        spill = self.out if self.out and self.out.is_dir() else default_cache_root().parent
+        cache = ActivationCache(engine.cached, [len(ids) for ids in self.train.ids], budget,
+                                self.config.activation_cache_dtype, spill)
+        reason = engine.attach_cache(cache, first)
+        if reason is not None:
+            logger.warning("activation cache off: %s", reason)
+        else:
+            self.cache = cache
 
     def _log(self) -> JsonlLog:
         # opened at the first write: a run that fails before its first step leaves the folder's log as it was
@@ -247,7 +285,8 @@ def fit(tuner: TunedModel, config: TrainConfig, data: str | Path, eval_data: str
         run.close()
     return FitResult(before=run.before, after=after, steps=run.done - run.start, seconds=time.perf_counter() - began,
                      forward_passes=run.spent - run.start_forwards, peak_rss_mb=peak_rss_mb(), history=run.history,
-                     parallel=run.batching.to_json() if run.batching else None)
+                     parallel=run.batching.to_json() if run.batching else None,
+                     activation_cache=run.cache_summary)
 
 
 def _train(run: TrainingRun, dev: TokenizedSet | None, progress: Progress | None, stop: StopRequest) -> None:

@@ -36,6 +36,15 @@ class Batch:
     labels: np.ndarray
     size: int
     classes: np.ndarray | None = None
+    # each row's index in the training set, set by the training loop only: the activation cache's keys
+    examples: np.ndarray | None = None
+
+    def select(self, rows: Sequence[int]) -> Batch:
+        """The batch of these rows of this one (padded as this one is)."""
+        index = np.asarray(rows)
+        take = (lambda a: a[index] if a is not None else None)  # noqa: E731
+        return Batch(inputs={k: v[index] for k, v in self.inputs.items()}, labels=self.labels[index],
+                     size=len(index), classes=take(self.classes), examples=take(self.examples))
 
 
 class TokenizedSet:

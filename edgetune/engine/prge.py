@@ -17,7 +17,7 @@ batch is learnt once by running the frozen prefix on one example and on that exa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -80,7 +80,7 @@ class CopyBatchedEngine:
     def set_batch(self, batch: Batch) -> None:
         """Bind ``batch`` as ``width`` stacked copies (runs the frozen prefix once)."""
         if self._roles is None:  # from one example and that example twice
-            one, two = (self._base.data_feeds(_rows_of(batch, rows)) for rows in ([0], [0, 0]))
+            one, two = (self._base.data_feeds(batch.select(rows)) for rows in ([0], [0, 0]))
             self._roles = batch_roles(one, two)
         self._batch_arrays = []
         self._binding.bind_output(LOSS_OUTPUT, "cpu")  # a bound output keeps the shape of its last run
@@ -133,10 +133,3 @@ def batch_roles(one: dict[str, np.ndarray], two: dict[str, np.ndarray]) -> dict[
                 f"{list(b.shape)} for two); use --parallel off"
             )
     return roles
-
-
-def _rows_of(batch: Batch, rows: list[int]) -> Batch:
-    index = np.asarray(rows)
-    classes = batch.classes[index] if batch.classes is not None else None
-    return replace(batch, inputs={k: v[index] for k, v in batch.inputs.items()}, labels=batch.labels[index],
-                   size=len(rows), classes=classes)

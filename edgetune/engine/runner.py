@@ -7,11 +7,13 @@ ORT reads the new values on the next run, with no re-binding and no session rebu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import onnx
 
 from edgetune.data.batching import Batch
+from edgetune.engine.activation_cache import ActivationCache, CacheLayoutError
 from edgetune.engine.session import create_session
 from edgetune.graph.loss import LABELS_INPUT, LOGITS_OUTPUT, LOSS_OUTPUT, TOKEN_LOGITS_OUTPUT
 
@@ -36,6 +38,10 @@ class LossEngine:
             self._binding.bind_input(name, "cpu", 0, np.float32, list(view.shape), view.ctypes.data)
         self._binding.bind_output(LOSS_OUTPUT, "cpu")
         self._batch_arrays: dict[str, np.ndarray] = {}
+        self.cached = list(getattr(prepared, "cached", []))  # what an activation cache may keep per example
+        self._rest_graph, self._rest = getattr(prepared, "rest", None), None
+        self._session_args = (threads, providers)
+        self.activation_cache: ActivationCache | None = None  # attach_cache: a training run's, while it runs
 
     def set_batch(self, batch: Batch) -> None:
         """Bind ``batch``; runs the frozen prefix once so every later ``loss()`` only runs the suffix."""
@@ -75,7 +81,62 @@ class LossEngine:
                  for name, array in batch.inputs.items()}
         feeds[LABELS_INPUT] = np.ascontiguousarray(batch.labels)
         if self.prefix is not None:
-            prefix_feeds = {k: v for k, v in feeds.items() if k in self._prefix_inputs}
-            feeds.update(zip(self.boundary, self.prefix.run(self.boundary, prefix_feeds)))
+            feeds.update(self._boundary(batch, feeds))
         return {k: v for k, v in feeds.items() if k in self._suffix_inputs}
 
+    def _boundary(self, batch: Batch, feeds: dict[str, np.ndarray], use_cache: bool = True) -> dict[str, np.ndarray]:
+        """The prefix's outputs on ``batch``: from the activation cache when it holds all of a training batch's
+        examples (``batch.examples``), else by running the prefix (and keeping what the cache lacks)."""
+        cache = self.activation_cache if use_cache and batch.examples is not None else None
+        if cache is not None and cache.has_all(batch.examples):
+            out = cache.get(batch.examples)
+            if self._rest is not None:
+                rest_feeds = {i.name: out.get(i.name, feeds.get(i.name)) for i in self._rest.get_inputs()}
+                names = [o.name for o in self._rest.get_outputs()]
+                out.update(zip(names, self._rest.run(names, rest_feeds)))
+            return out
+        prefix_feeds = {k: v for k, v in feeds.items() if k in self._prefix_inputs}
+        out = dict(zip(self.boundary, self.prefix.run(self.boundary, prefix_feeds)))
+        if cache is not None:
+            cache.put(batch.examples, out)
+        return out
+
+    def attach_cache(self, cache: ActivationCache | None, batch: Batch | None = None) -> str | None:
+        """Serve training batches from ``cache`` from now on (None detaches), if it is exact on ``batch``; the
+        reason it is not otherwise (the cache then stays detached).
+
+        Checked: each row the prefix computes alone is the bits it computes within the padded batch, and the
+        loss from the cache's rows (padded positions zero) is the loss from the prefix's, bit for bit.
+        """
+        self.activation_cache = None
+        if cache is None or batch is None or self.prefix is None or not self.cached:
+            return None if cache is None else "no frozen prefix to cache"
+        if self._rest_graph is not None and self._rest is None:
+            self._rest = create_session(self._rest_graph, *self._session_args)
+        self.activation_cache = cache
+        try:
+            reason = self._check_cache(cache, batch)
+        except CacheLayoutError as exc:
+            reason = str(exc)
+        if reason is not None:
+            self.activation_cache = None
+            cache.close()
+        return reason
+
+    def _check_cache(self, cache: ActivationCache, batch: Batch) -> str | None:
+        assert batch.examples is not None
+        uncached = replace(batch, examples=None)
+        feeds = {**self.data_feeds(uncached), **self._tensors}
+        r = int(np.argmin(cache.lengths[batch.examples]))  # the shortest: the most padding in the batch
+        alone = self.data_feeds(uncached.select([r]))
+        n = int(cache.lengths[batch.examples[r]])
+        for name in self.cached:
+            if not np.array_equal(alone[name][0, :n], feeds[name][r, :n]):
+                return f"the prefix's output '{name}' for an example depends on the batch it is in"
+        self.data_feeds(batch)  # fills the cache
+        from_cache = {**self.data_feeds(batch), **self._tensors}
+        if cache.exact:
+            if not np.array_equal(self.suffix.run([LOSS_OUTPUT], feeds)[0],
+                                  self.suffix.run([LOSS_OUTPUT], from_cache)[0]):
+                return "the loss from cached rows differs from the prefix's in the last bit"
+        return None

@@ -173,6 +173,8 @@ def _write_entry(path: str, trainable: str, task: str | None, split: bool, stagi
     if prepared.prefix is not None:
         save_model(prepared.prefix, staging / "prefix.onnx")
     save_model(prepared.suffix, staging / "suffix.onnx")
+    if prepared.rest is not None:
+        save_model(prepared.rest, staging / "rest.onnx")
     save_file(prepared.initial, str(staging / "initial.safetensors"))
     info = asdict(prepared.info)
     info["path"] = str(info["path"])
@@ -180,6 +182,8 @@ def _write_entry(path: str, trainable: str, task: str | None, split: bool, stagi
         "info": info,
         "params": [asdict(p) for p in prepared.params],
         "boundary": prepared.boundary,
+        "cached": prepared.cached,
+        "has_rest": prepared.rest is not None,
         "total_params": prepared.total_params,
         "has_prefix": prepared.prefix is not None,
         "trainable": trainable,  # for edgetune cache's listing
@@ -199,6 +203,8 @@ def _load(directory: Path, model_path: Path) -> PreparedModel:
         suffix=str(directory / "suffix.onnx"),
         boundary=manifest["boundary"],
         total_params=manifest["total_params"],
+        cached=manifest["cached"],
+        rest=str(directory / "rest.onnx") if manifest["has_rest"] else None,
     )
 
 

@@ -7,7 +7,7 @@ loss → lift the slice into inputs → split off the frozen prefix.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,8 @@ class PreparedModel:
     boundary: list[str]
     total_params: int  # every weight of the model, for reporting
     head: LinearHead | None = None  # the last linear layer whose exact gradient the suffix outputs (head_grad)
+    cached: list[str] = field(default_factory=list)  # the boundary an activation cache keeps (graph/split.cache_cut)
+    rest: onnx.ModelProto | str | None = None  # the rest of the boundary from the batch and ``cached``
 
 
 def prepare(path: str | Path, trainable: TrainableSpec | None, task: str | None = None, split: bool = True,
@@ -69,8 +71,9 @@ def prepare(path: str | Path, trainable: TrainableSpec | None, task: str | None 
     if split and selected:
         parts = split_graph(model, initial.keys(), outputs)
         prefix, suffix, boundary = parts.prefix, parts.suffix, parts.boundary
+        cached, rest = parts.cached, parts.rest
     else:
-        prefix, suffix, boundary = None, model, []
+        prefix, suffix, boundary, cached, rest = None, model, [], [], None
     return PreparedModel(
         info=info,
         params=selected,
@@ -80,6 +83,8 @@ def prepare(path: str | Path, trainable: TrainableSpec | None, task: str | None 
         boundary=boundary,
         total_params=total,
         head=head,
+        cached=cached,
+        rest=rest,
     )
 
 

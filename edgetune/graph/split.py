@@ -15,7 +15,7 @@ becomes an initializer of the suffix.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import onnx
 from onnx import helper, numpy_helper
@@ -28,6 +28,8 @@ class SplitGraph:
     prefix: onnx.ModelProto | None
     suffix: onnx.ModelProto
     boundary: list[str]  # prefix outputs fed to the suffix
+    cached: list[str] = field(default_factory=list)  # the boundary an activation cache keeps per example
+    rest: onnx.ModelProto | None = None  # the rest of the boundary from the batch and ``cached`` (cheap)
 
 
 def node_inputs(node: onnx.NodeProto) -> list[str]:
@@ -85,7 +87,44 @@ def split_graph(model: onnx.ModelProto, trainable: Iterable[str], outputs: list[
     suffix_outputs = [o for o in graph.output if o.name in outputs]
     suffix = _subgraph(model, "suffix", moved + suffix_nodes, suffix_outputs,
                        extra_inputs=[types[n] for n in boundary], extra_initializers=folded)
-    return SplitGraph(prefix=prefix, suffix=suffix, boundary=boundary)
+    cached, rest = cache_cut(model, prefix_nodes, boundary, types)
+    return SplitGraph(prefix=prefix, suffix=suffix, boundary=boundary, cached=cached, rest=rest)
+
+
+# Ops that do a layer's work: a boundary tensor computed through one is worth keeping per example.
+_HEAVY = {"MatMul", "Gemm", "Conv", "ConvTranspose", "Einsum", "FusedMatMul", "MatMulInteger", "QLinearMatMul",
+          "MatMulNBits", "Attention", "MultiHeadAttention", "GroupQueryAttention", "EmbedLayerNormalization",
+          "LSTM", "GRU", "RNN"}
+
+
+def cache_cut(model: onnx.ModelProto, prefix_nodes: list[onnx.NodeProto], boundary: list[str],
+              types: dict[str, onnx.ValueInfoProto]) -> tuple[list[str], onnx.ModelProto | None]:
+    """The boundary tensors an activation cache keeps per example, and a graph computing the others.
+
+    Kept: the float tensors that a layer (a matrix product, an embedding lookup) computes, such as the
+    hidden states; their row for an example does not change while the prefix is frozen. The others (an
+    attention mask, a shape) depend on the batch's padding, and are cheap: ``rest`` recomputes them from the
+    batch's inputs and the kept tensors, so a batch whose rows are all cached never runs the prefix.
+    """
+    initializers = {i.name for i in model.graph.initializer}
+    heavy: dict[str, bool] = {}
+    for node in prefix_nodes:  # in topological order: a node is heavy, or reads a heavy tensor
+        is_heavy = node.op_type in _HEAVY or (node.op_type == "Gather" and node.input[0] in initializers)
+        value = is_heavy or any(heavy.get(n, False) for n in node_inputs(node))
+        heavy.update((o, value) for o in node.output)
+    cached = [n for n in boundary if heavy.get(n) and n in types
+              and types[n].type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
+    others = [n for n in boundary if n not in cached]
+    if not cached or not others:
+        return cached, None
+    want, kept = set(others), []
+    for node in reversed(prefix_nodes):  # the others' producers, stopping at the cached tensors
+        if want.intersection(node.output) and not set(cached).intersection(node.output):
+            kept.append(node)
+            want.update(node_inputs(node))
+    kept.reverse()
+    rest = _subgraph(model, "rest", kept, [types[n] for n in others], extra_inputs=[types[n] for n in cached])
+    return cached, rest
 
 
 def _producers(nodes: list[onnx.NodeProto], names: Iterable[str]) -> list[onnx.NodeProto]:

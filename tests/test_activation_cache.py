@@ -1,0 +1,126 @@
+"""The frozen-prefix activation cache (engine/activation_cache.py): exact, within its budget, resumable."""
+
+import numpy as np
+import pytest
+
+from badinput import Snapshot, assert_rejected
+from edgetune import Tuner
+from edgetune.engine.activation_cache import ActivationCache
+
+TRAINABLE = "last:1"  # the tiny classifier's last block: a split with a two-block frozen prefix
+STEPS, BATCH = 40, 16  # 2.5 epochs of the 256 examples: the later ones run from the cache
+
+
+class CountingPrefix:
+    """The prefix session, counting its runs: after the first epoch a step must not run it."""
+
+    def __init__(self, session):
+        self.session, self.runs = session, 0
+
+    def run(self, *args, **kwargs):
+        self.runs += 1
+        return self.session.run(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def fit(classifier, **options):
+    tuner = Tuner.from_onnx(classifier["model"], trainable=TRAINABLE)
+    counter = tuner.engine.prefix = CountingPrefix(tuner.engine.prefix)
+    records = []
+
+    class Record:
+        def on_start(self, start, total): ...
+        def on_eval(self, step, metrics): ...
+        def on_step(self, record):
+            records.append((record.step, counter.runs, record.to_json()))
+
+    result = tuner.fit(classifier["train"], steps=STEPS, batch_size=BATCH, lr=1e-2, progress=Record(), **options)
+    return tuner, result, records
+
+
+def assert_same_run(a, b):
+    (tuner_a, _, records_a), (tuner_b, _, records_b) = a, b
+    assert [r[2] for r in records_a] == [r[2] for r in records_b]  # every projected gradient, to the bit
+    for name, value in tuner_a.weights.items():
+        np.testing.assert_array_equal(value, tuner_b.weights[name])
+
+
+def test_ragged_lengths_and_a_split(classifier):
+    tuner = Tuner.from_onnx(classifier["model"], trainable=TRAINABLE)
+    assert tuner.engine.cached and len(tuner.engine.cached) < len(tuner.engine.boundary)  # the mask is recomputed
+    assert len({len(ids) for ids in tuner.load_data(classifier["train"]).ids}) > 3
+
+
+def test_cached_run_is_bit_identical_and_skips_the_prefix_after_the_first_epoch(classifier):
+    off = fit(classifier, activation_cache="off")
+    on = fit(classifier, activation_cache="1MB")
+    assert_same_run(off, on)
+    summary = on[1].activation_cache
+    assert summary["where"] == "ram" and summary["examples_cached"] == 256 and summary["dtype"] == "float32"
+    assert summary["bytes_per_example"] == summary["total_bytes"] / 256 > 0
+    assert off[1].activation_cache is None
+    epoch = 256 // BATCH
+    runs_after_first_epoch = on[2][-1][1] - on[2][epoch][1]
+    assert runs_after_first_epoch == 0
+    assert off[2][-1][1] - off[2][epoch][1] == STEPS - epoch - 1
+
+
+def test_a_tiny_budget_goes_to_a_file_that_is_gone_at_the_end(classifier, tmp_path):
+    out = tmp_path / "run"
+    off = fit(classifier, activation_cache="off")
+    tuner = Tuner.from_onnx(classifier["model"], trainable=TRAINABLE)
+    out.mkdir()
+    result = tuner.fit(classifier["train"], steps=STEPS, batch_size=BATCH, lr=1e-2, activation_cache="1KB",
+                       output_dir=out, overwrite=True)
+    assert result.activation_cache["where"] == "file"
+    for name, value in off[0].weights.items():
+        np.testing.assert_array_equal(value, tuner.weights[name])
+    assert not [p for p in out.rglob("*") if "activations" in p.name]
+
+
+def test_the_file_is_unlinked_while_in_use(tmp_path):
+    cache = ActivationCache(["h"], [3, 5], budget=0, spill_dir=tmp_path)
+    hidden = np.arange(2 * 5 * 4, dtype=np.float32).reshape(2, 5, 4)
+    cache.put(np.array([0, 1]), {"h": hidden})
+    assert not list(tmp_path.iterdir())  # nothing to leave behind, whatever ends the process
+    got = cache.get(np.array([1, 0]))["h"]
+    np.testing.assert_array_equal(got[0], hidden[1])
+    np.testing.assert_array_equal(got[1, :3], hidden[0, :3])
+    assert not got[1, 3:].any()  # padded positions zero
+    cache.close()
+
+
+def test_parallel_prge_with_the_cache(classifier):
+    off = fit(classifier, activation_cache="off", parallel="on", queries=2)
+    on = fit(classifier, activation_cache="1MB", parallel="on", queries=2)
+    assert on[1].activation_cache["examples_cached"] == 256
+    assert_same_run(off, on)
+
+
+def test_fp16_is_close_and_half_the_size(classifier):
+    fp32 = fit(classifier, activation_cache="1MB")
+    fp16 = fit(classifier, activation_cache="1MB", activation_cache_dtype="fp16")
+    assert fp16[1].activation_cache["bytes_per_token"] * 2 == fp32[1].activation_cache["bytes_per_token"]
+    losses = lambda run: np.array([r[2]["loss"] for r in run[2]])  # noqa: E731
+    np.testing.assert_allclose(losses(fp16), losses(fp32), rtol=1e-2)
+
+
+def test_resume_refills_the_cache_and_continues_bit_for_bit(classifier, tmp_path, kill_and_resume):
+    whole = fit(classifier, activation_cache="off")
+    resumed, result = kill_and_resume(classifier["model"], classifier["train"], tmp_path / "run",
+                                      trainable=TRAINABLE, kill_at=25, save_every=20, steps=STEPS,
+                                      batch_size=BATCH, lr=1e-2, activation_cache="1MB")
+    assert result.activation_cache["examples_cached"] > 0
+    for name, value in whole[0].weights.items():
+        np.testing.assert_array_equal(value, resumed.weights[name])
+
+
+@pytest.mark.parametrize("value", ["lots", "0MB", "-1"])
+def test_bad_budget_is_one_line(cli, classifier, tmp_path, value):
+    snapshot = Snapshot(classifier["dir"])
+    proc = cli("tune", "--onnx", classifier["model"], "--data", classifier["train"], "--output-dir", tmp_path / "out",
+               "--activation-cache", value)
+    assert_rejected(proc, "--activation-cache", value)
+    snapshot.assert_unchanged()
