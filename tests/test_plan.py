@@ -63,6 +63,12 @@ def test_trainable_counts_match_graph_preparation_for_an_lm(lm):
         assert planner.edgetune(parsed, 2, 16).trainable_params == sum(p.size for p in prepared.params), spec
 
 
+@pytest.mark.parametrize("spec", ["head,sparse:density=0.1", "importance:1"])
+def test_modes_that_need_weights_or_data_are_refused_in_one_line(clf_planner, spec):
+    with pytest.raises(EdgetuneError, match=f"--trainable '{spec}': plan predicts plain and lora: modes only"):
+        clf_planner.edgetune(TrainableSpec.parse(spec), 2, 16)
+
+
 def test_architecture_of_the_tiny_lm(lm_planner):
     arch = lm_planner.arch
     assert (arch.task, arch.blocks, arch.hidden, arch.heads, arch.vocab) == ("lm", 2, 32, 2, 64)
