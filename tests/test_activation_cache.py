@@ -1,5 +1,7 @@
 """The frozen-prefix activation cache (engine/activation_cache.py): exact, within its budget, resumable."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -83,9 +85,9 @@ def test_a_tiny_budget_goes_to_a_file_that_is_gone_at_the_end(classifier, tmp_pa
 def test_the_file_is_unlinked_while_in_use(tmp_path):
     cache = ActivationCache(["h"], [3, 5], budget=0, spill_dir=tmp_path)
     hidden = np.arange(2 * 5 * 4, dtype=np.float32).reshape(2, 5, 4)
-    cache.put(np.array([0, 1]), {"h": hidden})
+    cache.put(np.array([0, 1]), {"h": hidden}, 5)
     assert not list(tmp_path.iterdir())  # nothing to leave behind, whatever ends the process
-    got = cache.get(np.array([1, 0]))["h"]
+    got = cache.get(np.array([1, 0]), 5)["h"]
     np.testing.assert_array_equal(got[0], hidden[1])
     np.testing.assert_array_equal(got[1, :3], hidden[0, :3])
     assert not got[1, 3:].any()  # padded positions zero
@@ -124,3 +126,24 @@ def test_bad_budget_is_one_line(cli, classifier, tmp_path, value):
                "--activation-cache", value)
     assert_rejected(proc, "--activation-cache", value)
     snapshot.assert_unchanged()
+
+
+def test_a_sub_batch_keeps_its_padding(classifier):
+    """P-RGE reads roles from rows of a batch (Batch.select), padded as the whole batch is."""
+    tuner = Tuner.from_onnx(classifier["model"], trainable=TRAINABLE)
+    data = tuner.load_data(classifier["train"])
+    batch = data.batch(range(BATCH), tuner.info.data_inputs)
+    batch.examples = np.arange(BATCH)
+    shortest = int(np.argmin([len(data.ids[i]) for i in range(BATCH)]))
+    cache = ActivationCache(tuner.engine.cached, [len(ids) for ids in data.ids], budget=2**20)
+    assert tuner.engine.attach_cache(cache, batch) is None
+    expected = tuner.engine.data_feeds(replace(batch, examples=None).select([shortest, shortest]))
+    got = tuner.engine.data_feeds(batch.select([shortest, shortest]))
+    assert cache.has_all(np.array([shortest]))
+    for name, value in expected.items():
+        if name in tuner.engine.cached:  # the padded positions are zero, the real ones the prefix's bits
+            n = len(data.ids[shortest])
+            np.testing.assert_array_equal(got[name][:, :n], value[:, :n])
+            assert got[name].shape == value.shape
+        else:
+            np.testing.assert_array_equal(got[name], value)

@@ -89,9 +89,9 @@ class ActivationCache:
     def has_all(self, examples: np.ndarray) -> bool:
         return bool(self.present[examples].all())
 
-    def put(self, examples: np.ndarray, arrays: Mapping[str, np.ndarray]) -> None:
-        """Keep the rows of ``arrays`` (the prefix's outputs for the batch of ``examples``) not kept yet."""
-        length = int(self.lengths[examples].max())
+    def put(self, examples: np.ndarray, arrays: Mapping[str, np.ndarray], length: int) -> None:
+        """Keep the rows of ``arrays`` (the prefix's outputs for the batch of ``examples`` padded to ``length``
+        tokens) not kept yet."""
         for name in self.names:
             shape = arrays[name].shape
             if arrays[name].ndim < 2 or shape[:2] != (len(examples), length):
@@ -107,9 +107,8 @@ class ActivationCache:
             self._write(int(i), record.astype(self.dtype, copy=False))
             self.present[i] = True
 
-    def get(self, examples: np.ndarray) -> dict[str, np.ndarray]:
-        """The tensors for the batch of ``examples`` (all cached), padded with zeros to its longest."""
-        length = int(self.lengths[examples].max())
+    def get(self, examples: np.ndarray, length: int) -> dict[str, np.ndarray]:
+        """The tensors for the batch of ``examples`` (all cached), padded with zeros to ``length`` tokens."""
         record = np.zeros((len(examples), length, self.width), dtype=np.float32)
         for r, i in enumerate(examples):
             n = int(self.lengths[i])

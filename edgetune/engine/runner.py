@@ -88,8 +88,9 @@ class LossEngine:
         """The prefix's outputs on ``batch``: from the activation cache when it holds all of a training batch's
         examples (``batch.examples``), else by running the prefix (and keeping what the cache lacks)."""
         cache = self.activation_cache if use_cache and batch.examples is not None else None
+        length = next(iter(batch.inputs.values())).shape[1]  # the batch's padding, which every input shares
         if cache is not None and cache.has_all(batch.examples):
-            out = cache.get(batch.examples)
+            out = cache.get(batch.examples, length)
             if self._rest is not None:
                 rest_feeds = {i.name: out.get(i.name, feeds.get(i.name)) for i in self._rest.get_inputs()}
                 names = [o.name for o in self._rest.get_outputs()]
@@ -98,7 +99,7 @@ class LossEngine:
         prefix_feeds = {k: v for k, v in feeds.items() if k in self._prefix_inputs}
         out = dict(zip(self.boundary, self.prefix.run(self.boundary, prefix_feeds)))
         if cache is not None:
-            cache.put(batch.examples, out)
+            cache.put(batch.examples, out, length)
         return out
 
     def attach_cache(self, cache: ActivationCache | None, batch: Batch | None = None) -> str | None:
