@@ -147,3 +147,15 @@ def test_a_sub_batch_keeps_its_padding(classifier):
             assert got[name].shape == value.shape
         else:
             np.testing.assert_array_equal(got[name], value)
+
+
+def test_a_causal_lm_is_exact_too(lm):
+    """Token labels, a residual stream and a normed copy of it crossing the cut, rotary tables recomputed."""
+    weights = []
+    for setting in ("off", "1MB"):
+        tuner = Tuner.from_onnx(lm["model"], trainable=TRAINABLE)
+        result = tuner.fit(lm["train"], steps=20, batch_size=8, lr=1e-3, activation_cache=setting)
+        weights.append(tuner.weights)
+    assert result.activation_cache["examples_cached"] == 64
+    for name, value in weights[0].items():
+        np.testing.assert_array_equal(value, weights[1][name])
