@@ -56,6 +56,19 @@ def test_tuning_never_imports_the_export_package():
     assert proc.stdout.strip() == "[]"
 
 
+def test_importing_the_package_loads_no_inference_engine():
+    """`import edgetune` (every command and child starts with it) leaves ONNX Runtime unloaded until the
+    façade is used: a child that only draws a figure must not carry ~80 MB of engine."""
+    code = ("import sys, edgetune\n"
+            "print('onnxruntime' in sys.modules)\n"
+            "from edgetune import FitResult, StepRecord, TrainConfig, Tuner\n"
+            "print('onnxruntime' in sys.modules, Tuner.__module__, sorted(edgetune.__all__) == sorted(dir(edgetune)))\n"
+            "edgetune.NoSuchName\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["False", "True", "edgetune.tuner", "True"]
+    assert "AttributeError: module 'edgetune' has no attribute 'NoSuchName'" in proc.stderr
+
+
 def test_c_api_default_noise_is_the_trainers():
     """An app on the C API and `edgetune tune` run the same algorithm unless told otherwise."""
     default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}["noise"]
