@@ -159,3 +159,17 @@ def test_a_causal_lm_is_exact_too(lm):
     assert result.activation_cache["examples_cached"] == 64
     for name, value in weights[0].items():
         np.testing.assert_array_equal(value, weights[1][name])
+
+
+def test_a_tensor_not_laid_out_by_example_turns_the_cache_off(classifier):
+    tuner = Tuner.from_onnx(classifier["model"], trainable=TRAINABLE)
+    data = tuner.load_data(classifier["train"])
+    batch = data.batch(range(BATCH), tuner.info.data_inputs)
+    batch.examples = np.arange(BATCH)
+    feeds = tuner.engine.data_feeds(batch)
+    mask = next(n for n in tuner.engine.boundary if n in feeds and feeds[n].ndim == 4)  # [batch, 1, 1, sequence]
+    cache = ActivationCache([mask], [len(ids) for ids in data.ids], budget=2**20)
+    reason = tuner.engine.attach_cache(cache, batch)
+    assert "not [batch, sequence" in reason and mask in reason
+    assert tuner.engine.activation_cache is None
+    np.testing.assert_array_equal(tuner.engine.data_feeds(batch)[mask], feeds[mask])
