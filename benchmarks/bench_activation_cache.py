@@ -42,14 +42,15 @@ def subset(source: Path, n: int) -> Path:
 
 
 class Stepper:
-    """One tuner stepping ZO-SGD (q = 1, chained) over the batches it is given; ``dtype`` None: no cache."""
+    """One tuner stepping ZO-SGD (q = 1, chained) over the batches it is given; ``dtype`` None: no cache,
+    ``budget`` 0: the cache in a file."""
 
-    def __init__(self, model: Path, data: Path, args, dtype: str | None):
+    def __init__(self, model: Path, data: Path, args, dtype: str | None, budget: int = 2**40):
         self.tuner = Tuner.from_onnx(model, trainable=args.trainable, max_length=args.tokens, threads=args.threads)
         self.data = self.tuner.load_data(data)
         self.cache = None
         if dtype is not None:
-            self.cache = ActivationCache(self.tuner.engine.cached, [len(i) for i in self.data.ids], 2**40, dtype)
+            self.cache = ActivationCache(self.tuner.engine.cached, [len(i) for i in self.data.ids], budget, dtype)
             reason = self.tuner.engine.attach_cache(self.cache, self.batch(np.arange(args.batch_size)))
             assert reason is None, reason
         self.optimizer = ZOSGD(self.tuner.arena.buffer(), seed=0, lr=Schedule(1e-7), eps=Schedule(1e-3),
@@ -114,37 +115,42 @@ def main(argv=None):
     forward_session = ort.InferenceSession(str(model), session_options(args.threads),
                                            providers=["CPUExecutionProvider"])
     off, on, half = (Stepper(model, data, args, dtype) for dtype in (None, "fp32", "fp16"))
+    filed = Stepper(model, data, args, "fp32", budget=0)
     rng = np.random.default_rng(0)
     epoch = [rng.permutation(args.examples)[k:k + args.batch_size]
              for k in range(0, args.examples - args.batch_size + 1, args.batch_size)]
     for indices in epoch:  # the first epoch fills the caches (at the same weights as the uncached tuner)
         on.loss(indices)
         half.loss(indices)
-    exact = all(np.array_equal(off.loss(i), on.loss(i)) for i in epoch)
+        filed.loss(indices)
+    exact = all(np.array_equal(off.loss(i), on.loss(i)) and np.array_equal(off.loss(i), filed.loss(i))
+                for i in epoch)
     fp16_diff = max(float(np.max(np.abs(off.loss(i) - half.loss(i)))) for i in epoch)
-    times = {"forward": [], "step, no cache": [], "step, cache": []}
+    times = {"forward": [], "step, no cache": [], "step, cache": [], "step, cache in a file": []}
     for k in range(args.steps):
         indices = epoch[k % len(epoch)]
         inputs = on.batch(indices).inputs
         times["forward"].append(median_time(lambda: forward_session.run(["logits"], inputs), args.repeats))
         times["step, no cache"].append(median_time(lambda: off.step(indices), args.repeats))
         times["step, cache"].append(median_time(lambda: on.step(indices), args.repeats))
+        times["step, cache in a file"].append(median_time(lambda: filed.step(indices), args.repeats))
     load_after = os.getloadavg()
     fwd = float(np.median(times["forward"]))
     summary = on.cache.describe()
     payload = {"machine": machine(), "load_average": [load_before[0], load_after[0]], "trainable": args.trainable,
                "batch_size": args.batch_size, "examples": args.examples, "threads": args.threads,
                "timed_steps": args.steps, "forward_ms": fwd * 1e3, "configs": {}, "cache": summary,
+               "cache_in_file": filed.cache.describe(),
                "loss_bit_identical_fp32": exact, "fp16_max_loss_difference": fp16_diff,
                "fp16_bytes_per_example": half.cache.describe()["bytes_per_example"]}
     rows = [["inference forward", f"{fwd * 1e3:.1f}", "1.00×"]]
-    for name in ("step, no cache", "step, cache"):
+    for name in ("step, no cache", "step, cache", "step, cache in a file"):
         step_s = float(np.median(times[name]))
         payload["configs"][name] = {"step_ms": step_s * 1e3, "ratio": step_s / fwd}
         rows.append([f"{args.trainable} {name}", f"{step_s * 1e3:.1f}", f"{step_s / fwd:.2f}×"])
     rows.append(["cache per example (fp32 / fp16)", f"{summary['bytes_per_example'] / 1024:.1f} / "
                  f"{payload['fp16_bytes_per_example'] / 1024:.1f} KiB", "-"])
-    rows.append(["loss with the fp32 cache = without, bit for bit", str(exact), "-"])
+    rows.append(["loss with the fp32 cache (RAM and file) = without, bit for bit", str(exact), "-"])
     rows.append(["largest loss difference with the fp16 cache", f"{fp16_diff:.2e}", "-"])
     np.savez(batches_file(args), **{f"{k}/{name}": on.batch(indices).inputs[name]
                                     for k, indices in enumerate(epoch) for name in INPUTS})
