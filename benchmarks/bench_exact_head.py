@@ -252,7 +252,8 @@ def main(argv=None) -> None:
                   file=sys.stderr, flush=True)
     payload = {"machine": machine(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
                "batch_size": args.batch_size, "tokens": args.tokens, "threads": args.threads, "seed": SEED,
-               "budget_s": args.budget_s, "budget_clock": args.budget_clock, "dev_size": args.dev_size, "zo_eps": ZO_EPS,
+               "budget_s": args.budget_s, "budget_clock": args.budget_clock, "dev_size": args.dev_size,
+               "zo_eps": ZO_EPS,
                "configs": {name: {**CONFIGS[name], **results[name]} for name in names}}
     write_results(args.name, payload, *table(results, args.budget_s, args.budget_clock))
 

@@ -151,7 +151,8 @@ class ExactHead:
             m += np.float32(1.0 - beta1) * grad
             v *= np.float32(beta2)
             v += np.float32(1.0 - beta2) * grad * grad
-            view -= np.float32(lr / correction1) * m / (np.sqrt(v / np.float32(correction2)) + np.float32(self.adam_eps))
+            denominator = np.sqrt(v / np.float32(correction2)) + np.float32(self.adam_eps)
+            view -= np.float32(lr / correction1) * m / denominator
 
     def settle(self) -> None:
         if self.lower is not None:
