@@ -153,8 +153,17 @@ class _CommonOptions:
     optimizer: str = option("zo-sgd", "the zeroth-order optimizer", choices=OPTIMIZER_NAMES, trajectory=True)
     batch_size: int = option(16, "training examples per step; more than the training set has is capped to its "
                              "size (each step then sees all of it)", bound=Bound(1), trajectory=True)
-    lr: float = option(1e-3, "learning rate", bound=Bound(positive=True), trajectory=True)
-    eps: float = option(1e-3, "perturbation size ε", bound=Bound(positive=True), trajectory=True)
+    lr: float | str = option("auto", "learning rate, or auto: 0.1/zᵀHz, with the curvature along the noise measured "
+                             "before step 0 (a few forwards, counted in the budget)", bound=Bound(positive=True),
+                             keywords=("auto",), trajectory=True)
+    eps: float | str = option(1e-3, "perturbation size ε, or auto: from the loss's float32 rounding and the curvature "
+                              "(measured with --lr auto's probes)", bound=Bound(positive=True), keywords=("auto",),
+                              trajectory=True)
+    lr_adapt: str = option("off", "step-size adaptation: meazo scales lr by one scalar, 1/√v̂ with v the EMA of the "
+                           "squared projected gradient (MEAZO)", choices=("off", "meazo"), trajectory=True)
+    guard: str = option("on", "watch the smoothed training loss: on a sustained rise roll back to the best step "
+                        "(zo-sgd; other optimizers only halve lr) and halve lr; a run that ends worse than it began "
+                        "keeps its best state", choices=("on", "off"), trajectory=True)
     queries: int = option(1, "queries (perturbation pairs) per step; the most a step may take under the grow and "
                           "variance schedules", bound=Bound(1), trajectory=True)
     query_schedule: str = option("fixed", "queries per step: fixed, grow from --queries-min to --queries, or "
@@ -168,7 +177,8 @@ class _CommonOptions:
                                  "0: none", bound=Bound(0, why="0: no budget"))
     parallel: str = option("off", "P-RGE: evaluate the queries as perturbed copies in one forward (auto: measure "
                            "and choose)", choices=("off", "on", "auto"), trajectory=True)
-    schedule: str = option("constant", "learning-rate schedule", choices=("constant", "linear", "cosine"),
+    schedule: str = option("constant", "learning-rate schedule (spall: Spall's gains, lr/(k+1+A)^0.602 and "
+                           "ε/(k+1)^0.101 with A = 10% of --steps)", choices=("constant", "linear", "cosine", "spall"),
                            trajectory=True)
     warmup: int = option(0, "steps of linear learning-rate warm-up", bound=Bound(0), trajectory=True)
     weight_decay: float = option(0.0, "decoupled weight decay", bound=Bound(0), trajectory=True)
@@ -292,6 +302,8 @@ class TrainConfig(MicroAdamOptions, WindowOptions, DiZOOptions, _CommonOptions):
 @dataclass
 class ModelOptions:
     """How a model is loaded: :meth:`edgetune.Tuner.from_onnx`'s options past the path and ``trainable``,
+            if isinstance(value, str):  # auto: the calibrated value is checked where it is measured
+                continue
     and the matching flags of ``tune`` and ``eval``."""
 
     tokenizer: str | Path | None = option(None, "tokenizer.json (default: beside the model)")
@@ -350,6 +362,11 @@ def cli_fields(cls: type) -> list[Field]:
 def read_config_options(path: str | Path, classes: Sequence[type]) -> dict[str, Any]:
     """The keys of a ``--config`` file, each a flag of one of ``classes`` (an unknown one is refused) and of its
     field's type (messages name the file and the key)."""
+        if isinstance(value, str) and f.metadata.get("keywords"):  # a word in place of a number: --lr auto
+            if value not in f.metadata["keywords"]:
+                raise EdgetuneError(f"{flag(f.name)} must be {f.metadata['bound'].describe()} or "
+                                    f"{choice_words(f.metadata['keywords'])}, got '{value}'")
+            continue
     values = read_yaml_config(path)
     known_options(classes, values, f"{path}: ")
     typed: dict[str, Any] = {}

@@ -40,8 +40,12 @@ from edgetune.graph.model import ModelInfo
 from edgetune.graph.trainable import TrainableSpec
 from edgetune.process.interrupt import Interrupted, StopRequest
 from edgetune.process.rss import peak_rss_mb
+from edgetune.artifacts.trajectory import MAX_QUERIES
 from edgetune.zo import Anchors, StepRecord, build_optimizer
+from edgetune.zo.calibrate import BATCHES, Calibration, calibrate
+from edgetune.zo.guard import SHRINK, Guard, undo_record, update_terms
 from edgetune.zo.prge import ParallelZO, parallel_strategy
+from edgetune.zo.schedules import StepSize
 from edgetune.zo.subset import block_subsets
 
 logger = logging.getLogger(__name__)
@@ -76,6 +80,7 @@ class Progress(Protocol):
     def on_start(self, start: int, total: int) -> None: ...
     def on_step(self, record: StepRecord) -> None: ...
     def on_eval(self, step: int, metrics: dict[str, float]) -> None: ...
+    # optional: on_note(line), one line the run has to say (calibrated lr, a guard's rollback, a best state kept)
 
 
 @dataclass
@@ -84,11 +89,15 @@ class FitResult:
     after: dict[str, float] | None
     steps: int
     seconds: float
-    forward_passes: int  # the forwards this call ran: its StepRecords' ``forwards`` summed
+    forward_passes: int  # the forwards this call ran: its StepRecords' ``forwards`` and the calibration's
     peak_rss_mb: float
     history: list[dict[str, Any]] = field(default_factory=list)
     parallel: dict[str, Any] | None = None  # what --parallel auto measured and chose
     activation_cache: dict[str, Any] | None = None  # where the frozen prefix's outputs were kept, and their size
+    calibration: dict[str, Any] | None = None  # what --lr/--eps auto measured and chose
+    guard: list[str] = field(default_factory=list)  # the guard's lines: rollbacks, lr halved
+    kept: str = "final"  # "best": the run ended worse than it began and kept its best state
+    best_step: int | None = None  # with kept "best": θ before this step is what was kept
 
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -127,7 +136,15 @@ class TrainingRun:
         self.fingerprint = run_fingerprint(tuner, config, data)
         self.trajectory = Trajectory(trajectory_header(tuner, config, self.fingerprint["model"]))
         self.stream = BatchStream(len(self.train), config.batch_size, config.seed)
-        self.optimizer = build_optimizer(config, tuner.arena.buffer(), anchors=tuner.anchors, subsets=subsets)
+        self.subsets = subsets
+        self.calibration: Calibration | None = None  # --lr/--eps auto: measured at bind, or restored
+        self.optimizer = self._build_optimizer()
+        self.guard = Guard() if config.guard == "on" else None
+        self.guard_lines: list[str] = []
+        self.kept_best: int | None = None  # the step whose θ the end of the run kept (its best)
+        self.note: Any = lambda line: None  # where the run's one-liners go (fit: the progress's on_note)
+        # the (step, (seed, c) terms) of each ZO-SGD step θ holds, oldest first: what a rollback undoes
+        self._applied: list[tuple[int, list[tuple[int, float]]]] = []
         self.start = self.done = self.spent = self.start_forwards = 0
         self.history: list[dict[str, Any]] = []  # evaluations during the run, kept in the checkpoint
         self.before: dict[str, float] | None = None  # the evaluation before step 0
@@ -143,6 +160,34 @@ class TrainingRun:
     @property
     def checkpoint(self) -> Path | None:
         return self.out / CHECKPOINT if self.out else None
+
+    @property
+    def resolved(self) -> TrainConfig:
+        """The config with --lr/--eps auto replaced by the calibrated values (1.0 until measured: no step
+        runs before :meth:`bind` measures them)."""
+        cal, config = self.calibration, self.config
+        lr = config.lr if config.lr != "auto" else (cal.lr if cal else 1.0)
+        eps = config.eps if config.eps != "auto" else (cal.eps if cal else 1.0)
+        return replace(config, lr=lr, eps=eps)
+
+    @property
+    def can_roll_back(self) -> bool:
+        """A guarded ZO-SGD step is undone from its record: θ ← θ + c·z has the inverse −c. Weight decay
+        (θ scaled), rotated blocks and the other optimizers' state have none: the guard halves lr only."""
+        config = self.config
+        return (self.guard is not None and self.optimizer.name == "zo-sgd" and not config.weight_decay
+                and not config.rotate)
+
+    def _build_optimizer(self):
+        tuner, config = self.tuner, self.resolved
+        optimizer = build_optimizer(config, tuner.arena.buffer(), anchors=tuner.anchors, subsets=self.subsets)
+        return self._with_step_size(optimizer)
+
+    def _with_step_size(self, optimizer):
+        """``optimizer`` reading its lr through a :class:`StepSize` (the guard's scale, MEAZO's factor)."""
+        reference = self.calibration.grad_rms if self.calibration else None
+        optimizer.lr = self.step_size = StepSize(optimizer.lr, self.config.lr_adapt, reference)
+        return optimizer
 
     @property
     def budget_spent(self) -> bool:
@@ -166,15 +211,26 @@ class TrainingRun:
         for name, value in tensors.items():
             weights[name][...] = value
         step = int(state["step"])
-        if step > self.config.steps:
+        kept = state.get("kept_best")  # the end's keep-best rollback takes a record past --steps
+        if step > self.config.steps + (kept is not None):
             raise EdgetuneError(f"{self.checkpoint}: checkpoint is at step {step}, beyond --steps {self.config.steps}")
         self.start = self.done = step
         self.history = [h for h in state.get("history", []) if h["step"] <= step]
         self.before = state.get("before")
         self.spent = self.start_forwards = int(state.get("forwards", 0))
+        self.kept_best = kept
+        if state.get("calibration"):
+            self.calibration = Calibration(**state["calibration"])
+            self.optimizer = self._build_optimizer()
+            self._announce_calibration(quiet=True)
+        self.step_size.load_state_dict(state.get("step_size", {}))
+        if self.guard is not None and state.get("guard"):
+            self.guard = Guard(state=state["guard"])
         self._saved_optimizer = state.get("optimizer", {})
         self.optimizer.load_state_dict(self._saved_optimizer)
         self.trajectory = self.trajectory.continued(self.out / TRAJECTORY, step)
+        for record in self.trajectory.records:
+            self._track(record)
 
     def bind(self) -> LossEngine | CopyBatchedEngine:
         """The engine the steps run on, set up once: the first batch bound and self-checked, and under
@@ -187,10 +243,16 @@ class TrainingRun:
         tuner.engine.set_batch(first)
         check_engine(tuner.engine, tuner.arena.buffer())
         self._engine = tuner.engine
+        if self.calibration is None and "auto" in (config.lr, config.eps):
+            self._calibrate()
         if config.parallel != "off":
-            self._engine, self.optimizer, self.batching = parallel_strategy(
-                config, tuner.engine, self.optimizer, tuner.copy_batched_engine, first, tuner.arena.buffer(),
+            self._engine, optimizer, self.batching = parallel_strategy(
+                self.resolved, tuner.engine, self.optimizer, tuner.copy_batched_engine, first, tuner.arena.buffer(),
                 self._saved_optimizer)
+            if optimizer is not self.optimizer:
+                scale = self.step_size.state_dict()
+                self.optimizer = self._with_step_size(optimizer)
+                self.step_size.load_state_dict(scale)
             # replay needs the estimator auto resolved to, not "auto"
             self.trajectory.header["config"]["parallel"] = "on" if isinstance(self.optimizer, ParallelZO) else "off"
         return self._engine
@@ -207,15 +269,84 @@ class TrainingRun:
             lines = ", ".join(sorted({self.train.where[int(i)] for i in batch.examples}))
             kept = f"; last checkpoint kept in {self.checkpoint}" if self.checkpoint and self.checkpoint.exists() else ""
             raise TrainingError(f"{exc} on examples {lines}{kept}") from None
-        self.done, self.spent = t + 1, self.spent + record.forwards
+        self._append(record)
+        self.spent += record.forwards
+        self.step_size.observe(record.grads)
+        return record
+
+    def _append(self, record: StepRecord) -> None:
+        """Log ``record`` (step ``done``) and move past it."""
+        self.done = record.step + 1
         self._log().append(record.to_json())
         self.trajectory.append(record)
-        return record
+        self._track(record)
+
+    def _track(self, record: StepRecord) -> None:
+        """Keep the undo terms of the steps θ holds (a rollback record drops those it undid)."""
+        if not self.can_roll_back:
+            return
+        if record.rollback is None:
+            self._applied.append((record.step, update_terms(record)))
+        else:
+            while self._applied and self._applied[-1][0] >= record.rollback:
+                self._applied.pop()
+
+    def _calibrate(self) -> None:
+        """--lr/--eps auto: probe the curvature on a few batches of a stream of the run's seed (not the steps'),
+        then rebuild the optimizer with the measured values; the forwards count in the budget."""
+        config, tuner = self.config, self.tuner
+        stream = BatchStream(len(self.train), config.batch_size, _core.derive_seed(config.seed, 2**32, 2**16))
+        batches = [self._batch(i, stream) for i in range(BATCHES)]
+        binders = [lambda b=b: tuner.engine.set_batch(b) for b in batches]
+        self.calibration = calibrate(tuner.arena.buffer(), config.seed, config.noise, binders, tuner.engine.mean_loss,
+                                     eps=None if config.eps == "auto" else config.eps)
+        self.spent += self.calibration.forwards
+        self.optimizer = self._build_optimizer()
+        if self.guard is not None:
+            self.guard = Guard(self.calibration.loss_noise)
+        self._announce_calibration()
+
+    def _announce_calibration(self, quiet: bool = False) -> None:
+        """The measured lr and ε into the trajectory header (replay reads the records' own; the header says
+        what the run used) and, unless ``quiet`` (a resumed run), one line."""
+        self.trajectory.header["config"].update(lr=self.resolved.lr, eps=self.resolved.eps)
+        if not quiet:
+            self.note(self.calibration.line())
+
+    def guard_acts(self) -> None:
+        """The guard saw the loss rise: roll back to its best state (ZO-SGD) and halve lr, with one line."""
+        lr_before = self.step_size(self.done)
+        rolled = self.can_roll_back
+        self.step_size.scale *= SHRINK
+        line = self.guard.line(self.done, lr_before, self.step_size(self.done), rolled)
+        if rolled:
+            self.roll_back(self.guard.state.best_step)
+        self.guard.rolled_back()
+        self.guard_lines.append(line)
+        self.note(line)
+
+    def roll_back(self, to_step: int) -> None:
+        """θ back to before step ``to_step``: the undo of every step since, as step records (at most
+        MAX_QUERIES terms each) applied by the optimizer's own replay, so a replay lands on the same bits."""
+        undone = []
+        while self._applied and self._applied[-1][0] >= to_step:
+            undone.insert(0, self._applied.pop()[1])
+        terms = [term for step_terms in undone for term in step_terms]
+        loss = self.trajectory.records[-1].loss if self.trajectory.records else 0.0
+        eps = float(self.optimizer.eps(self.done))
+        for end in range(len(terms), 0, -MAX_QUERIES):  # latest terms first
+            chunk = terms[max(end - MAX_QUERIES, 0):end]
+            record = undo_record(self.done, [chunk], to_step, eps, self.optimizer.noise, loss)
+            self.optimizer.replay(record)
+            self._append(record)
 
     def save_checkpoint(self) -> None:
         """The step log, the trajectory and the checkpoint at step ``done``, in the order a resume reads them."""
         state = {"step": self.done, "history": self.history, "before": self.before, "fingerprint": self.fingerprint,
-                 "optimizer": self.optimizer.state_dict(), "forwards": self.spent}
+                 "optimizer": self.optimizer.state_dict(), "forwards": self.spent,
+                 "calibration": self.calibration.to_json() if self.calibration else None,
+                 "step_size": self.step_size.state_dict(), "guard": self.guard.state_dict() if self.guard else None,
+                 "kept_best": self.kept_best}
         self._log().sync()
         self.trajectory.write(self.out / TRAJECTORY)  # before the checkpoint: a resume finds the steps it needs
         save_checkpoint(self.checkpoint, self.tuner.weights, state)
@@ -266,6 +397,7 @@ def fit(tuner: TunedModel, config: TrainConfig, data: str | Path, eval_data: str
     """``Tuner.fit``'s run: evaluated before and after (and every ``eval_every``), checkpointed every
     ``save_every`` and at the end, stopped by the forward budget or ``stop``."""
     run = TrainingRun(tuner, config, data, output_dir, resume)
+    run.note = _noter(progress)
     dev = tuner.load_data(eval_data) if eval_data else None
     if dev is not None and not resume:
         run.before = tuner.evaluate(dev, config.eval_rows)
@@ -278,7 +410,7 @@ def fit(tuner: TunedModel, config: TrainConfig, data: str | Path, eval_data: str
             run.bind()
         began = time.perf_counter()
         _train(run, dev, progress, stop)
-        after = _evaluate(run, dev, progress) if dev is not None else None
+        after = _end(run, dev, progress)
         if run.out:
             run.save_checkpoint()
     finally:
@@ -286,7 +418,50 @@ def fit(tuner: TunedModel, config: TrainConfig, data: str | Path, eval_data: str
     return FitResult(before=run.before, after=after, steps=run.done - run.start, seconds=time.perf_counter() - began,
                      forward_passes=run.spent - run.start_forwards, peak_rss_mb=peak_rss_mb(), history=run.history,
                      parallel=run.batching.to_json() if run.batching else None,
-                     activation_cache=run.cache_summary)
+                     activation_cache=run.cache_summary,
+                     calibration=run.calibration.to_json() if run.calibration else None, guard=run.guard_lines,
+                     kept="best" if run.kept_best is not None else "final", best_step=run.kept_best)
+
+
+def _noter(progress: Progress | None):
+    """The run's one-liners to ``progress.on_note`` where it has one (the protocol's optional method)."""
+    on_note = getattr(progress, "on_note", None)
+    return on_note if on_note is not None else (lambda line: None)
+
+
+END_TOLERANCE = 5e-3  # an eval loss within 0.5 % of the start is not "worse": evaluation is exact, the steps are noisy
+
+
+def _end(run: TrainingRun, dev: TokenizedSet | None, progress: Progress | None) -> dict[str, float] | None:
+    """The final evaluation; and, when the run ends worse than it began (the eval loss with --eval-data, else
+    the guard's smoothed training loss against the first), θ back to the best state it reached, said in one
+    line. A run never hands back a model worse than its base on the data it saw without saying so."""
+    after = _evaluate(run, dev, progress) if dev is not None else None
+    guard = run.guard
+    if guard is None or not run.can_roll_back or run.done == run.start or run.kept_best is not None:
+        return after
+    if after is not None and run.before is not None:
+        start, end = run.before["loss"], after["loss"]
+        worse = end > start + END_TOLERANCE * abs(start)
+    else:
+        start, end, worse = guard.state.start, guard.state.ema, guard.worse_than_start()
+    best = guard.state.best_step
+    if not worse or start is None or best >= run.done:
+        return after
+    run.roll_back(best)
+    if after is not None:
+        run.history.pop()  # the final evaluation is of the kept state
+        after = _evaluate(run, dev, progress)
+        if after["loss"] > start + END_TOLERANCE * abs(start) and best > 0:
+            # the best smoothed training loss lags the weights: when its state is worse too, the start it is
+            best = 0
+            run.roll_back(best)
+            run.history.pop()
+            after = _evaluate(run, dev, progress)
+    run.kept_best = best
+    run.note(f"kept best: the run ended worse than it began (loss {start:.4g} → {end:.4g}); kept θ before step "
+             f"{best}" + (f", loss {after['loss']:.4g}" if after else f" (smoothed training loss {guard.state.best:.4g})"))
+    return after
 
 
 def _train(run: TrainingRun, dev: TokenizedSet | None, progress: Progress | None, stop: StopRequest) -> None:
@@ -299,9 +474,12 @@ def _train(run: TrainingRun, dev: TokenizedSet | None, progress: Progress | None
         save_now = run.out and config.save_every and done % config.save_every == 0
         # θ is read between steps; with a forward budget, a step may be the last one, and a step after a
         # stop request: only an unchained step leaves θ exact for the checkpoint
+        # nor under the guard, which may roll back after any step (it undoes steps from an exact θ)
         chain = (done < config.steps and not eval_now and not save_now and not config.forward_budget
-                 and stop.signum is None)
+                 and stop.signum is None and run.guard is None)
         record = run.step(chain)
+        if run.guard is not None and run.guard.observe(record):
+            run.guard_acts()
         if progress:
             try:
                 progress.on_step(record)

@@ -277,9 +277,11 @@ class Tuner:
         resume: bool = False,
         progress: Progress | None = None,
         overwrite: bool = False,
+        config: TrainConfig | None = None,
         **options: Any,
     ) -> FitResult:
-        """Tune on ``data``; ``options`` are :class:`TrainConfig` fields (steps, lr, eps, ...).
+        """Tune on ``data``; ``options`` are :class:`TrainConfig` fields (steps, lr, eps, ...), or pass
+        ``config=TrainConfig(...)``.
 
         ``output_dir`` (checkpoint and logs; :meth:`save` writes the model there) must not be the folder
         of the model or its tokenizer, and one that already holds a run (:data:`edgetune.artifacts.outdir.RUN_FILES`)
@@ -288,7 +290,7 @@ class Tuner:
         current step (and the next one when the current one was chained): it writes a checkpoint to
         ``output_dir`` and raises :class:`edgetune.process.interrupt.Interrupted`, a KeyboardInterrupt.
         """
-        config = TrainConfig.from_options(options)  # before the output folder is claimed or data read
+        config = loop.train_config(config, options)  # before the output folder is claimed or data read
         config.check_eval_data(eval_data)
         self._check_run(output_dir, resume, overwrite)
         with claim_output(output_dir, [self.model_path, self.tokenizer_path], resume, overwrite), \

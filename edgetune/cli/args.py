@@ -7,7 +7,7 @@ import argparse
 import math
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, Field
 from typing import Any
 
@@ -44,6 +44,13 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got '{text}'")
     return value
+
+
+def float_or_word(words: tuple[str, ...]) -> Callable[[str], float | str]:
+    """A float flag that also takes one of ``words`` (``--lr auto``)."""
+    def parse(text: str) -> float | str:
+        return text if text in words else finite_float(text)
+    return parse
 
 
 def add_model_args(parser: argparse.ArgumentParser, skip: Iterable[str] = ("split",)) -> None:
@@ -91,7 +98,9 @@ def _flag_kind(f: Field, hint) -> dict:
     kind = next(arm for arm in _arms(hint) if arm is not type(None))
     bound: Bound | None = f.metadata.get("bound")
     choices = f.metadata.get("choices")
-    if kind is float:
+    if kind is float and f.metadata.get("keywords"):
+        parse = float_or_word(f.metadata["keywords"])
+    elif kind is float:
         parse = finite_float
     elif kind is int:
         parse = int_in(bound) if f.metadata.get("parse") and bound is not None else int

@@ -59,6 +59,10 @@ class ConsoleProgress:
         if not self.live and done % self.log_every == 0:
             print(f"step {done}: {info}", file=sys.stderr, flush=True)
 
+    def on_note(self, line: str) -> None:
+        """One line the run has to say: the calibrated lr, a guard's rollback, a best state kept."""
+        console.print(line)
+
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
         """``metrics`` as :meth:`Tuner.evaluate` gives them, with the run's ``forwards`` so far when tuning."""
         parts = [f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("examples", "forwards")]

@@ -85,7 +85,7 @@ def _tune(run: _RunOptions, trainable: TrainableSpec, model: ModelOptions, confi
     with ConsoleProgress(announce=lambda: _announce(run, tuner)) as progress:
         result = tuner.fit(
             run.data, eval_data=run.eval_data, output_dir=run.output_dir, resume=run.resume,
-            overwrite=run.overwrite, progress=progress, **config.to_dict(),
+            overwrite=run.overwrite, progress=progress, config=config,
         )
     summary = {"config": _summary_config(run, model, config), "result": result.to_json()}
     if ranking is not None:

@@ -53,7 +53,7 @@ class ZOBase:
             buffer=buffer,
             seed=config.seed,
             lr=Schedule(config.lr, config.schedule, config.steps, config.warmup),
-            eps=Schedule(config.eps),
+            eps=Schedule(config.eps, "spall-eps" if config.schedule == "spall" else "constant"),
             queries=build_query_policy(config),
             weight_decay=config.weight_decay,
             noise=config.noise,

@@ -50,15 +50,16 @@ class Bound:
 
 
 def option(default: Any, help: str, *, bound: Bound | None = None, choices: tuple[str, ...] | None = None,
-           trajectory: bool = False, parse: bool = False, cli: bool = True) -> Any:
+           trajectory: bool = False, parse: bool = False, cli: bool = True, keywords: tuple[str, ...] = ()) -> Any:
     """A field that describes itself.
 
     ``trajectory``: the run's trajectory depends on it (a resumed run must keep it; the replay header holds
     it). ``parse``: its flag checks the range or choices as argparse parses it (an ``argument --X:`` line),
     not after all options are merged. ``cli``: it is a flag and a ``--config`` key (False: Python API only).
     """
+    ``keywords``: words a numeric option also takes (``--lr auto``), in place of a number within ``bound``.
     metadata = {"help": help, "bound": bound, "choices": choices, "trajectory": trajectory, "parse": parse,
-                "cli": cli}
+                "cli": cli, "keywords": keywords}
     return field(default=default, metadata=metadata)
 
 

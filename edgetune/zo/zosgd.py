@@ -48,6 +48,7 @@ class StepRecord:
     projection: dict | None = None  # DiZO's projection after the step: its slopes and per-tensor scales
     divisor: int | None = None  # the q of the lr/q each query's fused pass applied (see fused_update); None: len(seeds)
     blocks: list[int] | None = None  # the blocks a rotated step updated (--rotate); None: the whole arena
+    rollback: int | None = None  # the guard's undo back to θ before step ``rollback`` (edgetune.zo.guard); no forwards
 
     def __post_init__(self) -> None:
         if self.forwards is None:
@@ -58,7 +59,7 @@ class StepRecord:
     def to_json(self) -> dict:
         """The fields, less an absent projection and a divisor equal to q (the trajectory log stores only
         the fields present)."""
-        implied = {"projection": None, "divisor": len(self.seeds), "blocks": None}
+        implied = {"projection": None, "divisor": len(self.seeds), "blocks": None, "rollback": None}
         return {k: v for k, v in self.__dict__.items() if k not in implied or v != implied[k]}
 
 

@@ -1,0 +1,120 @@
+"""The guard: ZO can diverge, so a run watches its smoothed training loss and steps back when it climbs.
+
+Decision (:class:`Guard`): an EMA of the step losses against the best EMA of the run. When the EMA stays above
+the best by more than a threshold for ``patience`` steps in a row (2 when it is far above), the run rolls back to the state where the
+best was reached and halves lr. The threshold is relative to the loss noise (a mean absolute deviation of
+the step losses from the EMA, tracked as an EMA of its own and seeded by the calibration's spread across
+batches; the steps above the threshold do not feed it, so a divergence cannot raise its own bar), never below
+2 % of the best loss: a rise within the batches' spread is not a divergence. The loop does not chain steps
+while the guard watches: a rollback starts from an exact θ (one more pass over the slice per step).
+
+Undo (:func:`undo_record`): a ZO-SGD step is θ ← θ + c·z(seed) with c = −(lr/q)·g. The steps since the
+best state are undone by applying −c for each of their seeds: no copy of the weights, only the seeds and
+coefficients the step records already hold. The undo is written to the trajectory as one ordinary step
+record (``rollback`` names the state it returns to; lr = q so that each query's coefficient is its g,
+exactly) and applied live by the optimizer's own replay, so ``edgetune replay`` redoes the same float32
+passes and lands on the same bits. It is exact in real arithmetic only: in float32 each undone step leaves
+a rounding residue of about one ulp of ε·|z| per element (the ±ε passes and the coefficient's rounding),
+far below the step itself.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from edgetune.zo.zosgd import StepRecord
+
+ALPHA = 0.1  # EMA weight of a step's loss: about 10 steps of memory
+PATIENCE = 10  # steps the EMA must stay above the threshold before the guard acts
+SPIKE = 5.0  # or 2 steps when it is this many thresholds above: a divergence does not wait (the tiny classifier at
+# 6x its lr reached a loss of 2000 in the 10 steps of patience)
+SIGMAS = 4.0  # threshold in standard deviations of the EMA itself
+RELATIVE = 0.02  # and never below this fraction of the best loss
+SHRINK = 0.5
+MAX_ROLLBACKS = 8  # past these the run keeps going at its last lr (a loss that only rises is reported at the end)
+
+
+@dataclass
+class GuardState:
+    ema: float | None = None
+    deviation: float = 0.0  # EMA of |loss − ema|
+    best: float = math.inf
+    best_step: int = 0  # the step whose θ (before its update) had the best EMA
+    rising: int = 0  # consecutive steps above the threshold
+    rollbacks: int = 0
+    start: float | None = None  # the first loss: what "worse than the start" compares with
+
+
+class Guard:
+    """Watches step losses; :meth:`observe` says when to roll back."""
+
+    def __init__(self, loss_noise: float = 0.0, state: dict | None = None):
+        if state:  # a checkpoint's: JSON has no infinity, a best not yet seen is null there
+            self.state = GuardState(**{**state, "best": math.inf if state["best"] is None else state["best"]})
+        else:
+            self.state = GuardState(deviation=loss_noise * math.sqrt(2 / math.pi))
+
+    @property
+    def threshold(self) -> float:
+        s = self.state
+        sigma = s.deviation * math.sqrt(math.pi / 2)  # a mean absolute deviation of a normal is 0.8σ
+        return max(SIGMAS * sigma * math.sqrt(ALPHA / (2 - ALPHA)), RELATIVE * abs(s.best))
+
+    def observe(self, record: StepRecord) -> bool:
+        """Fold step ``record.step``'s loss (measured at θ before its update) in; True: roll back now."""
+        s, loss = self.state, record.loss
+        if s.ema is None:
+            s.ema = s.start = loss
+        else:
+            if abs(loss - s.ema) <= self.threshold / math.sqrt(ALPHA / (2 - ALPHA)):  # within the batches' spread
+                s.deviation = (1 - ALPHA) * s.deviation + ALPHA * abs(loss - s.ema)
+            s.ema = (1 - ALPHA) * s.ema + ALPHA * loss
+        if s.ema < s.best:
+            s.best, s.best_step, s.rising = s.ema, record.step, 0
+            return False
+        rise = s.ema - s.best
+        s.rising = s.rising + 1 if rise > self.threshold else 0
+        far = rise > SPIKE * self.threshold and s.rising >= 2
+        return (s.rising >= PATIENCE or far) and s.rollbacks < MAX_ROLLBACKS
+
+    def rolled_back(self) -> None:
+        """After a rollback: the EMA restarts at the best, the rise is forgotten."""
+        s = self.state
+        s.ema, s.rising, s.rollbacks = s.best, 0, s.rollbacks + 1
+
+    def worse_than_start(self) -> bool:
+        """The smoothed loss at the end is above the first loss by more than the threshold."""
+        s = self.state
+        return s.ema is not None and s.start is not None and s.ema > s.start + self.threshold
+
+    def line(self, done: int, lr_before: float, lr_after: float, rolled: bool) -> str:
+        s = self.state
+        rise = f"guard: loss rose from {s.best:.4g} to {s.ema:.4g} over {done - s.best_step} steps; "
+        if rolled:
+            return rise + f"rolled back to step {s.best_step}, lr {lr_before:.3g} → {lr_after:.3g}"
+        return rise + f"lr {lr_before:.3g} → {lr_after:.3g} (this optimizer cannot roll back: it keeps its state)"
+
+    def state_dict(self) -> dict:
+        state = asdict(self.state)
+        return {**state, "best": state["best"] if math.isfinite(state["best"]) else None}
+
+
+def update_terms(record: StepRecord) -> list[tuple[int, float]]:
+    """(seed, c) of each query of a ZO-SGD step: θ ← θ + Σ c·z(seed), c = −(lr/q)·g in float32 (a rollback
+    record's own terms are its undo: c = −g with its lr = q)."""
+    f32 = np.float32
+    per = f32(record.lr) / f32(len(record.seeds))
+    return [(seed, float(-(per * f32(g)))) for seed, g in zip(record.seeds, record.grads)]
+
+
+def undo_record(step: int, undone: list[list[tuple[int, float]]], to_step: int, eps: float, noise: str,
+                loss: float) -> StepRecord:
+    """The record that takes θ back over the steps ``undone`` (their (seed, c) terms, oldest first): one
+    query per undone term, latest first, g = c so that the replayed coefficient is −c."""
+    terms = [term for step_terms in reversed(undone) for term in reversed(step_terms)]
+    return StepRecord(step=step, seeds=[seed for seed, _ in terms], grads=[c for _, c in terms],
+                      lr=float(len(terms)), eps=eps, weight_decay=0.0, noise=noise, loss=loss, forwards=0,
+                      rollback=to_step)
