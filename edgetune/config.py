@@ -280,6 +280,8 @@ class TrainConfig(MicroAdamOptions, WindowOptions, DiZOOptions, _CommonOptions):
             "queries": Bound(1, MAX_QUERIES, why="the trajectory log stores q in 16 bits")})
         for name in ("lr", "eps", "weight_decay"):
             value = getattr(self, name)
+            if isinstance(value, str):  # auto: the calibrated value is checked where it is measured
+                continue
             if abs(value) > _F32_MAX or (name != "weight_decay" and value < _F32_TINY):
                 raise EdgetuneError(f"{flag(name)} {value} does not fit the trajectory log's 32-bit float "
                                     f"(it must be {'at most' if abs(value) > _F32_MAX else 'at least'} "
@@ -302,8 +304,6 @@ class TrainConfig(MicroAdamOptions, WindowOptions, DiZOOptions, _CommonOptions):
 @dataclass
 class ModelOptions:
     """How a model is loaded: :meth:`edgetune.Tuner.from_onnx`'s options past the path and ``trainable``,
-            if isinstance(value, str):  # auto: the calibrated value is checked where it is measured
-                continue
     and the matching flags of ``tune`` and ``eval``."""
 
     tokenizer: str | Path | None = option(None, "tokenizer.json (default: beside the model)")
@@ -340,6 +340,11 @@ def validate_fields(options: Any) -> None:
         value = getattr(options, f.name)
         if value is None:
             continue
+        if isinstance(value, str) and f.metadata.get("keywords"):  # a word in place of a number: --lr auto
+            if value not in f.metadata["keywords"]:
+                raise EdgetuneError(f"{flag(f.name)} must be {f.metadata['bound'].describe()} or "
+                                    f"{choice_words(f.metadata['keywords'])}, got '{value}'")
+            continue
         if f.metadata.get("bound") is not None:
             check_bounds({f.name: value}, {f.name: f.metadata["bound"]})
         choices = f.metadata.get("choices")
@@ -362,11 +367,6 @@ def cli_fields(cls: type) -> list[Field]:
 def read_config_options(path: str | Path, classes: Sequence[type]) -> dict[str, Any]:
     """The keys of a ``--config`` file, each a flag of one of ``classes`` (an unknown one is refused) and of its
     field's type (messages name the file and the key)."""
-        if isinstance(value, str) and f.metadata.get("keywords"):  # a word in place of a number: --lr auto
-            if value not in f.metadata["keywords"]:
-                raise EdgetuneError(f"{flag(f.name)} must be {f.metadata['bound'].describe()} or "
-                                    f"{choice_words(f.metadata['keywords'])}, got '{value}'")
-            continue
     values = read_yaml_config(path)
     known_options(classes, values, f"{path}: ")
     typed: dict[str, Any] = {}

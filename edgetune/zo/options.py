@@ -56,8 +56,8 @@ def option(default: Any, help: str, *, bound: Bound | None = None, choices: tupl
     ``trajectory``: the run's trajectory depends on it (a resumed run must keep it; the replay header holds
     it). ``parse``: its flag checks the range or choices as argparse parses it (an ``argument --X:`` line),
     not after all options are merged. ``cli``: it is a flag and a ``--config`` key (False: Python API only).
-    """
     ``keywords``: words a numeric option also takes (``--lr auto``), in place of a number within ``bound``.
+    """
     metadata = {"help": help, "bound": bound, "choices": choices, "trajectory": trajectory, "parse": parse,
                 "cli": cli, "keywords": keywords}
     return field(default=default, metadata=metadata)
