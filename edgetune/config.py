@@ -24,7 +24,7 @@ import yaml
 from edgetune.errors import EdgetuneError
 from edgetune.graph.units import parse_size_mb
 # Bound and option are the vocabulary of every option declaration, the optimizers' included (re-exported here)
-from edgetune.zo.options import (OPTIMIZER_NAMES, OPTIMIZER_OPTIONS, ROTATE_MODES, Bound, DiZOOptions,
+from edgetune.zo.options import (OPTIMIZER_NAMES, OPTIMIZER_OPTIONS, ROTATE_MODES, Bound, DiZOOptions, HeadOptions,
                                  MicroAdamOptions, WindowOptions, option)
 from edgetune.zo.queries import QUERY_SCHEDULES
 
@@ -206,7 +206,7 @@ class _CommonOptions:
 
 
 @dataclass
-class TrainConfig(MicroAdamOptions, WindowOptions, DiZOOptions, _CommonOptions):
+class TrainConfig(HeadOptions, MicroAdamOptions, WindowOptions, DiZOOptions, _CommonOptions):
     """How to tune. Every field is also a ``tune`` flag (``--batch-size``) and a YAML key (``batch_size``).
 
     The fields are the common options, then those each optimizer declares (:mod:`edgetune.zo.options`),
@@ -232,6 +232,7 @@ class TrainConfig(MicroAdamOptions, WindowOptions, DiZOOptions, _CommonOptions):
         """The fields by owner: the common ones, then each optimizer's (a title and the field names)."""
         owned = [(f"--optimizer {choice_words(group.for_optimizers)}", [f.name for f in fields(group)])
                  for group in OPTIMIZER_OPTIONS]
+        owned.append(("the classifier's head (--head exact)", [f.name for f in fields(HeadOptions)]))
         taken = {name for _, names in owned for name in names}
         return [("training options", [f.name for f in fields(cls) if f.name not in taken]), *owned]
 
@@ -248,12 +249,27 @@ class TrainConfig(MicroAdamOptions, WindowOptions, DiZOOptions, _CommonOptions):
             raise EdgetuneError(f"--rotate works with --optimizer zo-sgd only, not '{self.optimizer}'")
         if self.rotate and self.parallel != "off":
             raise EdgetuneError("--rotate needs --parallel off (P-RGE perturbs copies of the whole slice)")
+        self._validate_head()
         if self.activation_cache not in ("auto", "off"):
             try:
                 parse_size_mb(self.activation_cache, "--activation-cache")
             except EdgetuneError:
                 raise EdgetuneError("--activation-cache must be auto, off or a RAM budget such as 200MB, got "
                                     f"'{self.activation_cache}'") from None
+
+    def _validate_head(self) -> None:
+        """--head exact keeps ZO off the head: only ZO-SGD perturbs part of the slice (the others, P-RGE's
+        copies and DiZO's projection work on all of it), and --rotate would choose that part itself."""
+        if self.head != "exact":
+            return
+        if self.optimizer != "zo-sgd":
+            raise EdgetuneError(f"--head exact needs --optimizer zo-sgd, not {self.optimizer} (it perturbs and "
+                                "updates the whole slice, the head included)")
+        if self.parallel != "off":
+            raise EdgetuneError("--head exact needs --parallel off (P-RGE perturbs copies of the whole slice, "
+                                "the head included)")
+        if self.rotate:
+            raise EdgetuneError("--head exact needs --rotate 0 (both choose the part of the slice ZO perturbs)")
 
     def refuse_ignored(self, given: Iterable[str]) -> None:
         """An option of another optimizer than ``optimizer``, among the ``given`` ones (flags, YAML keys,
@@ -269,6 +285,12 @@ class TrainConfig(MicroAdamOptions, WindowOptions, DiZOOptions, _CommonOptions):
                     raise EdgetuneError(f"{flag(f.name)} {getattr(self, f.name)} is an option of --optimizer "
                                         f"{choice_words(group.for_optimizers)}, not {self.optimizer} "
                                         "(it would be ignored)")
+        if self.head in HeadOptions.for_head:
+            return
+        for f in fields(HeadOptions):
+            if f.name != "head" and f.name in given and getattr(self, f.name) != f.default:
+                raise EdgetuneError(f"{flag(f.name)} {getattr(self, f.name)} is an option of --head exact, not "
+                                    f"--head {self.head} (it would be ignored)")
 
     def _validate_widths(self) -> None:
         """Every step record of the trajectory log holds the step and q in 32 and 16 bits, and lr, ε and decay

@@ -36,6 +36,7 @@ from edgetune.engine.prge import CopyBatchedEngine
 from edgetune.errors import EdgetuneError, TrainingError
 from edgetune.graph.blocks import Param
 from edgetune.graph.cache import default_cache_root
+from edgetune.graph.head_grad import LinearHead
 from edgetune.graph.model import ModelInfo
 from edgetune.graph.trainable import TrainableSpec
 from edgetune.process.interrupt import Interrupted, StopRequest
@@ -43,6 +44,7 @@ from edgetune.process.rss import peak_rss_mb
 from edgetune.artifacts.trajectory import MAX_QUERIES
 from edgetune.zo import Anchors, StepRecord, build_optimizer
 from edgetune.zo.calibrate import BATCHES, Calibration, calibrate
+from edgetune.zo.exact_head import ExactHead, HeadGrads, WithoutHead
 from edgetune.zo.guard import SHRINK, Guard, undo_record, update_terms
 from edgetune.zo.prge import ParallelZO, parallel_strategy
 from edgetune.zo.schedules import StepSize
@@ -67,6 +69,7 @@ class TunedModel(Protocol):
     max_length: int
     verbalizer: Verbalizer | None
     trainable_spec: TrainableSpec | None  # None: evaluation only
+    head: LinearHead | None  # the linear head whose exact gradient the graph outputs (--head exact)
 
     @property
     def anchors(self) -> Anchors | None: ...
@@ -180,8 +183,29 @@ class TrainingRun:
 
     def _build_optimizer(self):
         tuner, config = self.tuner, self.resolved
+        if config.head == "exact":
+            return self._exact_head(config)
         optimizer = build_optimizer(config, tuner.arena.buffer(), anchors=tuner.anchors, subsets=self.subsets)
         return self._with_step_size(optimizer)
+
+    def _exact_head(self, config: TrainConfig) -> ExactHead:
+        """--head exact: ZO-SGD over the slice less the head (its lr is the run's step size), the head first-order.
+        The head alone has no ZO part: the step size is the head's lr then, which MEAZO cannot adapt (no
+        projected gradient), so only the guard's scale acts on it."""
+        tuner = self.tuner
+        below = WithoutHead(tuner.arena, tuner.head)
+        lower = None if below.empty else self._with_step_size(build_optimizer(config, tuner.arena.buffer(),
+                                                                              subsets=below))
+        optimizer = ExactHead(HeadGrads.bind(tuner.engine, tuner.weights, tuner.head), lower, config.head_lr,
+                              config.head_method, noise=config.noise)
+        if lower is None:
+            optimizer.lr = self.step_size = StepSize(optimizer.lr)
+        return optimizer
+
+    @property
+    def zeroth_order(self) -> bool:
+        """Whether any of the slice is tuned by ZO (not so under --head exact with the head alone)."""
+        return not (isinstance(self.optimizer, ExactHead) and self.optimizer.lower is None)
 
     def _with_step_size(self, optimizer):
         """``optimizer`` reading its lr through a :class:`StepSize` (the guard's scale, MEAZO's factor)."""
@@ -243,7 +267,7 @@ class TrainingRun:
         tuner.engine.set_batch(first)
         check_engine(tuner.engine, tuner.arena.buffer())
         self._engine = tuner.engine
-        if self.calibration is None and "auto" in (config.lr, config.eps):
+        if self.calibration is None and "auto" in (config.lr, config.eps) and self.zeroth_order:
             self._calibrate()
         if config.parallel != "off":
             self._engine, optimizer, self.batching = parallel_strategy(

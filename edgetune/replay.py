@@ -40,6 +40,9 @@ def replay_run(base_path: str | Path, log_path: str | Path, output_dir: str | Pa
     refuse_existing_run(output_dir, None, overwrite, "--output")
     log = Trajectory.read(log_path)
     header = log.header
+    if isinstance(header.get("config"), dict) and header["config"].get("head") == "exact":
+        raise EdgetuneError(f"{log_path}: the run tuned its head with --head exact; the exact head's first-order "
+                            "updates are not in the trajectory log, so it cannot be replayed")
     check_model_file(base_path)  # before hashing it: missing, unreadable or empty is one line
     digest = file_digest(base_path)
     if digest != header.get("base_sha256"):

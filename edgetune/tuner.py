@@ -16,7 +16,7 @@ from edgetune import _core
 from edgetune.artifacts.adapters import save_lora_outputs
 from edgetune import loop
 from edgetune.artifacts.checkpoint import file_digest, save_checkpoint
-from edgetune.config import Bound, ModelOptions, TrainConfig, check_option
+from edgetune.config import Bound, ModelOptions, TrainConfig, check_option, validate_fields
 from edgetune.data import BatchStream, LabelSet, TokenizedSet, load_tokenizer, read_examples
 from edgetune.data.batching import IGNORE_INDEX
 from edgetune.data.chat import ChatTemplate
@@ -45,6 +45,7 @@ from edgetune.artifacts.outdir import claim_output, refuse_input_folder
 from edgetune.artifacts.sparse_diff import save_sparse_outputs
 from edgetune.zo import Anchors, StepRecord
 from edgetune.zo.importance import BlockScore, rank_blocks, score_groups
+from edgetune.zo.options import HeadOptions
 from edgetune.zo.subset import ArenaBlocks
 
 __all__ = ["FitResult", "Progress", "Tuner", "peak_rss_mb"]  # FitResult, Progress: the loop's, the façade's API
@@ -62,6 +63,7 @@ class Tuner:
         self.tokenizer_path = tokenizer_path
         self.max_length = max_length
         self.params = prepared.params
+        self.head = prepared.head  # the linear head whose exact gradient every forward outputs (head="exact")
         self.total_params = prepared.total_params
         self.split = prepared.prefix is not None
         self.arena = _core.Arena()
@@ -99,6 +101,7 @@ class Tuner:
         split: bool = True,
         verbalizer: str | dict[str, str] | None = None,
         template: str | None = None,
+        head: str = "zo",
     ) -> Tuner:
         """Prepare ``onnx_path`` for tuning the weights selected by ``trainable`` (a ``--trainable`` text,
         see ``graph.trainable``, or a parsed :class:`TrainableSpec`).
@@ -107,9 +110,12 @@ class Tuner:
         exceed the model's position table; None is 128, or the table's rows where it has fewer. ``verbalizer`` (``"neg=bad,pos=good"``)
         with a causal LM classifies ``{"text", "label"}`` data by the word the LM says after
         ``template`` (default ``"{text}"``); a model tuned that way carries both in its metadata.
+        ``head="exact"`` prepares a classifier to be tuned with ``fit(head="exact")``: every forward also
+        outputs the exact gradient of its last linear layer, which ``trainable`` must select.
         """
         ModelOptions(tokenizer=tokenizer, task=task, max_length=max_length, threads=threads, split=split,
                      verbalizer=verbalizer, template=template, providers=providers).validate()
+        validate_fields(HeadOptions(head=head))
         if not isinstance(trainable, TrainableSpec):
             check_option("trainable", trainable, str | None)
             trainable = TrainableSpec.parse(trainable) if trainable is not None else None
@@ -125,7 +131,8 @@ class Tuner:
         if trainable is None:
             prepared = prepare(onnx_path, None, task=task)
         else:
-            prepared = prepare_cached(onnx_path, trainable, file_digest(onnx_path), task=task, split=split)
+            prepared = prepare_cached(onnx_path, trainable, file_digest(onnx_path), task=task, split=split,
+                                      head_grad=head == "exact")
         check_vocabulary(tok, tokenizer_path, prepared.info.embedding_rows, onnx_path)
         tuner = cls(prepared, tok, tokenizer_path, max_length_for(prepared.info, max_length), threads, providers)
         tuner._set_verbalizer(verbalizer, template)
@@ -292,7 +299,7 @@ class Tuner:
         """
         config = loop.train_config(config, options)  # before the output folder is claimed or data read
         config.check_eval_data(eval_data)
-        self._check_run(output_dir, resume, overwrite)
+        self._check_run(config, output_dir, resume, overwrite)
         with claim_output(output_dir, [self.model_path, self.tokenizer_path], resume, overwrite), \
                 StopRequest() as stop:
             return loop.fit(self, config, data, eval_data, output_dir, resume, progress, stop)
@@ -329,17 +336,21 @@ class Tuner:
         if config.eval_every:
             raise EdgetuneError(f"eval_every {config.eval_every}: steps() does not evaluate; "
                                 "call evaluate() between steps")
-        self._check_run(output_dir, resume, overwrite)
+        self._check_run(config, output_dir, resume, overwrite)
         return loop.steps(self, config, data, output_dir, resume, overwrite)
 
-    def _check_run(self, output_dir: str | Path | None, resume: bool, overwrite: bool) -> None:
-        """The run options besides the config, and a slice to tune: checked before the folder or data."""
+    def _check_run(self, config: TrainConfig, output_dir: str | Path | None, resume: bool, overwrite: bool) -> None:
+        """The run options besides the config, a slice to tune, and a graph for ``config``: checked before the
+        folder or data."""
         for name, value in (("resume", resume), ("overwrite", overwrite)):
             check_option(name, value, bool)
         if not self.weights:
             raise EdgetuneError("nothing to tune: the tuner was created with trainable=None")
         if resume and output_dir is None:
             raise EdgetuneError("--resume needs --output-dir (where the checkpoint is)")
+        if config.head == "exact" and self.head is None:  # the graph decides it: preparing again would start over
+            raise EdgetuneError("head='exact' needs the head's gradient in the graph: create the tuner with "
+                                "Tuner.from_onnx(..., head='exact')")
 
     def copy_batched_engine(self) -> CopyBatchedEngine:
         """The tunable graph evaluating perturbed copies of the slice in one forward (P-RGE)."""

@@ -145,8 +145,10 @@ def test_model_options_are_from_onnx_keywords():
 
     from edgetune import Tuner
 
-    keywords = set(inspect.signature(Tuner.from_onnx).parameters) - {"cls", "onnx_path", "trainable"}
+    # head is TrainConfig's option (--head exact), passed at load time because it changes the prepared graph
+    keywords = set(inspect.signature(Tuner.from_onnx).parameters) - {"cls", "onnx_path", "trainable", "head"}
     assert set(ModelOptions().keywords()) == keywords
+    assert "head" in {f.name for f in fields(TrainConfig)}
 
 
 def test_an_unknown_config_key_and_a_wrong_type_name_the_file_and_the_key(tmp_path):

@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
+from badinput import Snapshot, assert_rejected
 from edgetune import Tuner
 from edgetune.data import load_tokenizer
 from edgetune.data.batching import IGNORE_INDEX, Batch, BatchStream
@@ -269,3 +270,97 @@ def test_the_tuned_head_is_what_save_writes(classifier, tmp_path):
     np.testing.assert_array_equal(written[head.weight], tuner.weights[head.weight])
     base = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(classifier["model"])).graph.initializer}
     assert not np.array_equal(written[head.weight], base[head.weight])
+
+
+# -- wired into TrainConfig, the loop, the CLI and replay ------------------------------------------------------
+
+
+def _data_args(paths, out) -> list[str]:
+    return ["--onnx", paths["model"], "--data", paths["train"], "--output-dir", out, "--threads", 1,
+            "--batch-size", 16]
+
+
+def test_tune_head_exact_through_the_cli_learns_and_writes_a_plain_model(classifier, cli, tmp_path):
+    out = tmp_path / "out"
+    proc = cli("tune", *_data_args(classifier, out), "--eval-data", classifier["dev"], "--trainable",
+               _head_spec(classifier), "--head", "exact", "--head-lr", 0.01, "--steps", 60)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    before, after = summary["result"]["before"], summary["result"]["after"]
+    assert before["accuracy"] < 0.7 and after["accuracy"] >= 0.9
+    assert summary["config"]["head"] == "exact" and summary["config"]["head_method"] == "adam"
+    # the head alone: no ZO part, so a step is one forward at θ and draws no seed
+    records = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert len(records) == 60 and all(r["seeds"] == [] and r["forwards"] == 1 for r in records)
+    assert summary["result"]["forward_passes"] == 60  # no --lr auto calibration: nothing is tuned by ZO
+    # model.onnx is the plain classifier with the tuned head: no gradient outputs, ORT alone runs it
+    tuned = onnx.load(str(out / "model.onnx"))
+    assert [o.name for o in tuned.graph.output] == [o.name for o in onnx.load(str(classifier["model"])).graph.output]
+    head = find_linear_head(tuned.graph)
+    written = {i.name: numpy_helper.to_array(i) for i in tuned.graph.initializer}
+    base = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(classifier["model"])).graph.initializer}
+    assert not np.array_equal(written[head.weight], base[head.weight])
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=CPU)
+    feeds = _feeds(np.random.default_rng(4))
+    labels = feeds.pop(LABELS_INPUT)
+    logits = session.run([LOGITS_OUTPUT], {i.name: feeds[i.name] for i in session.get_inputs()})[0]
+    assert logits.shape == (len(labels), 2)
+    # its trajectory cannot redo the head's first-order steps: replay says so in one line, writes nothing
+    replayed = tmp_path / "replayed"
+    proc = cli("replay", "--onnx", classifier["model"], "--log", out / "run.etlog", "--output", replayed)
+    assert_rejected(proc, "run.etlog", "--head exact", "cannot be replayed")
+    assert not replayed.exists()
+
+
+def test_fit_head_exact_resumes_bit_identical(classifier, tmp_path):
+    options = dict(batch_size=8, lr=1e-3, head="exact", head_method="adam", head_lr=1e-2)
+    straight = Tuner.from_onnx(classifier["model"], trainable="last:1", threads=1, head="exact")
+    straight.fit(classifier["train"], output_dir=tmp_path / "straight", steps=6, **options)
+    resumed = Tuner.from_onnx(classifier["model"], trainable="last:1", threads=1, head="exact")
+    resumed.fit(classifier["train"], output_dir=tmp_path / "resumed", steps=3, **options)
+    again = Tuner.from_onnx(classifier["model"], trainable="last:1", threads=1, head="exact")
+    result = again.fit(classifier["train"], output_dir=tmp_path / "resumed", steps=6, resume=True, **options)
+    assert result.steps == 3
+    for name, value in straight.weights.items():
+        np.testing.assert_array_equal(again.weights[name], value, err_msg=name)
+    # the ZO part below the head drew its seeds as usual: two forwards a step
+    records = [json.loads(line) for line in (tmp_path / "resumed" / "steps.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(6)) and all(len(r["seeds"]) == 1 for r in records)
+
+
+def test_fit_head_exact_needs_a_tuner_prepared_for_it(classifier, tmp_path):
+    tuner = Tuner.from_onnx(classifier["model"], trainable="last:1", threads=1)
+    with pytest.raises(EdgetuneError) as caught:
+        tuner.fit(classifier["train"], output_dir=tmp_path / "out", steps=2, head="exact")
+    assert "\n" not in str(caught.value) and "from_onnx(..., head='exact')" in str(caught.value)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(EdgetuneError, match="--head must be zo or exact"):
+        Tuner.from_onnx(classifier["model"], trainable="last:1", head="first-order")
+
+
+@pytest.mark.parametrize("flags, fragments", [
+    (["--head", "exact", "--optimizer", "zo-adam"], ["--head exact needs --optimizer zo-sgd", "zo-adam"]),
+    (["--head", "exact", "--optimizer", "dizo"], ["--head exact needs --optimizer zo-sgd", "dizo"]),
+    (["--head", "exact", "--parallel", "on"], ["--head exact needs --parallel off"]),
+    (["--head", "exact", "--parallel", "auto"], ["--head exact needs --parallel off"]),
+    (["--head", "exact", "--rotate", "1"], ["--head exact needs --rotate 0"]),
+    (["--head-method", "sgd"], ["--head-method sgd is an option of --head exact", "ignored"]),
+    (["--head", "zo", "--head-lr", "0.1"], ["--head-lr 0.1 is an option of --head exact, not --head zo"]),
+    (["--head", "exact", "--head-lr", "0"], ["--head-lr must be positive"]),
+    (["--head", "exact", "--head-method", "lbfgs"], ["--head-method", "lbfgs"]),
+])
+def test_head_options_that_cannot_work_are_one_line_before_the_model_loads(classifier, cli, tmp_path, flags,
+                                                                          fragments):
+    snapshot = Snapshot(classifier["model"].parent)
+    proc = cli("tune", *_data_args(classifier, tmp_path / "out"), "--steps", 2, *flags)
+    assert_rejected(proc, *fragments)
+    assert not (tmp_path / "out").exists()
+    snapshot.assert_unchanged()
+
+
+def test_head_exact_on_a_model_it_cannot_serve_is_one_line(classifier, lm, cli, tmp_path):
+    proc = cli("tune", *_data_args(lm, tmp_path / "lm"), "--steps", 2, "--head", "exact")
+    assert_rejected(proc, str(lm["model"]), "the exact head needs a classifier")
+    proc = cli("tune", *_data_args(classifier, tmp_path / "frozen"), "--steps", 2, "--head", "exact",
+               "--trainable", "blocks:0")
+    assert_rejected(proc, "--trainable 'blocks:0' leaves the head's", "frozen")

@@ -79,7 +79,8 @@ def _tune(run: _RunOptions, trainable: TrainableSpec, model: ModelOptions, confi
     from edgetune.tuner import Tuner
 
     trainable, ranking = _rank_blocks_if_asked(run, trainable, model, config)
-    tuner = Tuner.from_onnx(run.onnx, trainable=trainable, **model.keywords())
+    # --head exact changes the prepared graph: decided at load time, which the config knows before
+    tuner = Tuner.from_onnx(run.onnx, trainable=trainable, head=config.head, **model.keywords())
     model.max_length = tuner.max_length  # the summary records the length used, a default resolved
     # announced once the data are read and checked: a bad file is then the only line on stderr
     with ConsoleProgress(announce=lambda: _announce(run, tuner)) as progress:

@@ -29,6 +29,7 @@ from safetensors.numpy import save_file
 from edgetune import errors
 from edgetune.process.child import child_main, run_child
 from edgetune.graph.blocks import Param
+from edgetune.graph.head_grad import LinearHead
 from edgetune.graph.lift import save_model
 from edgetune.graph.model import ModelInfo
 from edgetune.graph.prepare import PreparedModel, prepare
@@ -56,10 +57,12 @@ def _code_digest() -> str:
 
 
 def prepare_cached(path: str | Path, trainable: TrainableSpec, model_digest: str, task: str | None = None,
-                   split: bool = True, cache_root: str | Path | None = None) -> PreparedModel:
+                   split: bool = True, cache_root: str | Path | None = None, head_grad: bool = False) -> PreparedModel:
     """Like :func:`prepare`, with the graphs as files in the cache (prefix/suffix are paths)."""
     spec = str(trainable)  # canonical: two spellings of one slice share an entry, and the child reads it back
-    key = hashlib.sha256(json.dumps([FORMAT_VERSION, _code_digest(), model_digest, spec, task, split]).encode())
+    # head_grad changes the graph: an entry with the head's gradient outputs is another entry
+    key = hashlib.sha256(json.dumps([FORMAT_VERSION, _code_digest(), model_digest, spec, task, split, head_grad])
+                         .encode())
     key = key.hexdigest()[:24]
     root = Path(cache_root or default_cache_root())
     directory = root / key
@@ -67,7 +70,8 @@ def prepare_cached(path: str | Path, trainable: TrainableSpec, model_digest: str
         _touch(directory)
     else:
         remove_stale_temporaries(root)  # what a preparation killed mid-write left
-        run_child("edgetune.graph.cache", [str(path), spec, task, split, str(directory)], f"preparing {path}")
+        run_child("edgetune.graph.cache", [str(path), spec, task, split, str(directory), head_grad],
+                  f"preparing {path}")
     evict(root, cache_limit(), keep=directory)
     try:
         return _load(directory, Path(path))
@@ -149,11 +153,12 @@ def _cache_error(root: Path, exc: OSError) -> errors.EdgetuneError:
                              f"({exc.strerror or exc}); free some space or set EDGETUNE_CACHE to another folder")
 
 
-def _prepare_into(path: str, trainable: str, task: str | None, split: bool, directory: str) -> None:
+def _prepare_into(path: str, trainable: str, task: str | None, split: bool, directory: str,
+                  head_grad: bool = False) -> None:
     target = Path(directory)
     staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     try:
-        _write_entry(path, trainable, task, split, staging)
+        _write_entry(path, trainable, task, split, staging, head_grad)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise _cache_error(target.parent, exc) from None
@@ -166,10 +171,12 @@ def _prepare_into(path: str, trainable: str, task: str | None, split: bool, dire
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _write_entry(path: str, trainable: str, task: str | None, split: bool, staging: Path) -> None:
+def _write_entry(path: str, trainable: str, task: str | None, split: bool, staging: Path,
+                 head_grad: bool = False) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    prepared = prepare(path, TrainableSpec.parse(trainable), task=task, split=split)  # the child's edge: text in
+    # the child's edge: text in
+    prepared = prepare(path, TrainableSpec.parse(trainable), task=task, split=split, head_grad=head_grad)
     if prepared.prefix is not None:
         save_model(prepared.prefix, staging / "prefix.onnx")
     save_model(prepared.suffix, staging / "suffix.onnx")
@@ -186,6 +193,8 @@ def _write_entry(path: str, trainable: str, task: str | None, split: bool, stagi
         "has_rest": prepared.rest is not None,
         "total_params": prepared.total_params,
         "has_prefix": prepared.prefix is not None,
+        # the head as found in the whole graph: the tuner need not load the suffix to name it again
+        "head": asdict(prepared.head) if prepared.head is not None else None,
         "trainable": trainable,  # for edgetune cache's listing
     }
     (staging / MANIFEST).write_text(json.dumps(manifest))
@@ -205,7 +214,16 @@ def _load(directory: Path, model_path: Path) -> PreparedModel:
         total_params=manifest["total_params"],
         cached=manifest["cached"],
         rest=str(directory / "rest.onnx") if manifest["has_rest"] else None,
+        head=_linear_head(manifest.get("head")),
     )
+
+
+def _linear_head(described: dict | None) -> LinearHead | None:
+    """The manifest's head (JSON lists back to the shapes' tuples)."""
+    if described is None:
+        return None
+    shapes = {k: tuple(described[k]) if described[k] is not None else None for k in ("weight_shape", "bias_shape")}
+    return LinearHead(**{**described, **shapes})
 
 
 class _SafetensorsFile(Mapping):

@@ -26,11 +26,11 @@ import numpy as np
 
 from edgetune.errors import EdgetuneError, TrainingError
 from edgetune.graph.head_grad import HEAD_GRAD_B, HEAD_GRAD_W, LinearHead
+from edgetune.zo.options import HEAD_METHODS
 from edgetune.zo.schedules import Schedule
 from edgetune.zo.subset import Span
 from edgetune.zo.zosgd import StepRecord
 
-HEAD_METHODS = ("adam", "sgd")
 DEFAULT_METHOD = "adam"
 # bench_exact_head.py --lr-grid (MiniLM + Rotten Tomatoes, batch 8): Adam 3e-3 and SGD 0.1 reach 0.81 dev
 # accuracy in 200 steps and hold 0.79-0.81 to 3000; Adam 1e-2+ and SGD 0.3+ wander lower. Adam is the default:

@@ -18,6 +18,7 @@ from typing import Any
 # to their classes; a test holds the two equal).
 OPTIMIZER_NAMES = ("zo-sgd", "dizo", "zo-momentum", "zo-adam", "zo-microadam")
 ROTATE_MODES = ("cyclic", "random")
+HEAD_METHODS = ("adam", "sgd")  # the exact head's first-order update (edgetune.zo.exact_head)
 
 
 @dataclass(frozen=True)
@@ -106,3 +107,18 @@ class MicroAdamOptions:
 
 
 OPTIMIZER_OPTIONS = (DiZOOptions, WindowOptions, MicroAdamOptions)
+
+
+@dataclass
+class HeadOptions:
+    """``--head exact``: the classifier's last linear layer updated first-order from its exact gradient, which
+    the graph computes in the forward, while ZO tunes the rest of the slice; see :mod:`edgetune.zo.exact_head`."""
+
+    for_head = ("exact",)  # the value of ``head`` that ``head_method`` and ``head_lr`` act under
+
+    head: str = option("zo", "how the classifier's last linear layer is tuned: zo (as the rest of the slice) or exact "
+                       "(first-order, from its exact gradient computed in the forward; not replayable)",
+                       choices=("zo", "exact"), trajectory=True)
+    head_method: str = option("adam", "--head exact: the head's update", choices=HEAD_METHODS, trajectory=True)
+    head_lr: float | None = option(None, "--head exact: the head's learning rate (default: 3e-3 with adam, 0.1 with "
+                                   "sgd)", bound=Bound(positive=True), trajectory=True)
