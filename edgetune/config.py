@@ -249,6 +249,7 @@ class TrainConfig(HeadOptions, MicroAdamOptions, WindowOptions, DiZOOptions, _Co
             raise EdgetuneError(f"--rotate works with --optimizer zo-sgd only, not '{self.optimizer}'")
         if self.rotate and self.parallel != "off":
             raise EdgetuneError("--rotate needs --parallel off (P-RGE perturbs copies of the whole slice)")
+        self._validate_calibration_budget()
         self._validate_head()
         if self.activation_cache not in ("auto", "off"):
             try:
@@ -291,6 +292,14 @@ class TrainConfig(HeadOptions, MicroAdamOptions, WindowOptions, DiZOOptions, _Co
             if f.name != "head" and f.name in given and getattr(self, f.name) != f.default:
                 raise EdgetuneError(f"{flag(f.name)} {getattr(self, f.name)} is an option of --head exact, not "
                                     f"--head {self.head} (it would be ignored)")
+
+    def _validate_calibration_budget(self) -> None:
+        """--lr/--eps auto spend their probes' forwards from --forward-budget: a budget they use up would run no step."""
+        from edgetune.zo.calibrate import FORWARDS  # it needs the core, which the config does not load otherwise
+
+        if "auto" in (self.lr, self.eps) and 0 < self.forward_budget <= FORWARDS:
+            raise EdgetuneError(f"--forward-budget {self.forward_budget} leaves no step after the {FORWARDS} forwards "
+                                "of --lr/--eps auto's calibration: give --lr and --eps, or a larger budget")
 
     def _validate_widths(self) -> None:
         """Every step record of the trajectory log holds the step and q in 32 and 16 bits, and lr, ε and decay

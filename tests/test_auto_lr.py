@@ -177,6 +177,7 @@ def test_auto_is_the_default_and_a_yaml_config_takes_it(tmp_path):
     ({"lr_adapt": "adam"}, "--lr-adapt must be off or meazo, not 'adam'"),
     ({"guard": "maybe"}, "--guard must be on or off, not 'maybe'"),
     ({"schedule": "spal"}, "--schedule must be one of constant, linear, cosine, spall, not 'spal'"),
+    ({"forward_budget": 20}, "--forward-budget 20 leaves no step after the 20 forwards of --lr/--eps auto's"),
 ])
 def test_bad_values_are_one_line_before_any_work(classifier, options, message):
     with pytest.raises(EdgetuneError, match=message.replace("(", r"\(").replace(")", r"\)")):

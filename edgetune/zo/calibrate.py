@@ -32,6 +32,7 @@ from edgetune import _core
 C_LR = 0.1  # lr = C_LR / median(zᵀHz): measured on the tiny models and MiniLM (docs/performance.md, "--lr auto")
 PROBES = 8
 BATCHES = 4
+FORWARDS = BATCHES + 2 * PROBES  # a base loss per batch, a ± pair per probe
 PROBE_H = 3e-3  # the probe's step h: zᵀHz was the same within 10 % for h from 1e-3 to 1e-2 (tiny classifier, MiniLM last:2)
 LR_BOUNDS = (1e-7, 1.0)  # clamp: beyond these the measurement says more about rounding than about the loss
 FALLBACK_FRACTION = 0.01  # δ of the fallback lr = δ·L/g²: a first step that moves the loss by about 1 %
