@@ -173,3 +173,28 @@ def test_a_tensor_not_laid_out_by_example_turns_the_cache_off(classifier):
     assert "not [batch, sequence" in reason and mask in reason
     assert tuner.engine.activation_cache is None
     np.testing.assert_array_equal(tuner.engine.data_feeds(batch)[mask], feeds[mask])
+
+
+def test_a_file_that_cannot_grow_turns_the_cache_off_and_the_batch_is_still_served(classifier, tmp_path):
+    """A full disk or a file-size limit (here RLIMIT_FSIZE, which fails writes with EFBIG) costs the speed-up only."""
+    resource = pytest.importorskip("resource")
+    signal = pytest.importorskip("signal")
+    tuner = Tuner.from_onnx(classifier["model"], trainable=TRAINABLE)
+    data = tuner.load_data(classifier["train"])
+    first = data.batch(range(BATCH), tuner.info.data_inputs)
+    first.examples = np.arange(BATCH)
+    cache = ActivationCache(tuner.engine.cached, [len(ids) for ids in data.ids], budget=0, spill_dir=tmp_path)
+    assert tuner.engine.attach_cache(cache, first) is None and cache.describe()["where"] == "file"
+    second = data.batch(range(BATCH, 2 * BATCH), tuner.info.data_inputs)
+    second.examples = np.arange(BATCH, 2 * BATCH)
+    expected = tuner.engine.data_feeds(replace(second, examples=None))
+    limits, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, limits[1]))
+    try:
+        got = tuner.engine.data_feeds(second)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert tuner.engine.activation_cache is None
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], value)

@@ -39,6 +39,10 @@ class CacheLayoutError(EdgetuneError):
     """A boundary tensor is not laid out [batch, sequence, ...]: it cannot be kept per example."""
 
 
+class CacheFileError(EdgetuneError):
+    """The cache's file cannot take a write (a full disk, a file-size limit): the run goes on without it."""
+
+
 def budget_bytes(setting: str, model_bytes: int) -> int | None:
     """RAM the cache may take for ``--activation-cache`` ``setting``: None when it is off."""
     if setting == "off":
@@ -153,11 +157,14 @@ class ActivationCache:
             return
         data = memoryview(np.ascontiguousarray(record).view(np.uint8).reshape(-1))
         offset = start * self.bytes_per_token
-        while data:  # a regular file takes it in one write; a short one only where the disk is full
-            written = os.pwrite(self._file.fileno(), data, offset)
-            if written <= 0:
-                raise EdgetuneError("activation cache file: cannot write (disk full?); use --activation-cache off")
-            data, offset = data[written:], offset + written
+        try:
+            while data:  # a regular file takes it in one write; a short one only where the disk is full
+                written = os.pwrite(self._file.fileno(), data, offset)
+                if written <= 0:
+                    raise OSError("no room")
+                data, offset = data[written:], offset + written
+        except OSError as exc:
+            raise CacheFileError(f"cannot write its file ({exc.strerror or exc})") from None
 
     def _read(self, i: int) -> np.ndarray:
         start, end = int(self.offsets[i]), int(self.offsets[i + 1])

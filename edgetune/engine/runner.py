@@ -6,6 +6,7 @@ ORT reads the new values on the next run, with no re-binding and no session rebu
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -13,9 +14,11 @@ import numpy as np
 import onnx
 
 from edgetune.data.batching import Batch
-from edgetune.engine.activation_cache import ActivationCache, CacheLayoutError
+from edgetune.engine.activation_cache import ActivationCache, CacheFileError, CacheLayoutError
 from edgetune.engine.session import create_session
 from edgetune.graph.loss import LABELS_INPUT, LOGITS_OUTPUT, LOSS_OUTPUT, TOKEN_LOGITS_OUTPUT
+
+logger = logging.getLogger(__name__)
 
 _NUMPY_TYPES = {onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32}
 
@@ -99,7 +102,12 @@ class LossEngine:
         prefix_feeds = {k: v for k, v in feeds.items() if k in self._prefix_inputs}
         out = dict(zip(self.boundary, self.prefix.run(self.boundary, prefix_feeds)))
         if cache is not None:
-            cache.put(batch.examples, out, length)
+            try:
+                cache.put(batch.examples, out, length)
+            except CacheFileError as exc:  # a speed-up, not a result: the run goes on, exactly as without it
+                logger.info("activation cache off: %s", exc)
+                self.activation_cache = None
+                cache.close()
         return out
 
     def attach_cache(self, cache: ActivationCache | None, batch: Batch | None = None) -> str | None:
