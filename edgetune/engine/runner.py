@@ -41,8 +41,8 @@ class LossEngine:
             self._binding.bind_input(name, "cpu", 0, np.float32, list(view.shape), view.ctypes.data)
         self._binding.bind_output(LOSS_OUTPUT, "cpu")
         self._batch_arrays: dict[str, np.ndarray] = {}
-        self.cached = list(getattr(prepared, "cached", []))  # what an activation cache may keep per example
-        self._rest_graph, self._rest = getattr(prepared, "rest", None), None
+        self.cached = list(prepared.cached)  # what an activation cache may keep per example
+        self._rest_graph, self._rest = prepared.rest, None  # its session is made when a cache attaches
         self._session_args = (threads, providers)
         self.activation_cache: ActivationCache | None = None  # attach_cache: a training run's, while it runs
 
@@ -87,10 +87,10 @@ class LossEngine:
             feeds.update(self._boundary(batch, feeds))
         return {k: v for k, v in feeds.items() if k in self._suffix_inputs}
 
-    def _boundary(self, batch: Batch, feeds: dict[str, np.ndarray], use_cache: bool = True) -> dict[str, np.ndarray]:
+    def _boundary(self, batch: Batch, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The prefix's outputs on ``batch``: from the activation cache when it holds all of a training batch's
         examples (``batch.examples``), else by running the prefix (and keeping what the cache lacks)."""
-        cache = self.activation_cache if use_cache and batch.examples is not None else None
+        cache = self.activation_cache if batch.examples is not None else None
         length = next(iter(batch.inputs.values())).shape[1]  # the batch's padding, which every input shares
         if cache is not None and cache.has_all(batch.examples):
             out = cache.get(batch.examples, length)
@@ -137,8 +137,8 @@ class LossEngine:
         uncached = replace(batch, examples=None)
         feeds = {**self.data_feeds(uncached), **self._tensors}
         r = int(np.argmin(cache.lengths[batch.examples]))  # the shortest: the most padding in the batch
-        alone = self.data_feeds(uncached.select([r]))
         n = int(cache.lengths[batch.examples[r]])
+        alone = self.data_feeds(_unpadded(uncached.select([r]), n))
         for name in self.cached:
             if not np.array_equal(alone[name][0, :n], feeds[name][r, :n]):
                 return f"the prefix's output '{name}' for an example depends on the batch it is in"
@@ -149,3 +149,10 @@ class LossEngine:
                                   self.suffix.run([LOSS_OUTPUT], from_cache)[0]):
                 return "the loss from cached rows differs from the prefix's in the last bit"
         return None
+
+
+def _unpadded(batch: Batch, length: int) -> Batch:
+    """``batch`` (one row) cut to its ``length`` real tokens: the row as a batch of its own would pad it."""
+    padded = next(iter(batch.inputs.values())).shape[1]
+    labels = batch.labels[:, :length] if batch.labels.ndim == 2 and batch.labels.shape[1] == padded else batch.labels
+    return replace(batch, inputs={k: v[:, :length] for k, v in batch.inputs.items()}, labels=labels)
