@@ -75,6 +75,15 @@ class DiZO:
         return cls(ZOSGD.from_config(config, buffer), anchors, config.dizo_interval, config.dizo_iters,
                    config.dizo_eps, config.dizo_step, config.dizo_tau)
 
+    @property
+    def lr(self):
+        """The composed ZO-SGD's lr schedule (the run wraps it: the guard's scale, MEAZO's factor)."""
+        return self._sgd.lr
+
+    @lr.setter
+    def lr(self, schedule) -> None:
+        self._sgd.lr = schedule
+
     def state_dict(self) -> dict:
         return self._sgd.state_dict()  # the projection keeps nothing between steps
 
