@@ -29,7 +29,7 @@ import numpy as np
 
 from edgetune import _core
 
-C_LR = 0.1  # lr = C_LR / median(zᵀHz): measured on the tiny models and MiniLM (docs/performance.md, "--lr auto")
+C_LR = 0.025  # lr = C_LR / median(zᵀHz): the largest stable on the tiny models and MiniLM last:2 (docs/optimizers.md)
 PROBES = 8
 BATCHES = 4
 FORWARDS = BATCHES + 2 * PROBES  # a base loss per batch, a ± pair per probe
