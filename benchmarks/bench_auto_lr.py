@@ -80,7 +80,8 @@ def main() -> None:
         order = [name for name, _ in arms([float(x) for x in args.grid.split(",")])]
         results = sorted((json.loads(line) for line in args.rows.read_text().splitlines()),
                          key=lambda r: (order.index(r["arm"]) if r["arm"] in order else len(order), r["arm"], r["seed"]))
-    payload = {"machine": machine(), "config": vars(args), "results": results}
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    payload = {"machine": machine(), "config": config, "results": results}
     rows = [[r["arm"], r["seed"], f"{r['lr']:.3g}" if r.get("lr") else "-",
              f"{r['accuracy']:.3f}" if "accuracy" in r else "-", f"{r['loss']:.4f}" if "loss" in r else "-",
              "yes" if r["diverged"] else "no", len(r.get("guard", [])), r.get("kept", "-"), f"{r['seconds']:.0f}",

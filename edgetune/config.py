@@ -153,7 +153,7 @@ class _CommonOptions:
     optimizer: str = option("zo-sgd", "the zeroth-order optimizer", choices=OPTIMIZER_NAMES, trajectory=True)
     batch_size: int = option(16, "training examples per step; more than the training set has is capped to its "
                              "size (each step then sees all of it)", bound=Bound(1), trajectory=True)
-    lr: float | str = option("auto", "learning rate, or auto: 0.1/zᵀHz, with the curvature along the noise measured "
+    lr: float | str = option("auto", "learning rate, or auto: 0.025/zᵀHz, with the curvature along the noise measured "
                              "before step 0 (a few forwards, counted in the budget)", bound=Bound(positive=True),
                              keywords=("auto",), trajectory=True)
     eps: float | str = option(1e-3, "perturbation size ε, or auto: from the loss's float32 rounding and the curvature "
