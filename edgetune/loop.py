@@ -396,7 +396,7 @@ class TrainingRun:
 
     def _attach_cache(self, first: Batch) -> None:
         """Keep the frozen prefix's outputs per example (``--activation-cache``) where it is exact."""
-        budget = budget_bytes(self.config.activation_cache, self.tuner.model_path.stat().st_size)
+        budget = budget_bytes(self.config.activation_cache)
         engine = self.tuner.engine
         if budget is None or not engine.cached:
             return

@@ -11,7 +11,7 @@ suffix's loss does not read the padded positions; :meth:`LossEngine.check_cache`
 batch and turns the cache off (with a warning) where they do not hold. fp16 storage halves the memory and is
 not exact.
 
-Memory: in RAM up to a budget, else in a temporary file that is unlinked as it is created (so it is gone
+Memory: in RAM up to a budget the user gives, else (``auto``) in a temporary file that is unlinked as it is created (so it is gone
 whatever ends the process) and read with ``pread``: its pages sit in the page cache, not in this process's
 RSS. The cache lives for one run; a resumed run fills it again as it goes.
 """
@@ -32,7 +32,10 @@ from edgetune.graph.units import parse_size_mb
 logger = logging.getLogger(__name__)
 
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
-AUTO_SHARE = 0.25  # auto: the cache may take this share of the model's size in RAM
+# auto keeps the cache in its file: a step from the file's page cache was 0.75x a forward against 0.65-0.70x
+# from RAM (MiniLM last:2, bench_activation_cache.py), and RAM would raise the run's peak RSS above
+# inference's, the figure an on-device tuner is held to; a RAM budget is the user's explicit choice.
+AUTO_RAM_BYTES = 0
 
 
 class CacheLayoutError(EdgetuneError):
@@ -43,12 +46,12 @@ class CacheFileError(EdgetuneError):
     """The cache's file cannot take a write (a full disk, a file-size limit): the run goes on without it."""
 
 
-def budget_bytes(setting: str, model_bytes: int) -> int | None:
+def budget_bytes(setting: str) -> int | None:
     """RAM the cache may take for ``--activation-cache`` ``setting``: None when it is off."""
     if setting == "off":
         return None
     if setting == "auto":
-        return int(model_bytes * AUTO_SHARE)
+        return AUTO_RAM_BYTES
     return int(parse_size_mb(setting, "--activation-cache") * 2**20)
 
 

@@ -15,14 +15,19 @@ loss by a fraction of itself, lr = δ·L / g² (the first-order change lr·g² i
 float32 rounding of L (≈ 2⁻²³·|L|·√rows), and small against the curvature scale |g|/zᵀHz (where the
 parabola bends away from the tangent).
 
-θ is copied before the probes and copied back after them, so the run starts from exactly the base
-weights (a probe's ±hz passes would leave a rounding residue that no trajectory record describes): one
-transient copy of the trainable arena, freed before step 0.
+θ is saved before the probes and restored after each, so the run starts from exactly the base weights (a
+probe's ±hz passes would leave a rounding residue that no trajectory record describes). It is saved to an
+unlinked temporary file, not copied in memory: a copy of the trainable arena is the size of the model when
+everything is tuned, and the run's whole-process peak must stay at inference's (the file's pages sit in the
+page cache, outside the process's RSS). Only a file that cannot be written falls back to a copy in memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import logging
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -70,9 +75,8 @@ def calibrate(buffer: np.ndarray, seed: int, noise: str, batches: list[Callable[
 
     ``batches``: one callable per calibration batch that binds it; ``loss``: the mean loss of the bound batch
     at the arena's current θ. Probe i runs on batch i mod len(batches)."""
-    theta = buffer.copy()
     base, curvatures, grads = [], [], []
-    try:
+    with _saved(buffer) as restore:
         for b, bind in enumerate(batches):
             bind()
             base.append(float(loss()))
@@ -82,12 +86,36 @@ def calibrate(buffer: np.ndarray, seed: int, noise: str, batches: list[Callable[
                 plus = float(loss())
                 _core.perturb(buffer, z_seed, -2 * PROBE_H, noise, 0)
                 minus = float(loss())
-                buffer[...] = theta
+                restore()
                 curvatures.append((plus + minus - 2 * base[b]) / PROBE_H**2)
                 grads.append((plus - minus) / (2 * PROBE_H))
-    finally:
-        buffer[...] = theta
     return choose(curvatures, grads, base, eps, C_LR if c is None else c, forwards=len(batches) + 2 * probes)
+
+
+@contextlib.contextmanager
+def _saved(buffer: np.ndarray) -> Iterator[Callable[[], None]]:
+    """θ saved (see the module's docstring); yields the function that puts it back, called once more on exit."""
+    raw = memoryview(buffer).cast("B")
+    with contextlib.ExitStack() as stack:
+        try:
+            file = stack.enter_context(tempfile.TemporaryFile())  # unlinked at once: gone however the process ends
+            file.write(raw)
+            file.flush()
+
+            def restore() -> None:  # read straight into the arena: no second buffer
+                file.seek(0)
+                if file.readinto(raw) != raw.nbytes:
+                    raise OSError("short read of the saved weights")
+        except OSError as exc:  # a full or read-only temporary folder
+            logging.getLogger(__name__).info("lr auto: the weights kept in memory during calibration (%s)", exc)
+            copy = buffer.copy()
+
+            def restore() -> None:
+                buffer[...] = copy
+        try:
+            yield restore
+        finally:
+            restore()
 
 
 def choose(curvatures: list[float], grads: list[float], base: list[float], eps: float | None, c: float,
