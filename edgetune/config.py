@@ -111,9 +111,11 @@ def typed_options(cls: type, values: Mapping[str, Any], source: str | Path | Non
     """``values`` (keys among ``cls``'s fields) checked against the field types; float fields must be finite.
 
     ``source``: the YAML file they came from, named in the message with the key; its numeric strings
-    are accepted for float fields, as the flag parser accepts them.
+    are accepted for float fields, as the flag parser accepts them. A numeric field that also takes words
+    (``--lr auto``) takes those words only.
     """
-    return _check_types(typing.get_type_hints(cls), values, source)
+    words = {f.name: f.metadata["keywords"] for f in fields(cls) if f.metadata.get("keywords")}
+    return _check_types(typing.get_type_hints(cls), values, source, words)
 
 
 def check_option(name: str, value: Any, hint: Any, bound: Bound | None = None) -> Any:
@@ -125,11 +127,13 @@ def check_option(name: str, value: Any, hint: Any, bound: Bound | None = None) -
 
 
 def _check_types(hints: Mapping[str, Any], values: Mapping[str, Any], source: str | Path | None = None,
-                 ) -> dict[str, Any]:
+                 words: Mapping[str, tuple[str, ...]] = {}) -> dict[str, Any]:
     checked = {}
     for name, value in values.items():
         ok, kept = _coerce(value, hints[name], numeric_text=source is not None)
         where = f"{source}: key '{name}'" if source is not None else flag(name)
+        if name in words and isinstance(kept, str) and kept not in words[name]:
+            raise EdgetuneError(f"{where}: expected a number or {choice_words(words[name])}, got {_shown(value)}")
         if not ok:
             raise EdgetuneError(f"{where}: expected {_expected(hints[name])}, got {_shown(value)}")
         if isinstance(kept, float) and not math.isfinite(kept):
@@ -371,10 +375,7 @@ def validate_fields(options: Any) -> None:
         value = getattr(options, f.name)
         if value is None:
             continue
-        if isinstance(value, str) and f.metadata.get("keywords"):  # a word in place of a number: --lr auto
-            if value not in f.metadata["keywords"]:
-                raise EdgetuneError(f"{flag(f.name)} must be {f.metadata['bound'].describe()} or "
-                                    f"{choice_words(f.metadata['keywords'])}, got '{value}'")
+        if isinstance(value, str) and f.metadata.get("keywords"):  # --lr auto: a word the type check let through
             continue
         if f.metadata.get("bound") is not None:
             check_bounds({f.name: value}, {f.name: f.metadata["bound"]})

@@ -171,8 +171,8 @@ def test_auto_is_the_default_and_a_yaml_config_takes_it(tmp_path):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"lr": "fast"}, "--lr must be positive or auto, got 'fast'"),
-    ({"eps": "big"}, "--eps must be positive or auto, got 'big'"),
+    ({"lr": "fast"}, "--lr: expected a number or auto, got 'fast'"),
+    ({"eps": "big"}, "--eps: expected a number or auto, got 'big'"),
     ({"lr": -1.0}, "--lr must be positive, got -1.0"),
     ({"lr_adapt": "adam"}, "--lr-adapt must be off or meazo, not 'adam'"),
     ({"guard": "maybe"}, "--guard must be on or off, not 'maybe'"),

@@ -254,13 +254,14 @@ def test_sigterm_checkpoints_too_and_exits_143(bundle, tmp_path):
 
 def test_an_interrupted_api_run_checkpoints_or_says_nothing_was_saved(bundle, tmp_path):
     tuner = Tuner.from_onnx(bundle["model"], trainable="last:1", max_length=64)
-    # step 4 (0-based) is chained to the next: the run stops after that one, whose end leaves θ exact
+    # step 4 (0-based) is chained to the next: the run stops after that one, whose end leaves θ exact (the guard,
+    # which never chains, is off)
     with pytest.raises(Interrupted, match=r"interrupted at step 6; nothing was saved \(no output folder\)"):
-        tuner.fit(bundle["train"], steps=20, progress=KillAtStep(4))
+        tuner.fit(bundle["train"], steps=20, progress=KillAtStep(4), guard="off")
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt) as raised:  # what an embedder catches
         Tuner.from_onnx(bundle["model"], trainable="last:1", max_length=64).fit(
-            bundle["train"], output_dir=out, steps=20, progress=KillAtStep(9))
+            bundle["train"], output_dir=out, steps=20, progress=KillAtStep(9), guard="off")
     assert f"checkpoint saved in {out / 'checkpoint.safetensors'}" in str(raised.value)
     assert len((out / "steps.jsonl").read_text().splitlines()) == 11  # step 9's chained successor ends unchained
 
