@@ -202,9 +202,9 @@ class _CommonOptions:
     rotate_mode: str = option("random", "--rotate: walk the blocks in order (cyclic) or draw them from the seed "
                               "(random)", choices=ROTATE_MODES, trajectory=True)
     activation_cache: str = option("auto", "keep the frozen prefix's output per training example, so that after "
-                                   "the first epoch a step runs only the trainable suffix: auto (in RAM up to a "
-                                   "quarter of the model's size, else in a temporary file), off, or a RAM budget "
-                                   "such as 200MB")
+                                   "the first epoch a step runs only the trainable suffix: auto (in a temporary file, "
+                                   "read through the page cache: no RSS), off, or a RAM budget such as 200MB (in "
+                                   "RAM when it all fits, else the file)")
     activation_cache_dtype: str = option("fp32", "--activation-cache storage: fp32 (the same losses to the last "
                                          "bit) or fp16 (half the memory, not exact)", choices=("fp32", "fp16"))
 
