@@ -598,6 +598,9 @@ def trajectory_header(tuner: TunedModel, config: TrainConfig, model_digest: str)
 
 def _check_fingerprint(path: Path, saved: Mapping[str, Any], fingerprint: Mapping[str, Any]) -> None:
     for key, value in fingerprint.items():
+        if key not in saved:  # an option added since: its behaviour then is not one the run can continue
+            raise EdgetuneError(f"{path}: cannot resume, the checkpoint predates the '{key}' option (an older "
+                                "edgetune wrote it): resume with that version or start the run again")
         if saved.get(key) != value:
             what = "file contents" if key in ("data", "model", "tokenizer") else f"value {saved.get(key)!r}"
             raise EdgetuneError(f"{path}: cannot resume, '{key}' differs from the checkpoint ({what})")

@@ -165,6 +165,21 @@ def test_resume_refuses_a_different_tokenizer(classifier, tmp_path):
         again.fit(classifier["train"], output_dir=tmp_path / "out", steps=6, resume=True)
 
 
+def test_resume_refuses_a_checkpoint_from_before_an_option(classifier, tmp_path):
+    """A checkpoint an older edgetune wrote lacks the options added since (the guard, --head, ...): what the run
+    did under them is unknown, so resuming it is refused in one line naming the option, not a confusing 'differs'."""
+    from edgetune.artifacts.checkpoint import load_checkpoint, save_checkpoint
+
+    out = tmp_path / "out"
+    Tuner.from_onnx(classifier["model"], trainable="last:1").fit(classifier["train"], output_dir=out, steps=3)
+    tensors, state = load_checkpoint(out / "checkpoint.safetensors")
+    del state["fingerprint"]["guard"]
+    save_checkpoint(out / "checkpoint.safetensors", tensors, state)
+    again = Tuner.from_onnx(classifier["model"], trainable="last:1")
+    with pytest.raises(EdgetuneError, match="cannot resume, the checkpoint predates the 'guard' option"):
+        again.fit(classifier["train"], output_dir=out, steps=6, resume=True)
+
+
 def test_evaluation_runs_the_training_batch_unless_told_otherwise():
     """An evaluation batch larger than a step's would set the job's peak memory above the step's."""
     from edgetune.config import TrainConfig
