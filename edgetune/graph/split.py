@@ -104,13 +104,17 @@ def cache_cut(model: onnx.ModelProto, prefix_nodes: list[onnx.NodeProto], bounda
     Kept: the float tensors that a layer (a matrix product, an embedding lookup) computes, such as the
     hidden states; their row for an example does not change while the prefix is frozen. The others (an
     attention mask, a shape) depend on the batch's padding, and are cheap: ``rest`` recomputes them from the
-    batch's inputs and the kept tensors, so a batch whose rows are all cached never runs the prefix.
+    batch's inputs and the kept tensors, so a batch whose rows are all cached never runs the prefix. Where
+    one of the others needs a layer itself, there is no cache (``[], None``): ``rest`` would hold its weights.
     """
     initializers = {i.name for i in model.graph.initializer}
+
+    def is_layer(node: onnx.NodeProto) -> bool:
+        return node.op_type in _HEAVY or (node.op_type == "Gather" and node.input[0] in initializers)
+
     heavy: dict[str, bool] = {}
     for node in prefix_nodes:  # in topological order: a node is heavy, or reads a heavy tensor
-        is_heavy = node.op_type in _HEAVY or (node.op_type == "Gather" and node.input[0] in initializers)
-        value = is_heavy or any(heavy.get(n, False) for n in node_inputs(node))
+        value = is_layer(node) or any(heavy.get(n, False) for n in node_inputs(node))
         heavy.update((o, value) for o in node.output)
     cached = [n for n in boundary if heavy.get(n) and n in types
               and types[n].type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
@@ -120,6 +124,8 @@ def cache_cut(model: onnx.ModelProto, prefix_nodes: list[onnx.NodeProto], bounda
     want, kept = set(others), []
     for node in reversed(prefix_nodes):  # the others' producers, stopping at the cached tensors
         if want.intersection(node.output) and not set(cached).intersection(node.output):
+            if is_layer(node):  # e.g. a mask shaped from the embedding's output (Llama exports): rest would
+                return [], None  # carry that layer's weights (113 MB for SmolLM2): no cache beats that cost
             kept.append(node)
             want.update(node_inputs(node))
     kept.reverse()
