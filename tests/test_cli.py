@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from edgetune.artifacts.checkpoint import load_checkpoint
-from models.tiny import build_classifier, build_tokenizer, write_jsonl
+from models.tiny import build_classifier, build_tokenizer
 from tests.badinput import assert_rejected
 
 TUNE = ("tune", "--steps", "6", "--lr", "0.01", "--batch-size", "8")

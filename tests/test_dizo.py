@@ -10,9 +10,8 @@ from safetensors.numpy import save_file
 
 from edgetune import Tuner
 from edgetune.config import TrainConfig
-from edgetune.graph.cache import _SafetensorsFile
 from edgetune.artifacts.trajectory import FILE_NAME as TRAJECTORY, Trajectory
-from edgetune.zo import Anchors, build_optimizer
+from edgetune.zo import build_optimizer
 
 DIZO = dict(optimizer="dizo", lr=5e-3, eps=1e-3, queries=2, dizo_interval=5, dizo_iters=4)
 
