@@ -1,0 +1,211 @@
+/*
+ * edgetune_runtime.h — C API of the edgetune tuning runtime: tunes a model on the device, with no
+ * Python, from a bundle that `edgetune bundle` wrote on a workstation (docs/bundle.md). It runs the
+ * bundle's graphs through ONNX Runtime's C API (the library is loaded at run time, see
+ * et_runtime_options.ort_library), draws batches, takes ZO-SGD steps with the core's kernels
+ * (edgetune.h), evaluates, checkpoints and saves a plain model.onnx. Same bundle, data, seed and
+ * flags as `edgetune tune --bundle` give the same per-step losses and a bit-identical tuned slice.
+ *
+ * Usage:
+ *
+ *   et_runtime_options o;
+ *   et_runtime_default_options(&o);             // always start from the defaults
+ *   o.threads = 2;
+ *   et_runtime *rt = NULL;
+ *   if (et_runtime_open("bundle", &o, &rt) != ET_OK) {
+ *       fprintf(stderr, "%s\n", et_runtime_last_error(NULL));   // open failed: no handle
+ *       return 1;
+ *   }
+ *   int64_t ids[] = {101, 2023, 3185, 2001, 2307, 102};
+ *   et_runtime_add_example(rt, ET_SPLIT_TRAIN, ids, 6, 1);       // or et_runtime_load_jsonl
+ *   et_train_params p;
+ *   et_runtime_default_train_params(rt, &p);    // the bundle's defaults (lr, eps, steps ...)
+ *   p.steps = 200; p.progress = on_step; p.user = ctx; p.cancel = &cancel_flag;
+ *   et_train_result r;
+ *   if (et_runtime_train(rt, &p, &r) != ET_OK) fprintf(stderr, "%s\n", et_runtime_last_error(rt));
+ *   et_metrics m;
+ *   et_runtime_evaluate(rt, ET_SPLIT_EVAL, &m);  // m.loss, m.accuracy
+ *   et_runtime_save(rt, "tuned");                // tuned/model.onnx + tuned/trainable.safetensors
+ *   et_runtime_free(rt);
+ *
+ * Conventions (as edgetune.h)
+ *   - Every fallible call returns et_status; on an error status the runtime keeps one message
+ *     (et_runtime_last_error) naming the file, line, tensor or parameter, and output pointers
+ *     are left untouched unless stated. No C++ exception crosses this boundary.
+ *   - Ownership: pointers passed IN are borrowed for the duration of the call only (the runtime
+ *     copies token ids, paths and strings it keeps). Pointers handed OUT are borrowed from the
+ *     runtime, "valid until" as stated; the caller frees only what et_runtime_open returns.
+ *   - Structs passed by pointer start with `struct_size` (set by the *_default_* functions).
+ *
+ * Thread safety
+ *   - An et_runtime is NOT internally locked: use each runtime from one thread at a time (a
+ *     background tuning thread is fine; the UI thread then only touches the cancel flag).
+ *   - The cancel flag (et_train_params.cancel) is the one thing another thread may write while
+ *     et_runtime_train runs: any non-zero value stops the run before its next step (a step is never
+ *     cut in half: the weights stay clean). The progress callback runs on the training thread.
+ *   - Several runtimes may tune concurrently; they share ONNX Runtime's env and the core's kernel
+ *     thread pool (process-global, see et_set_num_threads), which serialises kernel calls.
+ *
+ * Arithmetic (what makes the two runtimes agree; see edgetune.h for the ZO-SGD step)
+ *   - Step t's batch: rows of et_epoch_permutation(seed, epoch, n) consecutive across epochs, padded
+ *     as edgetune/data/batching.py pads them; the prefix graph runs once per step, the suffix 2q times.
+ *   - A batch's loss: double acc = 0; for each row acc += (double)loss[row]; (float)(acc / n).
+ *   - Schedules: constant, linear (to 0 at `steps`, after `warmup`), spall (Spall's gains), exactly as
+ *     edgetune/zo/schedules.py evaluates them, in double, cast to float once per step.
+ *   - A non-finite loss stops the run with ET_ERR_NONFINITE_LOSS (as the Python tuner, which stops
+ *     with an error): the weights are restored to the clean ones of that step, the message names the
+ *     step and the examples of its batch, and the run may go on (et_runtime_step retries that step).
+ */
+#ifndef EDGETUNE_RUNTIME_H
+#define EDGETUNE_RUNTIME_H
+
+#include "edgetune.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct et_runtime et_runtime;  /* opaque */
+
+/* The runtime's own statuses extend et_status (same integer type, distinct values). */
+#define ET_ERR_BUNDLE ((et_status)-20)   /* bundle missing, incomplete, bad sha256, unknown format_version */
+#define ET_ERR_ENGINE ((et_status)-21)   /* ONNX Runtime failed: library not loadable, graph or run error */
+#define ET_ERR_DATA ((et_status)-22)     /* a bad example / JSONL line / label / split without examples */
+#define ET_ERR_IO ((et_status)-23)       /* a file could not be read or written */
+#define ET_CANCELLED ((et_status)2)      /* et_runtime_train: stopped by the cancel flag or the callback */
+
+/* The most SPSA queries a step may take (the size of et_step_record.grads). */
+#define ET_RUNTIME_MAX_QUERIES 16
+
+typedef enum et_split {
+    ET_SPLIT_TRAIN = 0,
+    ET_SPLIT_EVAL = 1
+} et_split;
+
+typedef enum et_schedule {
+    ET_SCHEDULE_CONSTANT = 0,
+    ET_SCHEDULE_LINEAR = 1,      /* lr to 0 at `steps` after `warmup` */
+    ET_SCHEDULE_SPALL = 2        /* lr a/(k+1+A)^0.602, eps c/(k+1)^0.101 (schedules.py) */
+} et_schedule;
+
+typedef struct et_runtime_options {
+    uint32_t struct_size;        /* = sizeof(et_runtime_options); set by et_runtime_default_options */
+    int32_t threads;             /* ORT intra-op threads and the kernel pool; 0 = ORT's default (default 0) */
+    const char *ort_library;     /* path of libonnxruntime.so (the onnxruntime wheel's libonnxruntime.so.1.32.0
+                                    works); NULL: $EDGETUNE_ORT_LIBRARY, else "libonnxruntime.so" then
+                                    "libonnxruntime.so.1" on the loader path (default NULL). Borrowed. */
+    int32_t verify_sha256;       /* 1: check every file's sha256 against the manifest at open (default 1) */
+} et_runtime_options;
+
+typedef struct et_step_record {
+    uint32_t struct_size;        /* = sizeof(et_step_record); the runtime sets it */
+    uint64_t step;               /* 0-based */
+    float loss;                  /* mean of the step's 2q batch losses (L+ and L- of each query) */
+    float lr;                    /* the lr and eps the step used (after the schedule) */
+    float eps;
+    uint32_t queries;            /* q: grads[0..q-1] are the projected gradients */
+    float grads[ET_RUNTIME_MAX_QUERIES];
+    uint64_t seeds[ET_RUNTIME_MAX_QUERIES];  /* et_derive_seed(seed, step, i): replay needs these */
+    uint64_t forwards;           /* suffix forwards so far in the run (2q per step) */
+} et_step_record;
+
+/* Called after every step on the training thread; return non-zero to stop the run (ET_CANCELLED). */
+typedef int32_t (*et_progress_fn)(const et_step_record *record, void *user);
+
+typedef struct et_train_params {
+    uint32_t struct_size;        /* = sizeof(et_train_params); set by et_runtime_default_train_params */
+    uint64_t steps;              /* the run's total steps (schedules end there); manifest default */
+    uint64_t seed;               /* noise and batch order; manifest default */
+    uint32_t batch_size;         /* rows per step (capped to the training examples); manifest default */
+    uint32_t queries;            /* q, 1..ET_RUNTIME_MAX_QUERIES; manifest default */
+    float lr;                    /* base learning rate; manifest default (a number: no "auto" here) */
+    float eps;                   /* perturbation scale, > 0; manifest default */
+    float weight_decay;          /* decoupled, once per step (default 0) */
+    int32_t schedule;            /* et_schedule (default ET_SCHEDULE_CONSTANT) */
+    uint32_t warmup;             /* linear warm-up steps of the lr (default 0) */
+    int32_t noise;               /* et_noise; default from the manifest (rademacher) */
+    et_progress_fn progress;     /* may be NULL */
+    void *user;                  /* handed to progress as is */
+    const volatile int32_t *cancel;  /* may be NULL; read before each step (any thread may set it) */
+} et_train_params;
+
+typedef struct et_train_result {
+    uint32_t struct_size;        /* = sizeof(et_train_result); the runtime sets it */
+    uint64_t steps_done;         /* completed steps of the run (resumed ones included) */
+    uint64_t forwards;           /* suffix forwards of the run */
+    float last_loss;             /* the last step's record.loss (NaN before any step) */
+    int32_t cancelled;           /* 1 when the cancel flag or the callback stopped it */
+} et_train_result;
+
+typedef struct et_metrics {
+    uint32_t struct_size;        /* = sizeof(et_metrics); the runtime sets it */
+    uint64_t examples;           /* rows evaluated */
+    double loss;                 /* mean per-example loss */
+    double accuracy;             /* classify: argmax(logits) == label; lm: NaN */
+} et_metrics;
+
+/* Defaults; o/p: caller-owned, fully overwritten. */
+ET_API void et_runtime_default_options(et_runtime_options *o);
+
+/* Open a bundle directory: reads and checks manifest.json (format, version, every file's size and
+ * sha256), loads ONNX Runtime, creates the sessions and the arena (arena.bin). options: borrowed (NULL:
+ * defaults). *out: new runtime, caller frees with et_runtime_free; untouched on error, when
+ * et_runtime_last_error(NULL) says why (ET_ERR_BUNDLE, ET_ERR_ENGINE, ET_ERR_IO ...). */
+ET_API et_status et_runtime_open(const char *bundle_dir, const et_runtime_options *options, et_runtime **out);
+ET_API void et_runtime_free(et_runtime *rt);          /* NULL is a no-op */
+
+/* The last error message of rt (valid until the next call on rt), or with rt NULL the calling thread's
+ * last failed et_runtime_open; "" when none. Never NULL, never free. */
+ET_API const char *et_runtime_last_error(const et_runtime *rt);
+
+/* The bundle: task ("classify" | "lm"), class count (0 for lm) and class name i (NULL out of range).
+ * Strings are valid until et_runtime_free. */
+ET_API const char *et_runtime_task(const et_runtime *rt);
+ET_API uint32_t et_runtime_num_labels(const et_runtime *rt);
+ET_API const char *et_runtime_label_name(const et_runtime *rt, uint32_t i);
+
+/* Data. ids: borrowed, n token ids as the bundle's tokenizer makes them (special tokens included; cut to
+ * the bundle's max_length); label: class index (classify). The runtime copies them. */
+ET_API et_status et_runtime_add_example(et_runtime *rt, et_split split, const int64_t *ids, size_t n, int64_t label);
+/* A JSONL file of {"ids": [...], "label": 0 | "name"} lines (label by index or by class name). An error
+ * names the file and line; examples of lines before it stay added. */
+ET_API et_status et_runtime_load_jsonl(et_runtime *rt, et_split split, const char *path);
+ET_API et_status et_runtime_num_examples(const et_runtime *rt, et_split split, uint64_t *n);
+ET_API et_status et_runtime_clear(et_runtime *rt, et_split split);
+
+/* Training. set_train_params validates and latches p (borrowed) for the run; changing a trajectory-
+ * defining field after a step (seed, batch size, queries, noise, lr/eps/schedule) is ET_ERR_STATE.
+ * et_runtime_step runs the next step (ET_DONE after p.steps) and fills *record (may be NULL).
+ * et_runtime_train = set_train_params + steps until p.steps, the cancel flag or the callback stops it
+ * (ET_CANCELLED); *result may be NULL. */
+ET_API void et_runtime_default_train_params(const et_runtime *rt, et_train_params *p);
+ET_API et_status et_runtime_set_train_params(et_runtime *rt, const et_train_params *p);
+ET_API et_status et_runtime_step(et_runtime *rt, et_step_record *record);
+ET_API et_status et_runtime_train(et_runtime *rt, const et_train_params *p, et_train_result *result);
+ET_API et_status et_runtime_steps_done(const et_runtime *rt, uint64_t *steps);
+
+/* Mean per-example loss (and accuracy) of a split at the current weights, batches of the run's batch size
+ * in example order. Does not change the weights or the run. */
+ET_API et_status et_runtime_evaluate(et_runtime *rt, et_split split, et_metrics *metrics);
+
+/* The trainable slice: *data borrowed (n floats, arena order as manifest.json lists it), valid until
+ * et_runtime_free; read only between calls (never during et_runtime_train on another thread). */
+ET_API et_status et_runtime_weights(const et_runtime *rt, const float **data, size_t *n);
+
+/* Checkpoint: one file (atomic: written aside and renamed) holding the weights, the step, the train
+ * params and a digest of the bundle and the training examples. resume restores all of it; the run then
+ * continues bit-identically. A checkpoint of another bundle or other training data is refused
+ * (ET_ERR_STATE, one message naming what differs). */
+ET_API et_status et_runtime_checkpoint(et_runtime *rt, const char *path);
+ET_API et_status et_runtime_resume(et_runtime *rt, const char *path);
+
+/* Save into out_dir (created if missing): model.onnx, the bundle's plain graph with the tuned weights
+ * (streamed: the graph is copied in chunks, the tuned tensors patched in place, never held whole), plus
+ * trainable.safetensors (the tuned slice, as `edgetune tune` writes it) and the bundle's tokenizer files.
+ * Files are written aside and renamed; nothing else in out_dir is touched. */
+ET_API et_status et_runtime_save(et_runtime *rt, const char *out_dir);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EDGETUNE_RUNTIME_H */
