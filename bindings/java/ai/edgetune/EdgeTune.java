@@ -1,0 +1,323 @@
+package ai.edgetune;
+
+import java.util.Objects;
+
+/**
+ * Tunes a model on the device from a bundle that {@code edgetune bundle} wrote: a thin Java face of the C
+ * runtime (edgetune_runtime.h) over JNI. Same bundle, data, seed and parameters give the same tuned weights
+ * as the C example and {@code edgetune tune --bundle}.
+ *
+ * <pre>{@code
+ * try (EdgeTune et = EdgeTune.open(bundleDir, new EdgeTune.Options())) {
+ *     et.addExample(EdgeTune.Split.TRAIN, ids, label);             // token ids + class index
+ *     EdgeTune.TrainParams p = et.defaultTrainParams();              // the bundle's defaults
+ *     p.steps = 200;
+ *     et.train(p, rec -> { publish(rec.step, rec.loss); return true; });   // false stops the run
+ *     double acc = et.evaluate(EdgeTune.Split.EVAL).accuracy;
+ *     et.save(outDir);                                               // model.onnx + trainable.safetensors
+ * }
+ * }</pre>
+ *
+ * Threading: one thread at a time uses an instance (every method but {@link #cancel()} is synchronized, so a
+ * second thread waits rather than corrupting a run). {@link #cancel()} may be called from any thread (the UI
+ * thread) while {@link #train} runs on a background one: the run stops before its next step, never inside
+ * one. The progress listener runs on the training thread. {@link #close()} cancels a running train first,
+ * then waits for it and frees the native runtime. Errors are {@link EdgeTuneException}s carrying the
+ * runtime's one-line message and status.
+ */
+public final class EdgeTune implements AutoCloseable {
+    /** The system property naming the JNI library's path; unset: System.loadLibrary("edgetune_jni"). */
+    public static final String LIBRARY_PROPERTY = "edgetune.jni.library";
+
+    static {
+        String path = System.getProperty(LIBRARY_PROPERTY);
+        if (path != null && !path.isEmpty()) {
+            System.load(path);
+        } else {
+            System.loadLibrary("edgetune_jni"); // Android: lib/<abi>/libedgetune_jni.so of the APK
+        }
+    }
+
+    /** Which examples a call is about (et_split). */
+    public enum Split { TRAIN, EVAL }
+
+    /** Learning-rate schedules (et_schedule); the ordinal is the C value. */
+    public enum Schedule { CONSTANT, LINEAR, SPALL }
+
+    /** Perturbation distributions (et_noise); the ordinal is the C value. */
+    public enum Noise { GAUSSIAN, RADEMACHER }
+
+    /** How to open a bundle (et_runtime_options). */
+    public static final class Options {
+        /** ORT intra-op threads and the kernel pool; 0 = ONNX Runtime's default. */
+        public int threads = 0;
+        /** Path of libonnxruntime.so; null: $EDGETUNE_ORT_LIBRARY, else libonnxruntime.so on the loader path. */
+        public String ortLibrary = null;
+        /** Check every bundle file's sha256 against manifest.json at open. */
+        public boolean verifySha256 = true;
+    }
+
+    /** A run's parameters (et_train_params); start from {@link #defaultTrainParams()}. */
+    public static final class TrainParams {
+        public long steps;
+        /** The noise and batch-order seed, as an unsigned 64-bit value. */
+        public long seed;
+        public int batchSize;
+        public int queries;
+        public float lr;
+        public float eps;
+        public float weightDecay;
+        public Schedule schedule;
+        public int warmup;
+        public Noise noise;
+
+        TrainParams(long steps, long seed, int batchSize, int queries, float lr, float eps, float weightDecay,
+                    int schedule, int warmup, int noise) {
+            this.steps = steps;
+            this.seed = seed;
+            this.batchSize = batchSize;
+            this.queries = queries;
+            this.lr = lr;
+            this.eps = eps;
+            this.weightDecay = weightDecay;
+            this.schedule = Schedule.values()[schedule];
+            this.warmup = warmup;
+            this.noise = Noise.values()[noise];
+        }
+
+        /** Java-side checks the C unsigned fields cannot make (a negative int would wrap to a huge count). */
+        void check() {
+            if (steps < 0) throw new IllegalArgumentException("steps must be >= 0, got " + steps);
+            if (batchSize < 1) throw new IllegalArgumentException("batchSize must be >= 1, got " + batchSize);
+            if (queries < 1) throw new IllegalArgumentException("queries must be >= 1, got " + queries);
+            if (warmup < 0) throw new IllegalArgumentException("warmup must be >= 0, got " + warmup);
+            Objects.requireNonNull(schedule, "schedule");
+            Objects.requireNonNull(noise, "noise");
+        }
+    }
+
+    /** One finished step (et_step_record). */
+    public static final class StepRecord {
+        public final long step;
+        public final float loss;
+        public final float lr;
+        public final float eps;
+        /** The projected gradient of each query. */
+        public final float[] grads;
+        /** The noise seed of each query (what a replay needs). */
+        public final long[] seeds;
+        public final long forwards;
+
+        StepRecord(long step, float loss, float lr, float eps, float[] grads, long[] seeds, long forwards) {
+            this.step = step;
+            this.loss = loss;
+            this.lr = lr;
+            this.eps = eps;
+            this.grads = grads;
+            this.seeds = seeds;
+            this.forwards = forwards;
+        }
+    }
+
+    /** How a {@link #train} call ended (et_train_result). */
+    public static final class TrainResult {
+        public final long stepsDone;
+        public final long forwards;
+        public final float lastLoss;
+        public final boolean cancelled;
+
+        TrainResult(long stepsDone, long forwards, float lastLoss, boolean cancelled) {
+            this.stepsDone = stepsDone;
+            this.forwards = forwards;
+            this.lastLoss = lastLoss;
+            this.cancelled = cancelled;
+        }
+    }
+
+    /** A split's mean loss and accuracy (NaN for a language model) at the current weights. */
+    public static final class Metrics {
+        public final long examples;
+        public final double loss;
+        public final double accuracy;
+
+        Metrics(long examples, double loss, double accuracy) {
+            this.examples = examples;
+            this.loss = loss;
+            this.accuracy = accuracy;
+        }
+    }
+
+    /** Called after every step on the training thread; return false to stop the run (cancelled). */
+    @FunctionalInterface
+    public interface ProgressListener {
+        boolean onStep(StepRecord record);
+    }
+
+    // The native handle (an et_runtime plus its cancel flag); 0 once closed. Guarded by cancelLock for
+    // its reads in cancel() and its clearing in close(), so cancel() never touches a freed flag.
+    private long handle;
+    private final Object cancelLock = new Object();
+
+    private EdgeTune(long handle) {
+        this.handle = handle;
+    }
+
+    /** Opens a bundle directory: checks its manifest and files, loads ONNX Runtime, creates the sessions. */
+    public static EdgeTune open(String bundleDir, Options options) {
+        Objects.requireNonNull(bundleDir, "bundleDir");
+        Options o = options != null ? options : new Options();
+        if (o.threads < 0) throw new IllegalArgumentException("threads must be >= 0, got " + o.threads);
+        return new EdgeTune(nativeOpen(bundleDir, o.threads, o.ortLibrary, o.verifySha256));
+    }
+
+    /** The edgetune version the native library was built from. */
+    public static String version() {
+        return nativeVersion();
+    }
+
+    /** The kernels in use: "scalar", "avx2", "avx512" or "neon". */
+    public static String simdLevel() {
+        return nativeSimdLevel();
+    }
+
+    /** "classify" or "lm". */
+    public synchronized String task() {
+        return nativeTask(live());
+    }
+
+    /** The class names, index = class id (empty for a language model). */
+    public synchronized String[] labels() {
+        return nativeLabels(live());
+    }
+
+    /** Adds one example: token ids as the bundle's tokenizer makes them (special tokens included). */
+    public synchronized void addExample(Split split, long[] ids, long label) {
+        Objects.requireNonNull(split, "split");
+        Objects.requireNonNull(ids, "ids");
+        nativeAddExample(live(), split.ordinal(), ids, label);
+    }
+
+    /** Adds the examples of a JSONL file of {"ids": [...], "label": 0 | "name"} lines. */
+    public synchronized void loadJsonl(Split split, String path) {
+        Objects.requireNonNull(split, "split");
+        Objects.requireNonNull(path, "path");
+        nativeLoadJsonl(live(), split.ordinal(), path);
+    }
+
+    public synchronized long numExamples(Split split) {
+        Objects.requireNonNull(split, "split");
+        return nativeNumExamples(live(), split.ordinal());
+    }
+
+    public synchronized void clear(Split split) {
+        Objects.requireNonNull(split, "split");
+        nativeClear(live(), split.ordinal());
+    }
+
+    /** The bundle's defaults (manifest.json "defaults"), constant schedule, no warm-up, no decay. */
+    public synchronized TrainParams defaultTrainParams() {
+        return nativeDefaultTrainParams(live());
+    }
+
+    /** Latches the parameters of the run that {@link #step()} advances. */
+    public synchronized void setTrainParams(TrainParams p) {
+        nativeSetTrainParams(live(), checked(p));
+    }
+
+    /** Runs the next step of the run; null once the run has taken all its steps. */
+    public synchronized StepRecord step() {
+        return nativeStep(live());
+    }
+
+    /**
+     * Runs steps until p.steps, {@link #cancel()} or the listener (may be null) stops it. An exception the
+     * listener throws stops the run and comes out of this call unchanged.
+     */
+    public synchronized TrainResult train(TrainParams p, ProgressListener listener) {
+        return nativeTrain(live(), checked(p), listener);
+    }
+
+    /** Stops a running {@link #train} before its next step; any thread may call it. A no-op when closed. */
+    public void cancel() {
+        synchronized (cancelLock) {
+            if (handle != 0) nativeCancel(handle);
+        }
+    }
+
+    /** Completed steps of the run (resumed ones included). */
+    public synchronized long stepsDone() {
+        return nativeStepsDone(live());
+    }
+
+    /** Mean per-example loss and accuracy of a split at the current weights; the run is unchanged. */
+    public synchronized Metrics evaluate(Split split) {
+        Objects.requireNonNull(split, "split");
+        return nativeEvaluate(live(), split.ordinal());
+    }
+
+    /** A copy of the trainable slice, in the arena order manifest.json lists. */
+    public synchronized float[] weights() {
+        return nativeWeights(live());
+    }
+
+    /** Writes a checkpoint file (atomically) that {@link #resume} continues bit-identically. */
+    public synchronized void checkpoint(String path) {
+        nativeCheckpoint(live(), Objects.requireNonNull(path, "path"));
+    }
+
+    public synchronized void resume(String path) {
+        nativeResume(live(), Objects.requireNonNull(path, "path"));
+    }
+
+    /** Saves model.onnx (the plain graph with the tuned weights), trainable.safetensors and the tokenizer. */
+    public synchronized void save(String outDir) {
+        nativeSave(live(), Objects.requireNonNull(outDir, "outDir"));
+    }
+
+    /** Cancels a running train, waits for it, frees the native runtime. Idempotent. */
+    @Override
+    public void close() {
+        cancel();
+        synchronized (this) {
+            long h;
+            synchronized (cancelLock) {
+                h = handle;
+                handle = 0;
+            }
+            if (h != 0) nativeFree(h);
+        }
+    }
+
+    private long live() {
+        if (handle == 0) throw new IllegalStateException("EdgeTune is closed");
+        return handle;
+    }
+
+    private static TrainParams checked(TrainParams p) {
+        Objects.requireNonNull(p, "params");
+        p.check();
+        return p;
+    }
+
+    private static native long nativeOpen(String bundleDir, int threads, String ortLibrary, boolean verifySha256);
+    private static native void nativeFree(long h);
+    private static native void nativeCancel(long h);
+    private static native String nativeVersion();
+    private static native String nativeSimdLevel();
+    private static native String nativeTask(long h);
+    private static native String[] nativeLabels(long h);
+    private static native void nativeAddExample(long h, int split, long[] ids, long label);
+    private static native void nativeLoadJsonl(long h, int split, String path);
+    private static native long nativeNumExamples(long h, int split);
+    private static native void nativeClear(long h, int split);
+    private static native TrainParams nativeDefaultTrainParams(long h);
+    private static native void nativeSetTrainParams(long h, TrainParams p);
+    private static native StepRecord nativeStep(long h);
+    private static native TrainResult nativeTrain(long h, TrainParams p, ProgressListener listener);
+    private static native long nativeStepsDone(long h);
+    private static native Metrics nativeEvaluate(long h, int split);
+    private static native float[] nativeWeights(long h);
+    private static native void nativeCheckpoint(long h, String path);
+    private static native void nativeResume(long h, String path);
+    private static native void nativeSave(long h, String outDir);
+}
