@@ -25,7 +25,7 @@ from edgetune.errors import EdgetuneError
 from edgetune.graph.units import parse_size_mb
 # Bound and option are the vocabulary of every option declaration, the optimizers' included (re-exported here)
 from edgetune.zo.options import (OPTIMIZER_NAMES, OPTIMIZER_OPTIONS, ROTATE_MODES, Bound, DiZOOptions, HeadOptions,
-                                 MicroAdamOptions, WindowOptions, option)
+                                 HiZOOOptions, LOZOOptions, MicroAdamOptions, WindowOptions, option)
 from edgetune.zo.queries import QUERY_SCHEDULES
 
 TASKS = ("classification", "lm")
@@ -210,7 +210,8 @@ class _CommonOptions:
 
 
 @dataclass
-class TrainConfig(HeadOptions, MicroAdamOptions, WindowOptions, DiZOOptions, _CommonOptions):
+class TrainConfig(HiZOOOptions, LOZOOptions, HeadOptions, MicroAdamOptions, WindowOptions, DiZOOptions,
+                  _CommonOptions):
     """How to tune. Every field is also a ``tune`` flag (``--batch-size``) and a YAML key (``batch_size``).
 
     The fields are the common options, then those each optimizer declares (:mod:`edgetune.zo.options`),
@@ -253,6 +254,12 @@ class TrainConfig(HeadOptions, MicroAdamOptions, WindowOptions, DiZOOptions, _Co
             raise EdgetuneError(f"--rotate works with --optimizer zo-sgd only, not '{self.optimizer}'")
         if self.rotate and self.parallel != "off":
             raise EdgetuneError("--rotate needs --parallel off (P-RGE perturbs copies of the whole slice)")
+        if self.optimizer == "hizoo" and self.noise != "gaussian":
+            # its curvature estimate weighs each weight by u² − 1, which ±1 noise makes 0 everywhere
+            raise EdgetuneError("--optimizer hizoo needs --noise gaussian (with rademacher noise u² = 1, so its "
+                                "curvature estimate c·(u² − 1) is 0)")
+        if self.optimizer == "hizoo" and self.query_schedule != "fixed":
+            raise EdgetuneError(f"--optimizer hizoo needs --query-schedule fixed, not {self.query_schedule}")
         self._validate_calibration_budget()
         self._validate_head()
         if self.activation_cache not in ("auto", "off"):

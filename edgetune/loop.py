@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +27,7 @@ from edgetune.artifacts.outdir import claim_output
 from edgetune.artifacts.steplog import JsonlLog
 from edgetune.artifacts.trajectory import FILE_NAME as TRAJECTORY, Trajectory, check_room
 from edgetune.config import TrainConfig
+from edgetune.zo.options import OPTIMIZER_OPTIONS
 from edgetune.data import BatchStream, TokenizedSet, Verbalizer
 from edgetune.data.batching import Batch
 from edgetune.data.tokenizer import SIDECARS as TOKENIZER_SIDECARS
@@ -185,7 +186,8 @@ class TrainingRun:
         tuner, config = self.tuner, self.resolved
         if config.head == "exact":
             return self._exact_head(config)
-        optimizer = build_optimizer(config, tuner.arena.buffer(), anchors=tuner.anchors, subsets=self.subsets)
+        optimizer = build_optimizer(config, tuner.arena.buffer(), anchors=tuner.anchors, subsets=self.subsets,
+                                    weights=tuner.weights)
         return self._with_step_size(optimizer)
 
     def _exact_head(self, config: TrainConfig) -> ExactHead:
@@ -255,6 +257,9 @@ class TrainingRun:
         self.trajectory = self.trajectory.continued(self.out / TRAJECTORY, step)
         for record in self.trajectory.records:
             self._track(record)
+        rebuild = getattr(self.optimizer, "rebuild", None)  # state kept in the steps, not the checkpoint (HiZOO's Σ)
+        if rebuild is not None:
+            rebuild(self.trajectory.records)
 
     def bind(self) -> LossEngine | CopyBatchedEngine:
         """The engine the steps run on, set up once: the first batch bound and self-checked, and under
@@ -563,7 +568,10 @@ def run_fingerprint(tuner: TunedModel, config: TrainConfig, data: str | Path) ->
     the slice, the files and the settings that decide every token."""
     # A decaying lr or a growing q depends on the total, so only constant ones may be extended on resume.
     keyed_to_total = config.schedule != "constant" or config.query_schedule == "grow"
-    keys = _TRAJECTORY_KEYS + (("steps",) if keyed_to_total else ())
+    # another optimizer's options cannot change this run: leaving them out keeps checkpoints from before an
+    # optimizer was added resumable
+    keys = tuple(k for k in _TRAJECTORY_KEYS if k not in _other_optimizers_options(config.optimizer))
+    keys += ("steps",) if keyed_to_total else ()
     verbalizer = tuner.verbalizer
     return {
         **{k: getattr(config, k) for k in keys},
@@ -576,6 +584,10 @@ def run_fingerprint(tuner: TunedModel, config: TrainConfig, data: str | Path) ->
         "model": file_digest(tuner.model_path),
         "tokenizer": tokenizer_digest(tuner.tokenizer_path),
     }
+
+
+def _other_optimizers_options(optimizer: str) -> set[str]:
+    return {f.name for group in OPTIMIZER_OPTIONS if optimizer not in group.for_optimizers for f in fields(group)}
 
 
 def tokenizer_digest(tokenizer_path: Path) -> str:

@@ -68,7 +68,7 @@ def replay_run(base_path: str | Path, log_path: str | Path, output_dir: str | Pa
     if verbalizer is None and labels is not None:
         tuner.labels = labels  # labels from the run's data, not the base
     optimizer = build_optimizer(config, tuner.arena.buffer(), anchors=tuner.anchors,
-                                subsets=block_subsets(config, tuner.params, tuner.arena))
+                                subsets=block_subsets(config, tuner.params, tuner.arena), weights=tuner.weights)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, as one line
         for record in log.records:
             optimizer.replay(record)

@@ -6,12 +6,14 @@ one by name from :data:`OPTIMIZERS` (``--optimizer``) and never looks inside it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
 
 from edgetune.zo.dizo import Anchors, DiZO
+from edgetune.zo.hizoo import HiZOO
+from edgetune.zo.lowrank import LOZO
 from edgetune.zo.microadam import ZOMicroAdam
 from edgetune.zo.prge import ParallelZO
 from edgetune.zo.schedules import Schedule
@@ -43,16 +45,17 @@ class Optimizer(Protocol):
 
 
 OPTIMIZERS: dict[str, type] = {
-    cls.name: cls for cls in (ZOSGD, DiZO, ZOMomentum, ZOAdam, ZOMicroAdam)
+    cls.name: cls for cls in (ZOSGD, DiZO, ZOMomentum, ZOAdam, ZOMicroAdam, LOZO, HiZOO)
 }
 
 
 def build_optimizer(config, buffer: np.ndarray, anchors: Anchors | None = None,
-                    subsets: BlockSubsets | None = None) -> Optimizer:
+                    subsets: BlockSubsets | None = None, weights: Mapping[str, np.ndarray] | None = None) -> Optimizer:
     """The optimizer ``config.optimizer`` names, over ``buffer``, with the config's schedules.
 
     ``anchors`` (the pretrained θ0, memory-mapped) reaches only optimizers that declare ``uses_anchors``;
-    ``subsets`` (:func:`edgetune.zo.subset.block_subsets`, the arena's blocks) is required by ``--rotate``.
+    ``subsets`` (:func:`edgetune.zo.subset.block_subsets`, the arena's blocks) is required by ``--rotate``;
+    ``weights`` (the arena's views by tensor name) by optimizers that declare ``uses_layout`` (LOZO's matrices).
     """
     if getattr(config, "rotate", 0) and subsets is None:
         raise ValueError("--rotate needs the arena's block subsets (edgetune.zo.subset.block_subsets)")
@@ -61,12 +64,16 @@ def build_optimizer(config, buffer: np.ndarray, anchors: Anchors | None = None,
     cls = OPTIMIZERS[config.optimizer]
     if getattr(cls, "uses_anchors", False):
         return cls.from_config(config, buffer, anchors)
+    if getattr(cls, "uses_layout", False):
+        if weights is None:
+            raise ValueError(f"--optimizer {cls.name} needs the arena's tensors (weights=)")
+        return cls.from_config(config, buffer, weights)
     if subsets is not None:  # TrainConfig.validate lets --rotate reach ZO-SGD only
         return cls.from_config(config, buffer, subsets=subsets)
     return cls.from_config(config, buffer)
 
 
 __all__ = [
-    "OPTIMIZERS", "Anchors", "BlockSubsets", "DiZO", "Optimizer", "Schedule",
+    "OPTIMIZERS", "Anchors", "BlockSubsets", "DiZO", "HiZOO", "LOZO", "Optimizer", "Schedule",
     "StepRecord", "ZOAdam", "ZOMicroAdam", "ZOMomentum", "ZOSGD", "build_optimizer",
 ]

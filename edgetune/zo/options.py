@@ -16,7 +16,7 @@ from typing import Any
 
 # The names --optimizer takes, in the order messages and help list them (edgetune.zo.OPTIMIZERS maps them
 # to their classes; a test holds the two equal).
-OPTIMIZER_NAMES = ("zo-sgd", "dizo", "zo-momentum", "zo-adam", "zo-microadam")
+OPTIMIZER_NAMES = ("zo-sgd", "dizo", "zo-momentum", "zo-adam", "zo-microadam", "lozo", "hizoo")
 ROTATE_MODES = ("cyclic", "random")
 HEAD_METHODS = ("adam", "sgd")  # the exact head's first-order update (edgetune.zo.exact_head)
 
@@ -106,7 +106,34 @@ class MicroAdamOptions:
                                  bound=Bound(high=1, positive=True), trajectory=True)
 
 
-OPTIMIZER_OPTIONS = (DiZOOptions, WindowOptions, MicroAdamOptions)
+@dataclass
+class LOZOOptions:
+    """``--optimizer lozo``: each matrix's perturbation is U Vᵀ/√r, U fresh every step, V every ν steps (LOZO,
+    arXiv 2410.07698); see :mod:`edgetune.zo.lowrank`."""
+
+    for_optimizers = ("lozo",)
+
+    lozo_rank: int = option(2, "rank r of each weight matrix's perturbation U Vᵀ/√r (a matrix with a side of r "
+                            "or fewer gets dense noise)", bound=Bound(1), trajectory=True)
+    lozo_interval: int = option(50, "draw each matrix's V afresh every this many steps (ν); U is drawn every step",
+                                bound=Bound(1), trajectory=True)
+
+
+@dataclass
+class HiZOOOptions:
+    """``--optimizer hizoo``: a diagonal Hessian estimate shapes the perturbation (HiZOO, arXiv 2402.15173);
+    see :mod:`edgetune.zo.hizoo`."""
+
+    for_optimizers = ("hizoo",)
+
+    hizoo_smooth: float = option(0.01, "smoothing α of the diagonal Hessian estimate: Σ ← (1 − α)Σ + α|Σ'| each "
+                                 "query", bound=Bound(0, 1, positive=True, below=True), trajectory=True)
+    hizoo_max_params: int = option(5_000_000, "the most trainable weights hizoo takes (it keeps 4 bytes of "
+                                   "curvature per weight, and temporaries as large)", bound=Bound(1),
+                                   trajectory=True)
+
+
+OPTIMIZER_OPTIONS = (DiZOOptions, WindowOptions, MicroAdamOptions, LOZOOptions, HiZOOOptions)
 
 
 @dataclass

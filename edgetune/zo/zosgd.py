@@ -49,6 +49,7 @@ class StepRecord:
     divisor: int | None = None  # the q of the lr/q each query's fused pass applied (see fused_update); None: len(seeds)
     blocks: list[int] | None = None  # the blocks a rotated step updated (--rotate); None: the whole arena
     rollback: int | None = None  # the guard's undo back to θ before step ``rollback`` (edgetune.zo.guard); no forwards
+    curvature: list[float] | None = None  # HiZOO: each query's (L+ + L− − 2L(θ))/2ε², what its Σ update read
 
     def __post_init__(self) -> None:
         if self.forwards is None:
@@ -59,7 +60,8 @@ class StepRecord:
     def to_json(self) -> dict:
         """The fields, less an absent projection and a divisor equal to q (the trajectory log stores only
         the fields present)."""
-        implied = {"projection": None, "divisor": len(self.seeds), "blocks": None, "rollback": None}
+        implied = {"projection": None, "divisor": len(self.seeds), "blocks": None, "rollback": None,
+                   "curvature": None}
         return {k: v for k, v in self.__dict__.items() if k not in implied or v != implied[k]}
 
 
