@@ -1,0 +1,128 @@
+"""Where ONNX Runtime would run each trainable node of a suffix graph, and which placements to refuse.
+
+The placement is ORT's own: a session created with the provider and ``session.record_ep_graph_assignment_info``
+reports, per provider, the nodes it was given (``InferenceSession.get_provider_graph_assignment_info``),
+after the optimizers that run before partitioning (so a fused node shows under its new name and type).
+
+A trainable weight is a graph input bound to the arena; a provider that copies or compiles it when the session
+is created would keep computing with the initial values while the tuner updates the arena: the run would
+report a loss that never moves for reasons no error explains. :data:`IGNORES_UPDATES` lists those placements
+(from the providers' sources: XNNPACK prepacks MatMul/Gemm/Conv weights, CoreML's Gemm takes constant
+weights, NNAPI compiles its model and is deprecated since Android 15); such a placement is refused.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Collection, Iterable
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnxruntime as ort
+
+from edgetune.engine.session import session_options
+from edgetune.errors import ModelError
+
+CPU = "CPUExecutionProvider"
+SHORT_NAMES = {"cpu": CPU, "xnnpack": "XnnpackExecutionProvider", "coreml": "CoreMLExecutionProvider",
+               "nnapi": "NnapiExecutionProvider", "qnn": "QNNExecutionProvider", "cuda": "CUDAExecutionProvider",
+               "webgpu": "WebGpuExecutionProvider", "dml": "DmlExecutionProvider"}
+ANY_OP = "*"
+# provider -> {op type or ANY_OP: why an update of its weight input would be ignored there}
+IGNORES_UPDATES: dict[str, dict[str, str]] = {
+    "XnnpackExecutionProvider": {op: "XNNPACK prepacks its weight when the session is created"
+                                 for op in ("MatMul", "Gemm", "Conv", "ConvTranspose")},
+    "CoreMLExecutionProvider": {"Gemm": "CoreML takes a Gemm's weight as a constant of its compiled model"},
+    "NnapiExecutionProvider": {ANY_OP: "NNAPI compiles the weights into its model (and is deprecated since "
+                                       "Android 15)"},
+}
+# ORT fuses MatMul + Add back into Gemm before partitioning; the bundle's --gemm-to-matmul is undone
+# unless an accelerator's session disables that fusion (CPU's Gemm reads its inputs at every run).
+KEEP_MATMUL = ("optimization.disable_specified_optimizers", "MatMulAddFusion")
+# ops that pass a weight on unchanged in value: their consumers compute with the trainable tensor
+_PASS_THROUGH = {"Transpose", "Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze"}
+
+
+def provider_name(name: str) -> str:
+    """``xnnpack`` or ``XnnpackExecutionProvider`` -> ``XnnpackExecutionProvider``."""
+    return SHORT_NAMES.get(name.lower(), name)
+
+
+def trainable_nodes(model: onnx.ModelProto, trainable: Collection[str]) -> dict[str, list[str]]:
+    """The nodes that compute with a trainable tensor (through pass-through ops such as the Gemm pass's
+    Transpose), by name, with the trainable tensors each reads."""
+    reads = {name: name for name in trainable}  # value -> the trainable tensor it carries
+    found: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        carried = [reads[i] for i in node.input if i in reads]
+        if not carried:
+            continue
+        if node.op_type in _PASS_THROUGH:
+            reads.update({o: carried[0] for o in node.output})
+        else:
+            found[node.name or node.output[0]] = carried
+    return found
+
+
+def placement_report(suffix: str, provider: str, trainable: Collection[str]) -> list[dict[str, Any]]:
+    """One row per trainable node of the graph at ``suffix``: its name, op type, weights and the provider ORT
+    assigns it; raises a one-line ModelError for a placement in :data:`IGNORES_UPDATES`."""
+    provider = provider_name(provider)
+    available = ort.get_available_providers()
+    if provider not in available:
+        raise ModelError(f"--provider {provider}: not in this onnxruntime build (available: {', '.join(available)})")
+    options = _options(provider)
+    options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+    session = _session(suffix, options, [provider, CPU])
+    assigned = {node.name: (sub.ep_name, node.op_type) for sub in session.get_provider_graph_assignment_info()
+                for node in sub.get_nodes()}
+    rows = []
+    for name, weights in trainable_nodes(_partitioned_graph(suffix, provider), trainable).items():
+        ep, op = assigned.get(name, (None, None))
+        rows.append({"node": name, "op": op, "provider": ep, "weights": weights})
+    check_placement(rows)
+    return rows
+
+
+def _options(provider: str) -> ort.SessionOptions:
+    """The tuner's session options (``engine/session.py``); an accelerator's keep MatMul + Add as they are."""
+    options = session_options(None)
+    if provider != CPU:
+        options.add_session_config_entry(*KEEP_MATMUL)
+    return options
+
+
+def _session(path: str, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(path, options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own classes with multi-line text
+        raise ModelError(f"{path}: {providers[0]} cannot load the graph ({str(exc).splitlines()[0]})") from None
+
+
+def _partitioned_graph(path: str, provider: str) -> onnx.ModelProto:
+    """The graph as ORT partitions it: after the basic optimizers, which run before the providers are asked
+    and fuse nodes under new names (``NAME/MatMulAddFusion``): the names the assignment reports. Those
+    optimizers use standard ops only, so the CPU provider's result is every provider's."""
+    options = _options(provider)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    with tempfile.TemporaryDirectory(prefix="edgetune-placement-") as folder:
+        options.optimized_model_filepath = str(Path(folder) / "basic.onnx")
+        _session(path, options, [CPU])
+        return onnx.load(options.optimized_model_filepath, load_external_data=False)
+
+
+def check_placement(rows: Iterable[dict[str, Any]]) -> None:
+    """Refuse, in one line, a trainable node placed where updates to its weight would be ignored."""
+    for row in rows:
+        rules = IGNORES_UPDATES.get(row["provider"] or "", {})
+        why = rules.get(row["op"]) or rules.get(ANY_OP)
+        if why:
+            raise ModelError(f"trainable node '{row['node']}' ({row['op']}, weight {row['weights'][0]}) would run on "
+                             f"{row['provider']}: {why}, so tuning would silently ignore its updates; "
+                             "bundle for another --provider")
+
+
+def describe(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """The report as lines: ``node (op): provider``."""
+    return [f"{row['node']} ({row['op']}, {', '.join(row['weights'])}): {row['provider']}" for row in rows]
