@@ -68,6 +68,7 @@ class TokenizedSet:
     ):
         self.task = task
         self.pad_id = pad_id(tokenizer)
+        self.pad_to: int | None = None  # a static-shape graph's length: every batch is padded to it
         if verbalizer is not None:
             assert labels is not None
             encoded = encode_verbalized(examples, tokenizer, max_length, verbalizer, labels)
@@ -88,7 +89,7 @@ class TokenizedSet:
 
     def batch(self, indices: Sequence[int] | np.ndarray, input_names: Sequence[str]) -> Batch:
         rows = [int(i) for i in indices]
-        length = max(len(self.ids[i]) for i in rows)
+        length = self.pad_to or max(len(self.ids[i]) for i in rows)
         ids = np.full((len(rows), length), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), length), dtype=np.int64)
         type_ids = np.zeros((len(rows), length), dtype=np.int64)

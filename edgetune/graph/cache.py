@@ -235,8 +235,13 @@ class _SafetensorsFile(Mapping):
     u64 header length, a JSON header of ``{name: {dtype, shape, data_offsets}}``, then raw bytes.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, entries: dict | None = None):
+        """``entries`` (``{name: {dtype, shape, data_offsets}}``) describes a file of raw tensors with no
+        header, such as a bundle's ``arena.bin``; without them the file's safetensors header is read."""
         self._path = path
+        if entries is not None:
+            self._entries, self._data_start = entries, 0
+            return
         with open(path, "rb") as f:
             header_len = int.from_bytes(f.read(8), "little")
             header = json.loads(f.read(header_len))
