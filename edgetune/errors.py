@@ -26,3 +26,7 @@ class TrainingError(EdgetuneError):
     """The run itself failed (non-finite loss, engine self-check)."""
 
     exit_code = 3
+
+
+class NonFiniteLoss(TrainingError):
+    """A step's loss came out NaN or infinite (θ is back where the step began): the guard may recover it."""

@@ -34,7 +34,8 @@ from edgetune.data.tokenizer import SIDECARS as TOKENIZER_SIDECARS
 from edgetune.engine import LossEngine, check_engine
 from edgetune.engine.activation_cache import ActivationCache, budget_bytes
 from edgetune.engine.prge import CopyBatchedEngine
-from edgetune.errors import EdgetuneError, TrainingError
+from edgetune.errors import EdgetuneError, NonFiniteLoss, TrainingError
+from edgetune.graph.auto_slice import AutoSlice
 from edgetune.graph.blocks import Param
 from edgetune.graph.cache import default_cache_root
 from edgetune.graph.head_grad import LinearHead
@@ -46,7 +47,7 @@ from edgetune.artifacts.trajectory import MAX_QUERIES
 from edgetune.zo import Anchors, StepRecord, build_optimizer
 from edgetune.zo.calibrate import BATCHES, Calibration, calibrate
 from edgetune.zo.exact_head import ExactHead, HeadGrads, WithoutHead
-from edgetune.zo.guard import SHRINK, Guard, undo_record, update_terms
+from edgetune.zo.guard import MAX_ROLLBACKS, SHRINK, Guard, undo_record, update_terms
 from edgetune.zo.prge import ParallelZO, parallel_strategy
 from edgetune.zo.schedules import StepSize
 from edgetune.zo.subset import block_subsets
@@ -54,6 +55,7 @@ from edgetune.zo.subset import block_subsets
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.safetensors"
+BATCH_ORDER = "core-permutation-1"
 _TRAJECTORY_KEYS = TrainConfig.trajectory_keys()  # the fields marked for the trajectory: a resumed run keeps them
 
 
@@ -70,6 +72,7 @@ class TunedModel(Protocol):
     max_length: int
     verbalizer: Verbalizer | None
     trainable_spec: TrainableSpec | None  # None: evaluation only
+    auto_slice: AutoSlice | None  # what --trainable auto chose, and why
     head: LinearHead | None  # the linear head whose exact gradient the graph outputs (--head exact)
 
     @property
@@ -297,7 +300,9 @@ class TrainingRun:
         except TrainingError as exc:
             lines = ", ".join(sorted({self.train.where[int(i)] for i in batch.examples}))
             kept = f"; last checkpoint kept in {self.checkpoint}" if self.checkpoint and self.checkpoint.exists() else ""
-            raise TrainingError(f"{exc} on examples {lines}{kept}") from None
+            if isinstance(exc, NonFiniteLoss):
+                self.spent += 2  # at least the ± pair that overflowed; no record carries them
+            raise type(exc)(f"{exc} on examples {lines}{kept}") from None
         self._append(record)
         self.spent += record.forwards
         self.step_size.observe(record.grads)
@@ -353,6 +358,26 @@ class TrainingRun:
         self.guard.rolled_back()
         self.guard_lines.append(line)
         self.note(line)
+
+    def recover(self) -> bool:
+        """A step's loss was not finite (θ is back where it began): as for a rising loss, roll back to the
+        guard's best state and halve lr, with one line. False where the guard cannot: off, an optimizer with
+        no undo, its rollbacks spent, no step since the best to undo, or θ itself not finite after the undo
+        (an update overflowed: undoing inf leaves NaN)."""
+        guard = self.guard
+        if (guard is None or not self.can_roll_back or guard.state.rollbacks >= MAX_ROLLBACKS
+                or guard.state.best_step >= self.done):
+            return False
+        failed, lr_before = self.done, self.step_size(self.done)
+        self.roll_back(guard.state.best_step)
+        if not np.isfinite(self.tuner.arena.buffer()).all():
+            return False
+        self.step_size.scale *= SHRINK
+        guard.rolled_back()
+        line = guard.nonfinite_line(failed, lr_before, self.step_size(self.done))
+        self.guard_lines.append(line)
+        self.note(line)
+        return True
 
     def roll_back(self, to_step: int) -> None:
         """θ back to before step ``to_step``: the undo of every step since, as step records (at most
@@ -432,6 +457,9 @@ def fit(tuner: TunedModel, config: TrainConfig, data: str | Path, eval_data: str
         run.before = tuner.evaluate(dev, config.eval_rows)
     if progress:
         progress.on_start(run.start, config.steps)
+    if tuner.auto_slice is not None and not resume:  # the one line that names the slice nobody named
+        run.note(tuner.auto_slice.line())
+    if progress:
         if run.before is not None and not resume:
             progress.on_eval(0, run.before)
     try:
@@ -506,7 +534,12 @@ def _train(run: TrainingRun, dev: TokenizedSet | None, progress: Progress | None
         # nor under the guard, which may roll back after any step (it undoes steps from an exact θ)
         chain = (done < config.steps and not eval_now and not save_now and not config.forward_budget
                  and stop.signum is None and run.guard is None)
-        record = run.step(chain)
+        try:
+            record = run.step(chain)
+        except NonFiniteLoss:
+            if run.recover():
+                continue  # from the best state at half the lr: the failed step left no record
+            raise
         if run.guard is not None and run.guard.observe(record):
             run.guard_acts()
         if progress:
@@ -583,6 +616,9 @@ def run_fingerprint(tuner: TunedModel, config: TrainConfig, data: str | Path) ->
         "data": file_digest(data),
         "model": file_digest(tuner.model_path),
         "tokenizer": tokenizer_digest(tuner.tokenizer_path),
+        # the rows of every step (edgetune.h et_epoch_permutation) and the batch mean's order: a checkpoint
+        # without it drew numpy's permutation and cannot be continued on the same trajectory
+        "batch_order": BATCH_ORDER,
     }
 
 

@@ -95,6 +95,32 @@ def test_without_the_guard_the_same_lr_diverges(classifier):
     assert tuner.evaluate(dev)["loss"] > 2 * base["loss"]
 
 
+OVERFLOW = dict(trainable="head", lr=1e38, eps=1e-3, steps=20, seed=0)  # step 0's update takes the logits past
+# float32's range: step 1's loss is infinite
+
+
+def test_a_non_finite_loss_is_rolled_back_and_the_run_goes_on(classifier, tmp_path, cli):
+    out = tmp_path / "run"
+    tuner, result, notes = fit(classifier, output_dir=out, **OVERFLOW)
+    assert notes[0] == "guard: non-finite loss at step 1; rolled back to step 0, lr 1e+38 → 5e+37"
+    assert result.guard[0] == notes[0] and result.steps >= OVERFLOW["steps"]  # and a keep-best rollback at the end
+    assert all(np.isfinite(w).all() for w in tuner.weights.values())
+    assert math.isfinite(tuner.evaluate(classifier["dev"])["loss"])
+    tuner.save(out)
+    undo = Trajectory.read(out / "run.etlog").records[1]
+    assert undo.step == 1 and undo.rollback == 0  # the failed step left no record: its undo takes its index
+    done = cli("replay", "--onnx", classifier["model"], "--log", out / "run.etlog", "--output", tmp_path / "replayed")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "replayed" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+
+
+def test_without_the_guard_a_non_finite_loss_ends_the_run_in_one_line(classifier, tmp_path, cli):
+    done = cli("tune", "--onnx", classifier["model"], "--data", classifier["train"], "--output-dir", tmp_path / "o",
+               "--guard", "off", *(f"--{k.replace('_', '-')}={v}" for k, v in OVERFLOW.items()))
+    assert done.returncode == 3 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("edgetune: error: non-finite loss at step 1 (")
+
+
 def test_a_run_that_ends_worse_keeps_its_best_state_and_says_so(classifier):
     # one rollback allowed is not enough at this lr: the end of the run finds it worse than the start
     tuner, result, notes = fit(classifier, eval_data=classifier["dev"], lr=3.0, eps=1e-3, steps=40, seed=3)

@@ -8,6 +8,9 @@ batches; the steps above the threshold do not feed it, so a divergence cannot ra
 2 % of the best loss: a rise within the batches' spread is not a divergence. The loop does not chain steps
 while the guard watches: a rollback starts from an exact θ (one more pass over the slice per step).
 
+A step whose loss is not finite (θ overflowed along the noise) is answered the same way, at once: back to
+the best state, lr halved (``TrainingRun.recover``); the failed step leaves no record, only its forwards.
+
 Undo (:func:`undo_record`): a ZO-SGD step is θ ← θ + c·z(seed) with c = −(lr/q)·g. The steps since the
 best state are undone by applying −c for each of their seeds: no copy of the weights, only the seeds and
 coefficients the step records already hold. The undo is written to the trajectory as one ordinary step
@@ -96,6 +99,10 @@ class Guard:
         if rolled:
             return rise + f"rolled back to step {s.best_step}, lr {lr_before:.3g} → {lr_after:.3g}"
         return rise + f"lr {lr_before:.3g} → {lr_after:.3g} (this optimizer cannot roll back: it keeps its state)"
+
+    def nonfinite_line(self, failed: int, lr_before: float, lr_after: float) -> str:
+        return (f"guard: non-finite loss at step {failed}; rolled back to step {self.state.best_step}, "
+                f"lr {lr_before:.3g} → {lr_after:.3g}")
 
     def state_dict(self) -> dict:
         state = asdict(self.state)

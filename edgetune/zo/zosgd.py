@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgetune import _core
-from edgetune.errors import EdgetuneError, TrainingError
+from edgetune.errors import EdgetuneError, NonFiniteLoss
 from edgetune.zo.base import ZOBase
 from edgetune.zo.subset import Span
 
@@ -120,7 +120,7 @@ class ZOSGD(ZOBase):
             loss_minus = f32(loss_fn())
             if not (np.isfinite(loss_plus) and np.isfinite(loss_minus)):
                 self._perturb(spans, seed, float(eps))  # back to θ before raising
-                raise TrainingError(f"non-finite loss at step {t} (L+={loss_plus}, L-={loss_minus})")
+                raise NonFiniteLoss(f"non-finite loss at step {t} (L+={loss_plus}, L-={loss_minus})")
             grads.append(float((loss_plus - loss_minus) / (f32(2) * eps)))
             losses += [float(loss_plus), float(loss_minus)]
             last = len(grads) == limit or not self.query_policy.more(grads)
