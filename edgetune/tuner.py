@@ -35,7 +35,8 @@ from edgetune.graph.loss import labelled_positions
 from edgetune.graph.prge import copy_batched
 from edgetune.graph.model import LABELS_KEY, TASK_KEY, check_model_file, load_model, max_length_for
 from edgetune.graph.prepare import arena_group
-from edgetune.graph.trainable import DEFAULT_TRAINABLE, TrainableSpec
+from edgetune.graph.auto_slice import AutoSlice, choose_slice
+from edgetune.graph.trainable import AUTO, DEFAULT_TRAINABLE, TrainableSpec
 from edgetune.loop import FitResult, Progress
 from edgetune.process.interrupt import StopRequest
 from edgetune.process.rss import peak_rss_mb
@@ -86,6 +87,7 @@ class Tuner:
         self.labels = LabelSet(self.info.labels) if self.info.labels else None
         self.verbalizer: Verbalizer | None = None  # set by from_onnx: classification through the LM's words
         self.trainable_spec: TrainableSpec | None = None  # save() writes adapter files when it has a lora: term
+        self.auto_slice: AutoSlice | None = None  # what --trainable auto chose, and why (from_onnx sets it)
         self.explicit_task: str | None = None  # --task as the user gave it (from_onnx sets it)
 
     @classmethod
@@ -104,7 +106,8 @@ class Tuner:
         head: str = "zo",
     ) -> Tuner:
         """Prepare ``onnx_path`` for tuning the weights selected by ``trainable`` (a ``--trainable`` text,
-        see ``graph.trainable``, or a parsed :class:`TrainableSpec`).
+        see ``graph.trainable``, or a parsed :class:`TrainableSpec`). ``"auto"`` (the default) chooses the slice
+        by what the model is (``graph.auto_slice``): :attr:`auto_slice` then says which and why.
 
         ``trainable=None`` prepares the model for evaluation only. ``max_length`` (tokens per example) may not
         exceed the model's position table; None is 128, or the table's rows where it has fewer. ``verbalizer`` (``"neg=bad,pos=good"``)
@@ -116,9 +119,15 @@ class Tuner:
         ModelOptions(tokenizer=tokenizer, task=task, max_length=max_length, threads=threads, split=split,
                      verbalizer=verbalizer, template=template, providers=providers).validate()
         validate_fields(HeadOptions(head=head))
+        auto = None
         if not isinstance(trainable, TrainableSpec):
             check_option("trainable", trainable, str | None)
-            trainable = TrainableSpec.parse(trainable) if trainable is not None else None
+            if trainable is not None and trainable.strip() == AUTO:
+                check_model_file(onnx_path)  # the choice reads the file: a missing one is the usual line
+                auto = choose_slice(onnx_path, task, verbalized=verbalizer is not None or None)
+                trainable = auto.spec
+            else:
+                trainable = TrainableSpec.parse(trainable) if trainable is not None else None
         if trainable is not None and trainable.importance is not None:
             raise EdgetuneError(f"--trainable '{trainable.text}': importance:K is measured on data; resolve it with "
                                 "Tuner.rank_blocks and TrainableSpec.resolve first (the CLI does)")
@@ -137,6 +146,7 @@ class Tuner:
         tuner = cls(prepared, tok, tokenizer_path, max_length_for(prepared.info, max_length), threads, providers)
         tuner._set_verbalizer(verbalizer, template)
         tuner.trainable_spec = trainable
+        tuner.auto_slice = auto
         tuner.explicit_task = task
         return tuner
 

@@ -291,8 +291,12 @@ def build_classifier(
     init_std: float = 0.02,
     cue_tokens: Mapping[int, int] | None = None,
     cue_strength: float = 0.5,
+    fresh_head: bool = False,
 ) -> onnx.ModelProto:
     """A BertForSequenceClassification-shaped ONNX graph; ``logits`` is ``[batch_size, num_labels]``.
+
+    ``fresh_head``: the classifier's bias is zeros, as Hugging Face initialises a head the checkpoint lacks
+    (what ``--trainable auto`` tells a fresh head by); otherwise it is random like every other weight.
 
     ``cue_tokens`` ({token id: label index}) makes a *pretrained-like* model: those embedding rows get
     ``cue_strength`` times a per-label unit direction, and the value/output/pooler projections get an
@@ -396,7 +400,8 @@ def build_classifier(
     pooled = g.linear(first, s + "/dense", "bert.pooler.dense", hidden, hidden, plus=eye)
     pooled = g.node("Tanh", [pooled], s + "/activation")
     w = g.weight("classifier.weight", g.normal(hidden, num_labels))
-    b = g.init("classifier.bias", g.normal(num_labels))
+    bias = g.normal(num_labels)  # drawn either way: the same seed gives the same other weights
+    b = g.init("classifier.bias", np.zeros_like(bias) if fresh_head else bias)
     mm = g.node("MatMul", [pooled, w], "/classifier")
     g.nodes.append(helper.make_node("Add", [b, mm], ["logits"], name="/classifier/Add"))
 

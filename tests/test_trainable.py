@@ -22,8 +22,10 @@ def test_each_kind_of_term_parses_into_its_parts():
     assert TrainableSpec.parse("embeddings,importance:3").importance == 3
 
 
-def test_the_default_is_last_1():
-    assert DEFAULT_TRAINABLE == "last:1" and TrainableSpec.parse(DEFAULT_TRAINABLE) == DEFAULT
+def test_the_default_is_auto_which_only_a_tuning_run_resolves():
+    assert DEFAULT_TRAINABLE == "auto" and str(DEFAULT) == "last:1"  # DEFAULT: the planner's typical slice
+    with pytest.raises(ModelError, match="auto chooses the slice from the model when tuning"):
+        TrainableSpec.parse(DEFAULT_TRAINABLE)
 
 
 @pytest.mark.parametrize("text, canonical", [

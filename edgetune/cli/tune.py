@@ -12,7 +12,7 @@ from edgetune.cli.progress import ConsoleProgress, console
 from edgetune.config import (Bound, ModelOptions, TrainConfig, cli_fields, option, read_config_options,
                              validate_fields)
 from edgetune.errors import EdgetuneError
-from edgetune.graph.trainable import DEFAULT_TRAINABLE, TrainableSpec
+from edgetune.graph.trainable import AUTO, DEFAULT_TRAINABLE, TrainableSpec
 
 
 @dataclass
@@ -23,7 +23,9 @@ class _RunOptions:
     data: str | None = option(None, "training JSONL")
     eval_data: str | None = option(None, "evaluation JSONL (accuracy/loss before, during and after)")
     output_dir: str = option("out", "where model.onnx, checkpoints and logs go (default out/)")
-    trainable: str = option(DEFAULT_TRAINABLE, "weights to tune: all, last:N, blocks:A-B, head, globs, and last "
+    trainable: str = option(DEFAULT_TRAINABLE, "weights to tune: auto (the slice for the model's kind: a classifier "
+                            "with a fresh or a trained head, a causal LM by verbaliser or on text), all, last:N, "
+                            "blocks:A-B, head, globs, and last "
                             "lora:r=8,targets=q,v[,alpha=16][,fa] or sparse:density=0.01[,targets=q,v], or "
                             "importance:K (the K blocks a forward-only sensitivity probe ranks highest)")
     importance_probes: int = option(8, "probes per block for importance:K", bound=Bound(1))
@@ -68,19 +70,21 @@ def run(args: argparse.Namespace) -> int:
     from edgetune.artifacts.outdir import claim_output
 
     run, model, config = _resolve_tune_options(args)
-    trainable = TrainableSpec.parse(run.trainable)  # a bad term is refused before any folder or model is touched
+    # a bad term is refused before any folder or model is touched; auto is resolved when the model is read
+    trainable = run.trainable if run.trainable.strip() == AUTO else TrainableSpec.parse(run.trainable)
     inputs = [run.onnx, model.tokenizer or Path(run.onnx).parent / "tokenizer.json"]
     # before the model loads, and held until the tuned model's last file is written
     with claim_output(run.output_dir, inputs, run.resume, run.overwrite):
         return _tune(run, trainable, model, config)
 
 
-def _tune(run: _RunOptions, trainable: TrainableSpec, model: ModelOptions, config: TrainConfig) -> int:
+def _tune(run: _RunOptions, trainable: TrainableSpec | str, model: ModelOptions, config: TrainConfig) -> int:
     from edgetune.tuner import Tuner
 
     trainable, ranking = _rank_blocks_if_asked(run, trainable, model, config)
     # --head exact changes the prepared graph: decided at load time, which the config knows before
     tuner = Tuner.from_onnx(run.onnx, trainable=trainable, head=config.head, **model.keywords())
+    run.trainable = str(tuner.trainable_spec)  # auto resolved: the summary and the console name the slice
     model.max_length = tuner.max_length  # the summary records the length used, a default resolved
     # announced once the data are read and checked: a bad file is then the only line on stderr
     with ConsoleProgress(announce=lambda: _announce(run, tuner)) as progress:
@@ -128,13 +132,13 @@ def _announce(run: _RunOptions, tuner) -> None:
                       markup=False)
 
 
-def _rank_blocks_if_asked(run: _RunOptions, trainable: TrainableSpec, model: ModelOptions,
-                          config: TrainConfig) -> tuple[TrainableSpec, list | None]:
+def _rank_blocks_if_asked(run: _RunOptions, trainable: TrainableSpec | str, model: ModelOptions,
+                          config: TrainConfig) -> tuple[TrainableSpec | str, list | None]:
     """``trainable`` with an ``importance:K`` term resolved (``run.trainable``, the summary's, too) and the
     ranking, or None without one."""
     from edgetune.tuner import Tuner
 
-    if trainable.importance is None:
+    if isinstance(trainable, str) or trainable.importance is None:  # auto: resolved from the model alone
         return trainable, None
     ranking = Tuner.rank_blocks(run.onnx, run.data, probes=run.importance_probes, batch_size=config.batch_size,
                                 eps=config.eps, seed=config.seed, noise=config.noise, **model.keywords())

@@ -2,6 +2,7 @@
 
 Terms are separated by commas and their selections are united:
 
+``auto``           (alone; the default) the slice chosen by what the model is (``graph.auto_slice``)
 ``all``            every weight
 ``last:N``         the last N blocks and everything after them (final norm, pooler, head)
 ``blocks:A-B``     blocks A..B (inclusive); ``blocks:A`` one block
@@ -137,6 +138,9 @@ class TrainableSpec:
     def parse(cls, text: str) -> TrainableSpec:
         """Read ``--trainable``; every problem is one :class:`ModelError` line naming the flag and the term."""
         fail = _spec_error(text)
+        if text.strip() == AUTO:  # a word, not a glob: only a tuning run, which reads the model, resolves it
+            raise fail("auto chooses the slice from the model when tuning (edgetune tune, Tuner.from_onnx); "
+                       "name the weights here")
         terms = [t.strip() for t in text.split(",")]
         lora_at, sparse_at = (_term_index(terms, name) for name in (LORA, SPARSE))
         if lora_at is not None and sparse_at is not None and lora_at < sparse_at:
@@ -315,6 +319,9 @@ def _number_text(value: float) -> str:
     return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
 
 
-# The tuner's default slice, and the same as the text its flag and config key default to.
+# The slice the planner shows as a tuning run's typical one.
 DEFAULT = TrainableSpec((Term(LAST, 1),))
-DEFAULT_TRAINABLE = str(DEFAULT)
+# The tuner's default, and the text its flag and config key default to: the slice chosen by the model's kind
+# (``graph.auto_slice``), resolved where the model is read, never by :meth:`TrainableSpec.parse`.
+AUTO = "auto"
+DEFAULT_TRAINABLE = AUTO

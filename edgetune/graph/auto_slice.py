@@ -1,0 +1,101 @@
+"""``--trainable auto`` (the default): the slice chosen by what the model is.
+
+Four kinds, each with the slice that did best at a fixed forward budget with ``--lr auto`` (measured by
+``benchmarks/bench_defaults.py``; the table is in docs/optimizers.md):
+
+- a classifier whose head is fresh (initialised, never trained: an encoder exported with a new head);
+- a classifier whose head is trained;
+- a causal LM classifying through a verbaliser (the next word);
+- a causal LM on text, prompt/completion or chat data (generation).
+
+A fresh head is told from its weights, not from a name or a file beside the model: a linear layer initialised
+the way Hugging Face (and PyTorch's ``nn.Linear`` under transformers' ``_init_weights``) initialise a new
+classification head has a bias of exact zeros, which no training leaves. The weights are read from where
+their bytes lie in the file (``graph.wire``), never by loading the model: a classifier's bias is a few floats.
+A head without a bias, or one whose bytes are not stored raw, counts as trained (the safer slice: it also
+moves the layers below).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgetune.data.jsonl import TASK_LM
+from edgetune.data.verbalizer import VERBALIZER_KEY
+from edgetune.errors import ModelError
+from edgetune.graph.blocks import find_params
+from edgetune.graph.head_grad import find_linear_head
+from edgetune.graph.model import inspect_model
+from edgetune.graph.trainable import TrainableSpec
+from edgetune.graph.wire import read_skeleton, tensor_locations
+
+FRESH_HEAD = "a classifier with a fresh head"
+TRAINED_HEAD = "a classifier with a trained head"
+VERBALISER = "a causal LM classifying by verbaliser"
+GENERATIVE = "a causal LM on text, prompt/completion or chat data"
+
+# The chosen slice per kind ({late} is the first of the last quarter of the blocks); see the module docstring.
+SLICES = {
+    FRESH_HEAD: "last:1",
+    TRAINED_HEAD: "last:1",
+    VERBALISER: "lora:r=8,targets=q,v",
+    GENERATIVE: "lora:r=4,targets=o,down,layers={late}-{last},fa",
+}
+
+
+@dataclass(frozen=True)
+class AutoSlice:
+    """The slice ``--trainable auto`` chose for a model, and why."""
+
+    spec: TrainableSpec
+    kind: str  # one of the kinds above
+
+    def line(self) -> str:
+        """The run's one line at start."""
+        return f"trainable: {self.spec} (auto: {self.kind}; --trainable to choose)"
+
+
+def choose_slice(path: str | Path, task: str | None = None, verbalized: bool | None = None) -> AutoSlice:
+    """The slice for the model at ``path`` (``task`` as --task gives it; ``verbalized``: a verbaliser is given,
+    None: whether the model's metadata names one). Reads the file's structure and, for a classifier, its
+    head's bias."""
+    path = Path(path)
+    skeleton = read_skeleton(path)
+    info = inspect_model(skeleton, path, task)
+    if info.task == TASK_LM:
+        if verbalized is None:
+            verbalized = VERBALIZER_KEY in info.metadata
+        kind = VERBALISER if verbalized else GENERATIVE
+    else:
+        kind = FRESH_HEAD if head_is_fresh(path, skeleton) else TRAINED_HEAD
+    blocks = sorted({p.block for p in find_params(skeleton) if p.block is not None})
+    last = blocks[-1] if blocks else 0
+    late = blocks[-math.ceil(len(blocks) / 4)] if blocks else 0
+    return AutoSlice(TrainableSpec.parse(SLICES[kind].format(late=late, last=last)), kind)
+
+
+def head_is_fresh(path: Path, skeleton: onnx.ModelProto) -> bool:
+    """Whether the classifier's last linear layer has a bias of exact zeros (see the module docstring)."""
+    try:
+        head = find_linear_head(skeleton.graph, str(path))
+    except ModelError:  # logits not from a linear layer: nothing to tell a fresh head by
+        return False
+    dtypes = {init.name: init.data_type for init in skeleton.graph.initializer}
+    if head.bias is None or dtypes.get(head.bias) != onnx.TensorProto.FLOAT:
+        return False
+    where = tensor_locations(path).get(head.bias)
+    if where is None:
+        return False
+    file, offset, length = where
+    with open(path.parent / file, "rb") as handle:
+        handle.seek(offset)
+        raw = handle.read(length)
+    if len(raw) != length or length % 4:
+        return False
+    bias = np.frombuffer(raw, np.float32)
+    return bias.size > 0 and not np.any(bias)
