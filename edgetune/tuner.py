@@ -26,7 +26,7 @@ from edgetune.data.tokenizer import check_vocabulary, read_tokenizer_config, spe
 from edgetune.data.verbalizer import TEMPLATE_KEY, VERBALIZER_KEY, Verbalizer
 from edgetune.engine import LossEngine
 from edgetune.engine.prge import CopyBatchedEngine, Segment
-from edgetune.errors import EdgetuneError, ModelError, TrainingError
+from edgetune.errors import DataError, EdgetuneError, ModelError, TrainingError
 from edgetune.graph.relink import Relink
 from edgetune.graph import prepare
 from edgetune.graph.cache import prepare_cached
@@ -84,6 +84,8 @@ class Tuner:
         prepared.initial = {}
         self.engine = LossEngine(prepared, self.weights, threads, providers)
         self._suffix_graph, self._session_args = prepared.suffix, (threads, providers)  # for --parallel
+        self._prefix_graph = prepared.prefix  # with the suffix, what `edgetune bundle` copies
+        self.static_shapes: tuple[int, int] | None = None  # (batch, length) of a static-shape bundle's graphs
         self.labels = LabelSet(self.info.labels) if self.info.labels else None
         self.verbalizer: Verbalizer | None = None  # set by from_onnx: classification through the LM's words
         self.trainable_spec: TrainableSpec | None = None  # save() writes adapter files when it has a lora: term
@@ -148,6 +150,28 @@ class Tuner:
         tuner.trainable_spec = trainable
         tuner.auto_slice = auto
         tuner.explicit_task = task
+        return tuner
+
+    @classmethod
+    def from_bundle(cls, directory: str | Path, threads: int | None = None,
+                    providers: Sequence[str] | None = None) -> Tuner:
+        """The model of a bundle written by ``edgetune bundle`` (``docs/bundle.md``): its graphs, arena image
+        and tokenizer as they are, after every file is checked against the manifest's sha256. The slice,
+        the task, the verbaliser and the tokens per example are the bundle's."""
+        from edgetune.bundle.load import check_arena, open_bundle
+
+        ModelOptions(threads=threads, providers=providers).validate()
+        bundle = open_bundle(directory)
+        tok = load_tokenizer(bundle.tokenizer_path)
+        if threads:
+            _core.set_num_threads(threads)
+        tuner = cls(bundle.prepared, tok, bundle.tokenizer_path, bundle.manifest.tokenizer.max_length, threads,
+                    providers)
+        check_arena(bundle, tuner.arena)
+        tuner._set_verbalizer(None, None)  # the bundle's model.onnx carries it in its metadata
+        tuner.trainable_spec = TrainableSpec.parse(bundle.manifest.trainable)
+        static = bundle.manifest.static_shapes
+        tuner.static_shapes = (static["batch_size"], static["max_length"]) if static else None
         return tuner
 
     @classmethod
@@ -220,6 +244,15 @@ class Tuner:
         return self._load(path, name_labels=True)
 
     def _load(self, path: str | Path, name_labels: bool) -> TokenizedSet:
+        dataset = self._tokenize(path, name_labels)
+        if self.static_shapes is not None:  # graphs of one shape: every batch is padded to its length
+            dataset.pad_to = self.static_shapes[1]
+            if len(dataset) < self.static_shapes[0] and name_labels:
+                raise DataError(f"{path}: {len(dataset)} examples, fewer than the bundle's static batch size "
+                                f"{self.static_shapes[0]} (a step's batch repeats no example)")
+        return dataset
+
+    def _tokenize(self, path: str | Path, name_labels: bool) -> TokenizedSet:
         if self.verbalizer is not None:
             examples = read_examples(path, TASK_CLASSIFICATION)
             return TokenizedSet(examples, self.tokenizer, self.max_length, TASK_LM, self.labels,
@@ -252,8 +285,10 @@ class Tuner:
         vocab = self.info.embedding_rows
         max_tokens = max(1, _EVAL_LOGITS_BUDGET // vocab) if self.info.task == TASK_LM and vocab else None
         losses, correct = [], 0
+        if self.static_shapes is not None:  # the graphs take exactly this many rows: the last batch is filled
+            batch_size, max_tokens = self.static_shapes[0], None
         for batch in dataset.batches(batch_size, self.info.data_inputs, max_tokens):
-            loss, logits = self.engine.loss_and_logits(batch)
+            loss, logits = self._loss_and_logits(batch)
             losses.append(loss)
             if verbalized:
                 correct += int(np.sum(self._verbalizer_predictions(batch, logits) == batch.classes))
@@ -271,6 +306,18 @@ class Tuner:
         else:
             metrics["perplexity"] = math.exp(min(mean_loss, 700.0))
         return metrics
+
+    def _loss_and_logits(self, batch) -> tuple[np.ndarray, np.ndarray]:
+        """The engine's per-example loss and logits; a batch short of a static graph's rows is run filled with
+        copies of its first row (labelled nothing), whose outputs are dropped."""
+        rows = self.static_shapes[0] if self.static_shapes is not None else batch.size
+        if rows == batch.size:
+            return self.engine.loss_and_logits(batch)
+        filled = batch.select([*range(batch.size), *[0] * (rows - batch.size)])
+        filled.labels[batch.size:] = IGNORE_INDEX if filled.labels.ndim == 2 else filled.labels[0]
+        loss, logits = self.engine.loss_and_logits(filled)
+        kept = int(labelled_positions(batch.labels).sum()) if self.engine.token_logits else batch.size
+        return loss[:batch.size], logits[:kept]
 
     def _verbalizer_predictions(self, batch, logits: np.ndarray) -> np.ndarray:
         """Argmax over the verbaliser's tokens of the logits at each row's last prompt position."""
@@ -358,6 +405,9 @@ class Tuner:
             raise EdgetuneError("nothing to tune: the tuner was created with trainable=None")
         if resume and output_dir is None:
             raise EdgetuneError("--resume needs --output-dir (where the checkpoint is)")
+        if self.static_shapes is not None and config.batch_size != self.static_shapes[0]:
+            raise EdgetuneError(f"--batch-size {config.batch_size}: the bundle's graphs take batches of exactly "
+                                f"{self.static_shapes[0]} (its static shapes)")
         if config.head == "exact" and self.head is None:  # the graph decides it: preparing again would start over
             raise EdgetuneError("head='exact' needs the head's gradient in the graph: create the tuner with "
                                 "Tuner.from_onnx(..., head='exact')")

@@ -19,7 +19,7 @@ from edgetune.errors import EdgetuneError
 from edgetune.process.interrupt import Interrupted
 
 # In the order `edgetune --help` lists them.
-COMMANDS = ("tune", "eval", "report", "apply", "replay", "export", "generate", "plan", "cache", "demo")
+COMMANDS = ("tune", "eval", "report", "apply", "replay", "export", "generate", "plan", "cache", "demo", "bundle")
 
 
 def command(name: str) -> ModuleType:

@@ -20,6 +20,8 @@ class _RunOptions:
     """Options of `tune` that are neither TrainConfig fields nor ModelOptions: flags and YAML keys, typed."""
 
     onnx: str | None = option(None, "ONNX model with input_ids/attention_mask inputs and a logits output")
+    bundle: str | None = option(None, "tune from a bundle (edgetune bundle) instead of --onnx: its graphs, arena, "
+                                "tokenizer, slice and length as they are")
     data: str | None = option(None, "training JSONL")
     eval_data: str | None = option(None, "evaluation JSONL (accuracy/loss before, during and after)")
     output_dir: str = option("out", "where model.onnx, checkpoints and logs go (default out/)")
@@ -33,10 +35,15 @@ class _RunOptions:
     overwrite: bool = option(False, "replace the run OUTPUT_DIR already holds (without it, such a folder is refused)")
 
     def validate(self) -> None:
-        for required in ("onnx", "data"):
+        for required in ("onnx" if not self.bundle else "bundle", "data"):
             if not getattr(self, required):
                 raise EdgetuneError(f"--{required} is required (as a flag or in --config)")
         validate_fields(self)
+
+    @property
+    def model(self) -> str:
+        """The model as the user named it: the ONNX file, or the bundle."""
+        return self.bundle or self.onnx
 
 
 _OPTIONS = (_RunOptions, ModelOptions, TrainConfig)  # where each flag and --config key of `tune` goes
@@ -45,7 +52,8 @@ _OPTIONS = (_RunOptions, ModelOptions, TrainConfig)  # where each flag and --con
 def add_parser(commands) -> None:
     tune = commands.add_parser("tune", help="fine-tune a model on a JSONL file")
     add_model_args(tune)  # --onnx first, as in `eval`
-    add_option_flags(tune, _RunOptions, ("data", "eval_data", "output_dir", "trainable", "importance_probes"))
+    add_option_flags(tune, _RunOptions, ("bundle", "data", "eval_data", "output_dir", "trainable",
+                                         "importance_probes"))
     add_option_flags(tune, ModelOptions, ("split",))
     tune.add_argument("--config", help="YAML file whose keys mirror these flags")
     add_option_flags(tune, _RunOptions, ("resume", "overwrite"))
@@ -63,7 +71,17 @@ def _resolve_tune_options(args: argparse.Namespace) -> tuple[_RunOptions, ModelO
         options.validate()
     config.refuse_ignored(given)
     config.check_eval_data(run.eval_data)
+    if run.bundle:  # the bundle fixed the model's side when it was written
+        fixed = [name for name in _BUNDLE_FIXES if name in given]
+        if fixed:
+            raise EdgetuneError(f"--{fixed[0].replace('_', '-')} cannot be given with --bundle: the bundle fixes it "
+                                "(bundle the model again to change it)")
     return run, model, config
+
+
+# what `edgetune bundle` decides: with --bundle these come from the bundle
+_BUNDLE_FIXES = ("onnx", "trainable", "importance_probes", "tokenizer", "task", "max_length", "split", "verbalizer",
+                 "template")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     run, model, config = _resolve_tune_options(args)
     # a bad term is refused before any folder or model is touched; auto is resolved when the model is read
     trainable = run.trainable if run.trainable.strip() == AUTO else TrainableSpec.parse(run.trainable)
-    inputs = [run.onnx, model.tokenizer or Path(run.onnx).parent / "tokenizer.json"]
+    inputs = [run.bundle] if run.bundle else [run.onnx, model.tokenizer or Path(run.onnx).parent / "tokenizer.json"]
     # before the model loads, and held until the tuned model's last file is written
     with claim_output(run.output_dir, inputs, run.resume, run.overwrite):
         return _tune(run, trainable, model, config)
@@ -82,8 +100,10 @@ def _tune(run: _RunOptions, trainable: TrainableSpec | str, model: ModelOptions,
     from edgetune.tuner import Tuner
 
     trainable, ranking = _rank_blocks_if_asked(run, trainable, model, config)
-    # --head exact changes the prepared graph: decided at load time, which the config knows before
-    tuner = Tuner.from_onnx(run.onnx, trainable=trainable, head=config.head, **model.keywords())
+    if run.bundle:
+        tuner = Tuner.from_bundle(run.bundle, threads=model.threads)
+    else:  # --head exact changes the prepared graph: decided at load time, which the config knows before
+        tuner = Tuner.from_onnx(run.onnx, trainable=trainable, head=config.head, **model.keywords())
     run.trainable = str(tuner.trainable_spec)  # auto resolved: the summary and the console name the slice
     model.max_length = tuner.max_length  # the summary records the length used, a default resolved
     # announced once the data are read and checked: a bad file is then the only line on stderr
@@ -123,7 +143,7 @@ def _summary_config(run: _RunOptions, model: ModelOptions, config: TrainConfig) 
 
 def _announce(run: _RunOptions, tuner) -> None:
     console.print(
-        f"[bold]edgetune[/] {tuner.info.task} model {run.onnx}: tuning {tuner.trainable_params:,} of "
+        f"[bold]edgetune[/] {tuner.info.task} model {run.model}: tuning {tuner.trainable_params:,} of "
         f"{tuner.total_params:,} weights ({run.trainable}), "
         f"{'frozen prefix cached' if tuner.split else 'whole graph per evaluation'}"
     )
