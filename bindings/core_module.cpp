@@ -98,6 +98,15 @@ PYBIND11_MODULE(_core, m) {
         return et::derive_seed(to_u64(run_seed, "run_seed"), to_u64(step, "step"), to_u64(query, "query"));
     }, py::arg("run_seed"), py::arg("step"), py::arg("query"));
 
+    m.def("epoch_permutation", [](py::int_ seed, py::int_ epoch, py::ssize_t n) {
+        if (n < 0) throw py::value_error("n must be >= 0");
+        py::array_t<int64_t> out(n);
+        et::epoch_permutation(to_u64(seed, "seed"), to_u64(epoch, "epoch"), (uint64_t)n,
+                              reinterpret_cast<uint64_t *>(out.mutable_data()));
+        return out;
+    }, py::arg("seed"), py::arg("epoch"), py::arg("n"),
+       "the order of n training examples in an epoch of a run (edgetune.h et_epoch_permutation), int64");
+
     m.def("noise", [](py::int_ seed, py::int_ offset, py::ssize_t count, const std::string &dist) {
         if (count < 0) throw py::value_error("count must be >= 0");
         int d = parse_dist(dist);

@@ -83,6 +83,12 @@ uint64_t et_derive_seed(uint64_t run_seed, uint64_t step, uint64_t query) {
     return et::derive_seed(run_seed, step, query);
 }
 
+et_status et_epoch_permutation(uint64_t seed, uint64_t epoch, uint64_t n, uint64_t *out) {
+    if (!out && n) return ET_ERR_INVALID_ARGUMENT;
+    et::epoch_permutation(seed, epoch, n, out);
+    return ET_OK;
+}
+
 et_status et_noise_fill(uint64_t seed, uint64_t offset, size_t count, et_noise dist, float *out) {
     if ((!out && count) || !valid_dist(dist)) return ET_ERR_INVALID_ARGUMENT;
     return guarded([&] { et::noise_fill(seed, offset, count, dist, out); return ET_OK; });

@@ -13,6 +13,8 @@ namespace et {
 enum Dist { GAUSSIAN = 0, RADEMACHER = 1 };
 
 uint64_t derive_seed(uint64_t run_seed, uint64_t step, uint64_t query);
+// out[0..n) = the example order of `epoch` (edgetune.h et_epoch_permutation specifies it)
+void epoch_permutation(uint64_t seed, uint64_t epoch, uint64_t n, uint64_t *out);
 void noise_fill(uint64_t seed, uint64_t offset, size_t count, int dist, float *out);
 void perturb(float *buf, size_t n, uint64_t seed, float scale, int dist, uint64_t offset);
 void combine(float *buf, size_t n, float decay, const uint64_t *seeds, const float *coefs, size_t k,

@@ -73,6 +73,19 @@ uint64_t derive_seed(uint64_t run_seed, uint64_t step, uint64_t query) {
     return et_derive_seed_impl(run_seed, step, query);
 }
 
+void epoch_permutation(uint64_t seed, uint64_t epoch, uint64_t n, uint64_t *out) {
+    for (uint64_t i = 0; i < n; ++i) out[i] = i;
+    const uint64_t key = et_derive_seed_impl(seed, epoch, 0x5045524DULL);  // "PERM": a stream apart from the noise's
+    for (uint64_t i = n; i-- > 1;) {
+        // Lemire's multiply-shift maps the hash onto [0, i]: no division, no rejection loop to specify
+        const uint64_t h = et_splitmix64(key + i);
+        const uint64_t j = (uint64_t)(((unsigned __int128)h * (i + 1)) >> 64);
+        const uint64_t t = out[i];
+        out[i] = out[j];
+        out[j] = t;
+    }
+}
+
 void noise_fill(uint64_t seed, uint64_t offset, size_t count, int dist, float *out) {
     const et_isa_table *t = active().load();
     parallel(count, [&](size_t b, size_t e) { t->fill(seed, offset + b, e - b, dist, out + b); });

@@ -86,3 +86,26 @@ def test_batch_stream_is_a_function_of_seed_and_step():
     # every example once per epoch
     assert sorted(flat[:10].tolist()) == list(range(10)) and sorted(flat[10:20].tolist()) == list(range(10))
     assert BatchStream(10, 4, seed=8).indices(0).tolist() != steps[0]
+
+
+def _reference_permutation(seed: int, epoch: int, n: int) -> list[int]:
+    """edgetune.h's et_epoch_permutation, written from its spec with Python integers."""
+    from tests.reference_noise import derive_seed, splitmix64
+
+    out, key = list(range(n)), derive_seed(seed, epoch, 0x5045524D)
+    for i in range(n - 1, 0, -1):
+        j = (splitmix64((key + i) % 2**64) * (i + 1)) >> 64
+        out[i], out[j] = out[j], out[i]
+    return out
+
+
+def test_epoch_order_is_the_core_permutation_the_c_runtime_draws():
+    """The batch order is the specified permutation (the C runtime computes the same rows from a bundle),
+    not numpy's generator, which C could not reproduce."""
+    from edgetune import _core
+
+    for seed, epoch, n in ((0, 0, 1), (0, 0, 10), (7, 3, 37), (2**64 - 1, 2**40, 1000)):
+        assert _core.epoch_permutation(seed, epoch, n).tolist() == _reference_permutation(seed, epoch, n)
+    stream = BatchStream(37, 8, seed=5)
+    rows = [i for t in range(10) for i in stream.indices(t).tolist()]
+    assert rows[:37] == _reference_permutation(5, 0, 37) and rows[37:74] == _reference_permutation(5, 1, 37)

@@ -180,6 +180,21 @@ def test_resume_refuses_a_checkpoint_from_before_an_option(classifier, tmp_path)
         again.fit(classifier["train"], output_dir=out, steps=6, resume=True)
 
 
+def test_resume_refuses_a_checkpoint_drawn_in_the_old_batch_order(classifier, tmp_path):
+    """Checkpoints from before the core's epoch permutation drew numpy's order: continuing one would switch
+    the batches mid-run, so it is refused in one line."""
+    from edgetune.artifacts.checkpoint import load_checkpoint, save_checkpoint
+
+    out = tmp_path / "out"
+    Tuner.from_onnx(classifier["model"], trainable="last:1").fit(classifier["train"], output_dir=out, steps=3)
+    tensors, state = load_checkpoint(out / "checkpoint.safetensors")
+    del state["fingerprint"]["batch_order"]
+    save_checkpoint(out / "checkpoint.safetensors", tensors, state)
+    again = Tuner.from_onnx(classifier["model"], trainable="last:1")
+    with pytest.raises(EdgetuneError, match="cannot resume, the checkpoint predates the 'batch_order' option"):
+        again.fit(classifier["train"], output_dir=out, steps=6, resume=True)
+
+
 def test_evaluation_runs_the_training_batch_unless_told_otherwise():
     """An evaluation batch larger than a step's would set the job's peak memory above the step's."""
     from edgetune.config import TrainConfig

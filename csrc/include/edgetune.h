@@ -149,6 +149,13 @@ ET_API et_status et_perturb(float *buf, size_t n, uint64_t seed, float scale, et
 ET_API et_status et_combine(float *buf, size_t n, float decay, const uint64_t *seeds, const float *coefs,
                             uint32_t k, et_noise dist, uint64_t offset);
 
+/* The order of the training examples in epoch `epoch` of a run (both runtimes draw batches from it):
+ * out[i] = i for i < n, then Fisher-Yates from the back with the core's counter-based hash (noise.h):
+ *   k = et_derive_seed(seed, epoch, 0x5045524D)
+ *   for i = n-1 down to 1:  h = splitmix64(k + i);  j = (u64)(((u128)h * (i+1)) >> 64);  swap(out[i], out[j])
+ * A pure function of (seed, epoch, n): no state, no platform dependence. out: caller-owned, n entries. */
+ET_API et_status et_epoch_permutation(uint64_t seed, uint64_t epoch, uint64_t n, uint64_t *out);
+
 /* Tuner. */
 ET_API void et_tuner_default_params(et_tuner_params *p);   /* p: caller-owned; fully overwritten */
 /* params: borrowed. *out: new tuner, caller frees with et_tuner_free. Arena is zero-filled. */

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Tokenizer
 
+from edgetune import _core
 from edgetune.data.chat import ChatTemplate
 from edgetune.data.encode import IGNORE_INDEX, encode_classification, encode_lm, encode_verbalized
 from edgetune.data.jsonl import TASK_LM, Example, LabelSet
@@ -148,7 +149,9 @@ class BatchStream:
         if epoch not in self._epoch_cache:
             if len(self._epoch_cache) > 4:
                 self._epoch_cache.clear()
-            self._epoch_cache[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            # the core's permutation (edgetune.h et_epoch_permutation), not numpy's: the C runtime draws the
+            # same batches from a bundle, so both runtimes tune on the same rows at every step
+            self._epoch_cache[epoch] = _core.epoch_permutation(self.seed, epoch, self.n)
         return self._epoch_cache[epoch]
 
     def indices(self, step: int) -> np.ndarray:

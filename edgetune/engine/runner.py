@@ -63,8 +63,12 @@ class LossEngine:
         self._binding.bind_output(name, "cpu", 0, np.float32, list(array.shape), array.ctypes.data)
 
     def mean_loss(self) -> float:
-        """The batch's mean loss at the arena's weights: one evaluation of an optimizer's ``loss_fn``."""
-        return float(np.mean(self.loss()))
+        """The batch's mean loss at the arena's weights: one evaluation of an optimizer's ``loss_fn``.
+
+        A defined order, the C runtime's too: the float32 losses summed in float64 in row order, then / n
+        (np.mean sums float32 pairwise, an order C would have to copy from numpy's source)."""
+        loss = self.loss()
+        return float(np.add.accumulate(loss, dtype=np.float64)[-1] / len(loss))
 
     def loss_and_logits(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """Evaluation path: plain ``run`` with numpy feeds (not the hot loop).
