@@ -118,9 +118,10 @@ typedef struct et_train_params {
     uint64_t seed;               /* noise and batch order; manifest default */
     uint32_t batch_size;         /* rows per step (capped to the training examples); manifest default */
     uint32_t queries;            /* q, 1..ET_RUNTIME_MAX_QUERIES; manifest default */
-    float lr;                    /* base learning rate; manifest default (a number: no "auto" here) */
-    float eps;                   /* perturbation scale, > 0; manifest default */
-    float weight_decay;          /* decoupled, once per step (default 0) */
+    double lr;                   /* base learning rate; manifest default (a number: no "auto" here). double, as
+                                    Python's: a schedule computes in double and rounds to float once per step */
+    double eps;                  /* perturbation scale, > 0; manifest default */
+    double weight_decay;         /* decoupled, once per step (default 0) */
     int32_t schedule;            /* et_schedule (default ET_SCHEDULE_CONSTANT) */
     uint32_t warmup;             /* linear warm-up steps of the lr (default 0) */
     int32_t noise;               /* et_noise; default from the manifest (rademacher) */
