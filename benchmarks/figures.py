@@ -187,6 +187,48 @@ def window(data: dict) -> Figure:
     return figure
 
 
+def perturbations(data: dict) -> Figure:
+    """Per slice (a column): mean dev accuracy (top) and loss (bottom) against forward passes, per optimizer."""
+    slices = list(dict.fromkeys(entry["slice"] for entry in data["summary"]))
+    figure = Figure(figsize=(3.6 * len(slices), 6.2), dpi=DPI, layout="constrained")
+    grid = figure.subplots(2, len(slices), squeeze=False)
+    for column, slice_ in enumerate(slices):
+        series = {f"{e['optimizer']} ({e['step_ratio']:.2f}x step)" if e.get("step_ratio") else e["optimizer"]:
+                  e["points"] for e in data["summary"] if e["slice"] == slice_}
+        _curves(grid[0][column], series, "forwards", "accuracy")
+        _curves(grid[1][column], series, "forwards", "loss")
+        grid[0][column].set_title(slice_, fontsize=9)
+        grid[0][column].legend(fontsize=7)
+    seeds = max(entry["seeds"] for entry in data["summary"])
+    figure.suptitle(f"LOZO and HiZOO against ZO-SGD, --lr auto, MiniLM + Rotten Tomatoes, mean of {seeds} seeds",
+                    fontsize=10)
+    return figure
+
+
+def race(data: dict) -> Figure:
+    """Per data set (a row): dev accuracy against training wall-clock, CPU seconds and forward passes (ORT's
+    are forward-equivalents, 3 a step), ORT's 60-s accuracy dashed, the 120-s goal dotted."""
+    tasks = data["datasets"]
+    figure = Figure(figsize=(11, 3.3 * len(tasks)), dpi=DPI, layout="constrained")
+    grid = figure.subplots(len(tasks), 3, squeeze=False)
+    for row, task in zip(grid, tasks.values()):
+        curves = {name: peer["curve"] for name, peer in task["peers"].items() if "curve" in peer}
+        target = (task.get("summary") or {}).get("target")
+        for axes, x, label in zip(row, ("wall_s", "cpu_s", "forwards"),
+                                  ("training wall-clock (s)", "training CPU seconds", "forward passes")):
+            _curves(axes, curves, x, "accuracy")
+            axes.set_xlabel(label)
+            if target is not None:
+                axes.axhline(target, color="black", linestyle="--", linewidth=1, label="ORT's 60-s accuracy")
+        if target is not None:
+            row[0].axvline(data["goal_s"], color="grey", linestyle=":", linewidth=1, label=f"{data['goal_s']:g}-s goal")
+        row[0].set_title(task["title"], fontsize=9, loc="left")
+        row[0].legend(fontsize=7, loc="lower right")
+    figure.suptitle(f"edgetune defaults vs ORT training (AdamW), batch {data['batch_size']}, {data['threads']} threads, "
+                    f"{data['budget_s']:g} s {data['budget_clock']} budget", fontsize=10)
+    return figure
+
+
 DRAW: dict[str, Callable[[dict], Figure]] = {
     "peers": peers,
     "adaptive_q_curves": adaptive_q_curves,
@@ -202,6 +244,8 @@ DRAW: dict[str, Callable[[dict], Figure]] = {
     "kernels": kernels,
     "prge": prge,
     "window": window,
+    "perturbations": perturbations,
+    "race": race,
 }
 
 

@@ -123,7 +123,8 @@ def test_validation_keeps_an_int_given_for_a_float_as_that_float():
 def test_each_optimizer_owns_its_options_and_the_public_names_stay_flat():
     owned = {f.name for group in OPTIMIZER_OPTIONS for f in fields(group)}
     assert owned == {"dizo_interval", "dizo_iters", "dizo_eps", "dizo_step", "dizo_tau",
-                     "window", "beta1", "beta2", "topk_density"}
+                     "window", "beta1", "beta2", "topk_density", "lozo_rank", "lozo_interval", "hizoo_smooth",
+                     "hizoo_max_params"}
     assert all(set(group.for_optimizers) <= set(OPTIMIZER_NAMES) for group in OPTIMIZER_OPTIONS)
     assert TrainConfig.from_options({"optimizer": "dizo", "dizo_interval": 7}).dizo_interval == 7
     config = TrainConfig.from_options({"optimizer": "zo-adam", "window": 3})

@@ -12,10 +12,11 @@ dense noise, so zᵀHz, and hence --lr auto's calibration and lr's meaning, carr
 
 Cost: a matrix's noise is m·r + n·r draws instead of m·n, but forming Z is r multiply-adds per weight.
 The step is ZO-SGD's (:class:`ZOSGD`: the same fused coefficients, queries policy and records); only the
-arena passes differ. Z is formed in float32 in a fixed order, each operation rounded (no FMA, no BLAS:
-a matmul's summation order depends on the library and the CPU):
+arena passes differ. All queries of a step share V, so a pass θ ← decay·θ + Σ_s c_s·Z_s is one rank-r
+update: W = Σ_s c_s·(U_s/√r) (m×r, the seeds in order), then, in float32, each operation rounded in a
+fixed order (no FMA, no BLAS: a matmul's summation order depends on the library and the CPU),
 
-    Z ← (U[:,0]/√r) ⊗ V[:,0];  Z ← Z + (U[:,k]/√r) ⊗ V[:,k]  for k = 1 … r − 1;  θ ← θ + c·Z
+    θ ← decay·θ;  P ← W[:,0] ⊗ V[:,0];  P ← P + W[:,k] ⊗ V[:,k] for k = 1 … r − 1;  θ ← θ + P
 
 so a replay on any machine lands on the same bits. Steps are never chained (the next step's first
 perturbation may use another V); that costs one memory pass per step.
@@ -72,7 +73,9 @@ class LOZO(ZOSGD):
                          if len(shape) == 2 and min(shape) > rank]
         self.dense = _complement([(m.offset, m.end) for m in self.matrices], len(buffer))
         self._window = 0  # t // ν of the step being taken or replayed: which V
-        self._v: dict[int, tuple[int, np.ndarray]] = {}  # matrix offset -> (window, V/1) drawn for it
+        self._v: dict[int, tuple[int, np.ndarray]] = {}  # matrix offset -> (window, V) drawn for it
+        largest = max((m.rows * m.cols for m in self.matrices), default=0)
+        self._scratch = np.empty((2, largest), f32)  # the outer products' sum and term
 
     @classmethod
     def from_config(cls, config, buffer: np.ndarray, weights: Mapping[str, np.ndarray]) -> LOZO:
@@ -87,14 +90,21 @@ class LOZO(ZOSGD):
         self._window = record.step // self.interval
         super().replay(record)
 
-    def perturbation(self, matrix: Matrix, seed: int) -> np.ndarray:
-        """Z = U Vᵀ/√r of ``matrix`` for the query ``seed`` in the current window, float32 (rows × cols)."""
+    def _u(self, matrix: Matrix, seed: int) -> np.ndarray:
         u = _core.noise(seed, matrix.offset, matrix.rows * self.rank, self.noise).reshape(matrix.rows, self.rank)
         u *= f32(1 / np.sqrt(self.rank))
-        v = self._v_of(matrix)
-        z = u[:, :1] * v[:, 0]
+        return u
+
+    def _outer(self, w: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Σ_k w[:,k] ⊗ v[:,k], rounded after each product and each sum, k in order; a view of the scratch
+        (reused: fresh temporaries of a matrix's size cost more in page faults than the arithmetic)."""
+        size = w.shape[0] * v.shape[0]
+        z = self._scratch[0, :size].reshape(w.shape[0], v.shape[0])
+        product = self._scratch[1, :size].reshape(z.shape)
+        np.multiply(w[:, :1], v[:, 0], out=z)
         for k in range(1, self.rank):
-            z += u[:, k:k + 1] * v[:, k]
+            np.multiply(w[:, k:k + 1], v[:, k], out=product)
+            z += product
         return z
 
     def _v_of(self, matrix: Matrix) -> np.ndarray:
@@ -107,24 +117,26 @@ class LOZO(ZOSGD):
 
     def _perturb(self, spans: list[Span], seed: int, scale: float) -> None:
         """θ += scale·Z(seed): dense noise outside the matrices, U Vᵀ/√r on each."""
-        super()._perturb(self.dense, seed, scale)
-        for matrix in self.matrices:
-            z = self.perturbation(matrix, seed)
-            z *= f32(scale)
-            view = self._view(matrix)
-            view += z
+        self._combine(spans, 1.0, [seed], [scale])
 
     def _combine(self, spans: list[Span], decay: float, seeds: list[int], coefs: list[float]) -> None:
-        """θ ← decay·θ + Σ coefs[k]·Z(seeds[k]), each term rounded in turn (the core's order on the dense spans)."""
+        """θ ← decay·θ + Σ coefs[k]·Z(seeds[k]): the core's pass on the dense spans, one rank-r update per matrix
+        (the seeds are one step's: they share V)."""
         super()._combine(self.dense, decay, seeds, coefs)
         for matrix in self.matrices:
+            w = np.zeros((matrix.rows, self.rank), f32)
+            for seed, coef in zip(seeds, coefs):
+                u = self._u(matrix, seed)
+                u *= f32(coef)
+                w += u
             view = self._view(matrix)
             if decay != 1:
                 view *= f32(decay)
-            for seed, coef in zip(seeds, coefs):
-                z = self.perturbation(matrix, seed)
-                z *= f32(coef)
-                view += z
+            view += self._outer(w, self._v_of(matrix))
+
+    def perturbation(self, matrix: Matrix, seed: int) -> np.ndarray:
+        """Z = U Vᵀ/√r of ``matrix`` for the query ``seed`` in the current window, float32 (rows × cols)."""
+        return self._outer(self._u(matrix, seed), self._v_of(matrix)).copy()
 
     def _view(self, matrix: Matrix) -> np.ndarray:
         return self.buffer[matrix.offset:matrix.end].reshape(matrix.rows, matrix.cols)
