@@ -77,10 +77,12 @@ class Peer(Protocol):
     def describe(self) -> dict:
         """``trainable_params`` and ``framework`` (name and version) for the table."""
 
+    # for the race (bench_race.py): forwards(steps) -> the forward passes (or forward-equivalents) spent so far
+
 
 def child_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="one peer of bench_peers.py (started by it)")
-    parser.add_argument("--mode", choices=["time", "train"], required=True)
+    parser.add_argument("--mode", choices=["time", "train", "race"], required=True)
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--config", type=json.loads, required=True, help="the peer's options as JSON")
     return parser.parse_args(argv)
@@ -93,6 +95,8 @@ def measure(peer_factory, argv: list[str] | None = None) -> None:
     peer: Peer = peer_factory(config, args.workdir)
     if args.mode == "time":
         result = _time_steps(peer, data, config["timed_steps"])
+    elif args.mode == "race":
+        result = race(peer, data, config["marks"], config["budget_clock"], config["eval_batch_size"])
     else:
         result = _train_for_budget(peer, data, config["budget_s"], config["budget_clock"], config["eval_batch_size"],
                                    config.get("max_steps"))
@@ -137,6 +141,40 @@ def _train_for_budget(peer: Peer, data: PeerData, budget_s: float, clock: str, e
     tail = losses[-max(1, steps // 10):]  # the last tenth: where the run ended, less noisy than one step
     return {"start_logit_diff": start_diff, "accuracy_before": before, "accuracy_after": _accuracy(peer, data, eval_batch_size),
             "budget_steps": steps, "budget_wall_s": wall, "final_train_loss": float(np.mean(tail))}
+
+
+def race(peer: Peer, data: PeerData, marks: list[float], clock: str, eval_batch_size: int) -> dict:
+    """Train until the last of ``marks`` (seconds of training on ``clock``: wall or this process's CPU),
+    scoring the dev rows at each mark with every clock stopped: the curve of (wall s, CPU s, steps,
+    forwards, dev accuracy) the race is judged on, and the scoring's own time beside it.
+
+    Building the peer (sessions, graphs) happens before and is not counted; everything a step does is
+    (edgetune's --lr auto calibration runs in its first step). The peak RSS is the whole process's.
+    """
+    now = time.perf_counter if clock == "wall" else time.process_time
+    forwards = getattr(peer, "forwards", None)
+    wall = cpu = 0.0
+    steps, losses, curve = 0, [], []
+
+    def point(eval_began: float) -> dict:
+        accuracy = _accuracy(peer, data, eval_batch_size)
+        return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "steps": steps,
+                "forwards": forwards(steps) if forwards else None, "accuracy": accuracy,
+                "train_loss": float(np.mean(losses)) if losses else None,
+                "eval_s": round(time.perf_counter() - eval_began, 3)}
+
+    curve.append(point(time.perf_counter()))
+    for mark in marks:
+        trained = wall if clock == "wall" else cpu
+        began, wall_began, cpu_began = now(), time.perf_counter(), time.process_time()
+        losses = []
+        while trained + (now() - began) < mark and steps < len(data.order):
+            losses.append(peer.step(steps, data.train.batch(data.order[steps])))
+            steps += 1
+        wall += time.perf_counter() - wall_began
+        cpu += time.process_time() - cpu_began
+        curve.append(point(time.perf_counter()))
+    return {"curve": curve, "steps": steps, "peak_rss_mb": peak_rss_mb(), "eval_s": sum(p["eval_s"] for p in curve)}
 
 
 def _accuracy(peer: Peer, data: PeerData, batch_size: int) -> float:

@@ -1,6 +1,6 @@
-"""bench_peers.py's edgetune child: ZO-SGD through ONNX Runtime on the exported model (no torch here).
-
-Config keys: onnx, trainable, split, queries, lr, eps, seed, threads, tokens.
+"""bench_peers.py's and bench_race.py's edgetune children, through ONNX Runtime on the exported model (no torch
+here): :class:`EdgetunePeer` (ZO-SGD at a given lr/ε; config keys: onnx, trainable, split, queries, lr, eps,
+seed, threads, tokens) and, with config key ``defaults``, :class:`EdgetuneDefaultsPeer` (the tune loop's defaults).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from peers_common import measure  # noqa: E402
+from peers_common import DATA_FILE, measure  # noqa: E402
 
 import edgetune  # noqa: E402
 from edgetune import Tuner  # noqa: E402
@@ -27,28 +27,83 @@ class EdgetunePeer:
                                eps=Schedule(config["eps"]), queries=config["queries"],
                                noise="gaussian")  # MeZO's noise: the peers differ in implementation only
 
-    def _batch(self, arrays: dict[str, np.ndarray]) -> Batch:
-        inputs = {name: arrays[name] for name in self.tuner.info.data_inputs}
-        return Batch(inputs=inputs, labels=arrays["labels"], size=len(arrays["labels"]))
-
     def step(self, t: int, batch: dict[str, np.ndarray]) -> float:
         engine = self.tuner.engine
-        engine.set_batch(self._batch(batch))
+        engine.set_batch(_batch(self.tuner, batch))
         # chained, as `edgetune tune` runs: the next step's first perturbation rides on this step's last pass
         return self.optimizer.step(t, lambda: float(np.mean(engine.loss())), chain=True).loss
 
     def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         self.optimizer.settle()  # a chained step left θ + εz behind
-        return self.tuner.engine.loss_and_logits(self._batch(batch))[1]
+        return self.tuner.engine.loss_and_logits(_batch(self.tuner, batch))[1]
 
     def describe(self) -> dict:
-        if "torch" in sys.modules:  # it would inflate the peak RSS this child reports
-            raise RuntimeError("torch was imported into the edgetune child")
-        import onnxruntime
+        return _describe(self.tuner)
 
-        return {"trainable_params": self.tuner.trainable_params,
-                "framework": f"edgetune {edgetune.__version__}, onnxruntime {onnxruntime.__version__}"}
+
+def _batch(tuner: Tuner, arrays: dict[str, np.ndarray]) -> Batch:
+    inputs = {name: arrays[name] for name in tuner.info.data_inputs}
+    return Batch(inputs=inputs, labels=arrays["labels"], size=len(arrays["labels"]))
+
+
+def _describe(tuner: Tuner) -> dict:
+    if "torch" in sys.modules:  # it would inflate the peak RSS this child reports
+        raise RuntimeError("torch was imported into the edgetune child")
+    import onnxruntime
+
+    return {"trainable_params": tuner.trainable_params,
+            "framework": f"edgetune {edgetune.__version__}, onnxruntime {onnxruntime.__version__}"}
+
+
+class EdgetuneDefaultsPeer:
+    """edgetune as ``edgetune tune`` runs it with no --lr/--eps: :class:`edgetune.loop.TrainingRun` with the
+    default TrainConfig (--lr auto calibrated in the first step, the guard on, the activation cache auto),
+    on the slice and head the config names. Config keys: onnx, train_path, trainable, head, head_lr (optional),
+    batch_size, seed, threads, tokens, max_steps.
+
+    The run draws its batches from the training file with its own BatchStream, which is bench_peers'
+    order (same rows, batch size and seed; checked here), so the batch handed to :meth:`step` is not used
+    (after a guard's rollback, whose record takes a step index, the run is one batch ahead of the race's count).
+    """
+
+    def __init__(self, config: dict, workdir: Path):
+        from edgetune.config import TrainConfig
+        from edgetune.loop import TrainingRun
+
+        self.tuner = Tuner.from_onnx(config["onnx"], trainable=config["trainable"], max_length=config["tokens"],
+                                     threads=config["threads"], head=config["head"])
+        head_lr = {"head_lr": config["head_lr"]} if config.get("head_lr") else {}  # a lever bench_race may try
+        train_config = TrainConfig(batch_size=config["batch_size"], seed=config["seed"], head=config["head"],
+                                   steps=config["max_steps"], **head_lr)
+        self.run = TrainingRun(self.tuner, train_config, config["train_path"])
+        with np.load(workdir / DATA_FILE) as f:
+            order = f["order"][:64]
+        if not all(np.array_equal(self.run.stream.indices(t), rows) for t, rows in enumerate(order)):
+            raise RuntimeError("the run's batch order differs from the race's (data.npz)")
+
+    def step(self, t: int, batch: dict[str, np.ndarray]) -> float:
+        # the run's own step count, not t: a guard's rollback is a record too and moves it on by one
+        record = self.run.step()  # unchained: the guard may roll back after any step, as fit's loop runs it
+        if self.run.guard is not None and self.run.guard.observe(record):
+            self.run.guard_acts()
+        return record.loss
+
+    def forwards(self, steps: int) -> int:
+        return self.run.spent  # the steps' forwards and the calibration's
+
+    def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        return self.tuner.engine.loss_and_logits(_batch(self.tuner, batch))[1]
+
+    def describe(self) -> dict:
+        calibration = self.run.calibration
+        return {**_describe(self.tuner), "config": self.run.resolved.to_dict(),
+                "calibration": calibration.to_json() if calibration else None,
+                "guard": self.run.guard_lines, "activation_cache": self.run.cache.describe() if self.run.cache else None}
+
+
+def _peer(config: dict, workdir: Path):
+    return (EdgetuneDefaultsPeer if config.get("defaults") else EdgetunePeer)(config, workdir)
 
 
 if __name__ == "__main__":
-    measure(EdgetunePeer)
+    measure(_peer)

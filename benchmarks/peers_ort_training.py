@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from peers_common import INPUTS, measure  # noqa: E402
 
 ARTIFACTS = "ort_artifacts"  # under the run's workdir
+FORWARD_EQUIVALENTS = 3  # per training step: 1 forward + 1 backward of ~2 forwards' work
 ort.set_default_logger_severity(3)  # artifact generation and sessions log every graph pass at INFO
 
 
@@ -70,6 +71,11 @@ class OrtTrainingPeer:
     def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         self.module.eval()
         return self._run(batch)[1]
+
+    def forwards(self, steps: int) -> int:
+        """Forward-equivalents: a step is one forward and one backward, and a backward does about twice a
+        forward's work (a matmul's gradient is two matmuls, for its input and its weight)."""
+        return FORWARD_EQUIVALENTS * steps
 
     def describe(self) -> dict:
         return {"trainable_params": int(self.module.get_parameters_size(trainable_only=True)),

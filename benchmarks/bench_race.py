@@ -1,0 +1,292 @@
+"""The race against first-order training: edgetune's defaults against ONNX Runtime on-device training (AdamW).
+
+    python benchmarks/bench_race.py [--budget-s 300] [--datasets rt debates] [--trainable last:2 --head exact]
+
+all-MiniLM-L6-v2 with a fresh head of the data set's class count (mean pooling, as the demo exports it), on
+Rotten Tomatoes (2 classes) and on the 2016 presidential debates (3 classes: the speaker's party), with
+bench_peers.py's data, batch (8), token ids, batch order, threads (2) and seed (0) for both peers:
+
+- edgetune as ``edgetune tune`` runs with no --lr/--eps (``peers_edgetune.EdgetuneDefaultsPeer``: --lr auto
+  calibrated inside the budget, the guard, the activation cache auto) on ``--trainable``/``--head``: the
+  best recipe measured (bench_exact_head.py: the exact head + ZO-SGD on last:2) until a default slice exists;
+- ORT on-device training, every weight, AdamW at lr 5e-5 (bench_peers.py's peer, in its own venv).
+
+Each trains for ``--budget-s`` seconds (``--budget-clock`` wall, or the child's CPU seconds) in a fresh child
+process, the dev rows scored every ``--every-s`` seconds up to 120 s and every twice that after, with the clocks
+stopped (the scoring time is reported beside it). A curve point is (training wall s, training CPU s, steps, forward passes, dev accuracy);
+ORT's forward passes are forward-equivalents, 3 a step (a backward ≈ 2 forwards). The peers of one data set
+run back to back, their order alternating between data sets, and each records the load average around it.
+
+From the curves (``summarise``): each one's accuracy at 60 s and at the budget (wall and CPU, interpolated
+between points), the time edgetune needs to reach ORT's 60-s accuracy (first point at or above it; the goal
+is ≤ 120 s), and each whole-process peak RSS (VmHWM of the child; the goal is edgetune ≤ 0.35× ORT's).
+Writes benchmarks/results/race.{json,md} (``--name``); ``python benchmarks/figures.py race`` draws the curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from bench_peers import PeerConfig, ort_training_python, prepare_data, run_child  # noqa: E402
+from common import RESULTS, machine, write_results  # noqa: E402
+from peers_ort_venv import VenvUnavailable  # noqa: E402
+
+ORT_LR = 5e-5  # bench_peers' ORT training lr: the usual BERT fine-tuning step, not tuned here
+TARGET_AT_S = 60.0  # the race: reach first-order's accuracy at this many seconds ...
+GOAL_S, GOAL_PEAK = 120.0, 0.35  # ... within this many, at most this fraction of its peak RSS
+SEED = 0
+MAX_STEPS = 20_000  # bench_peers' batch order length: far beyond what the budget reaches
+
+
+@dataclass(frozen=True)
+class Task:
+    title: str
+    folder: str  # under edgetune's work folder: the export and the splits
+    labels: tuple[str, ...]
+    n_train: int
+    n_dev: int
+    dev_size: int  # dev rows scored at each mark (the first of the dev file)
+
+    def files(self) -> tuple[Path, Path, Path]:
+        """The exported model (fresh head of len(labels) classes, as the demo exports it) and the splits."""
+        from edgetune.data.datasets import write_presidential_debates_splits, write_rotten_tomatoes_splits
+        from edgetune.data.resources import minilm_dir
+        from edgetune.demo import RECIPE, default_workdir
+        from edgetune.export import export_isolated
+
+        work = default_workdir()
+        model = export_isolated("classification", minilm_dir(), work / f"minilm-{self.folder}", labels=list(self.labels),
+                                seed=SEED, pooling=RECIPE["pooling"])
+        write = write_rotten_tomatoes_splits if self.folder == "rt" else write_presidential_debates_splits
+        train, dev = write(work / f"splits-{self.folder}", n_train=self.n_train, n_dev=self.n_dev, seed=SEED)
+        return Path(model), Path(train), Path(dev)
+
+
+TASKS = {
+    "rt": Task("MiniLM + Rotten Tomatoes (2 classes)", "rt", ("negative", "positive"), 4000, 1000, 500),
+    "debates": Task("MiniLM + 2016 debates, party (3 classes)", "debates",
+                    ("democratic", "moderator", "republican"), 600, 240, 240),
+}
+ORT = "ORT training (all, AdamW)"
+EDGETUNE = "edgetune defaults"
+
+
+def peers(args) -> list[PeerConfig]:
+    slice_ = f"{args.trainable}, head {args.head}" + (f" (head lr {args.head_lr:g})" if args.head_lr else "")
+    every = [PeerConfig(ORT, "peers_ort_training.py", "1 forward + 1 backward (3 forward-equivalents)",
+                        {"lr": ORT_LR}, venv=True),
+             PeerConfig(EDGETUNE, "peers_edgetune.py", f"{slice_}: lr auto, ε 1e-3, guard on, activation cache auto",
+                        {"defaults": True, "trainable": args.trainable, "head": args.head, "head_lr": args.head_lr})]
+    return [p for p in every if p.name in args.peers]
+
+
+# -- the curves' arithmetic (tested on synthetic curves in tests/test_race.py) --
+
+def accuracy_at(curve: list[dict], t: float, axis: str = "wall_s") -> float | None:
+    """Dev accuracy at ``t`` seconds of ``axis`` (wall_s or cpu_s), linear between the scored points; None
+    outside the curve (a run that stopped before ``t``)."""
+    times = [p[axis] for p in curve]
+    if not curve or t < times[0] or t > times[-1]:
+        return None
+    return float(np.interp(t, times, [p["accuracy"] for p in curve]))
+
+
+def time_to_reach(curve: list[dict], target: float, axis: str = "wall_s") -> float | None:
+    """The time on ``axis`` of the first scored point at or above ``target`` (an upper bound: it was reached
+    at most one scoring interval earlier); None if never."""
+    return next((p[axis] for p in curve if p["accuracy"] >= target - 1e-12), None)
+
+
+def summarise(curves: dict[str, list[dict]], peaks: dict[str, float], budget_s: float) -> dict:
+    """The race's figures from both peers' curves: ORT's 60-s accuracy as the target, each one's accuracy at
+    60 s and at the budget on both clocks, edgetune's time to the target and its peak ÷ ORT's."""
+    ort, ours = curves[ORT], curves[EDGETUNE]
+    target = accuracy_at(ort, TARGET_AT_S)
+    at = {name: {f"{axis}@{t:g}": accuracy_at(curve, t, axis) for axis in ("wall_s", "cpu_s")
+                 for t in (TARGET_AT_S, budget_s)} for name, curve in curves.items()}
+    reach = {axis: time_to_reach(ours, target, axis) if target is not None else None for axis in ("wall_s", "cpu_s")}
+    peak_ratio = peaks[EDGETUNE] / peaks[ORT] if peaks.get(ORT) else None
+    return {"target": target, "accuracy": at, "edgetune_reaches_target": reach,
+            "ort_time_to_target": {axis: time_to_reach(ort, target, axis) if target is not None else None
+                                   for axis in ("wall_s", "cpu_s")},
+            "peak_ratio": peak_ratio,
+            "goal_time_met": reach["wall_s"] is not None and reach["wall_s"] <= GOAL_S,
+            "goal_peak_met": peak_ratio is not None and peak_ratio <= GOAL_PEAK}
+
+
+def marks(budget_s: float, every_s: float) -> list[float]:
+    """The training seconds at which the dev rows are scored: every ``every_s`` up to the goal's time (where
+    the race is decided), every twice that after, the budget last."""
+    points, t = [], 0.0
+    while t + 1e-9 < budget_s:
+        t += every_s if t + 1e-9 < GOAL_S else 2 * every_s
+        points.append(round(min(t, budget_s), 6))
+    return points
+
+
+# -- the run --
+
+def race_task(task: Task, args, order: list[PeerConfig]) -> dict:
+    onnx_path, train_path, dev_path = task.files()
+    shared = {"threads": args.threads, "tokens": args.tokens, "seed": SEED, "onnx": str(onnx_path),
+              "train_path": str(train_path), "batch_size": args.batch_size, "max_steps": MAX_STEPS,
+              "marks": marks(args.budget_s, args.every_s), "budget_clock": args.budget_clock,
+              "eval_batch_size": args.batch_size}  # scoring at the training batch: it cannot raise the peak
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="edgetune_race_") as tmp:
+        workdir = Path(tmp)
+        prepare_data(workdir, onnx_path, train_path, dev_path, argparse.Namespace(**{**vars(args),
+                                                                                     "dev_size": task.dev_size}))
+        pythons = {False: sys.executable}
+        try:
+            pythons[True] = ort_training_python(workdir, onnx_path)
+        except VenvUnavailable as exc:
+            log(f"ORT training peer unavailable: {exc}")
+        for peer in order:
+            if peer.venv not in pythons:
+                results[peer.name] = {"error": "the ORT training venv is unavailable"}
+                continue
+            load_before = os.getloadavg()
+            log(f"{task.folder}: {peer.name} ...")
+            got = run_child(peer, "race", pythons[peer.venv], workdir, shared)
+            results[peer.name] = {**got, "load_before": load_before, "load_after": os.getloadavg(),
+                                  "options": peer.options, "forwards_counted": peer.forwards}
+            log(f"  {({k: v for k, v in got.items() if k != 'curve'})}")
+    if ORT not in results and args.reference:  # a lever run: edgetune alone, judged against a full run's ORT
+        reference = json.loads(args.reference.read_text())["datasets"][task.folder]["peers"][ORT]
+        results[ORT] = {**reference, "reused_from": str(args.reference)}
+    ok = {ORT, EDGETUNE} <= set(results) and all("curve" in r for r in results.values())
+    summary = summarise({n: r["curve"] for n, r in results.items()}, {n: r["peak_rss_mb"] for n, r in results.items()},
+                        args.budget_s) if ok else None
+    return {"title": task.title, "labels": list(task.labels), "n_train": task.n_train, "dev_size": task.dev_size,
+            "peers": results, "summary": summary}
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(payload: dict) -> tuple[list[str], list[list]]:
+    budget = payload["budget_s"]
+    header = ["data set", "peer", "trainable weights", f"steps in {budget:g} s", "forward passes",
+              f"acc @ {TARGET_AT_S:g} s", f"acc @ {budget:g} s", f"acc @ {TARGET_AT_S:g} CPU-s",
+              f"acc @ {budget:g} CPU-s", f"to ORT's {TARGET_AT_S:g}-s acc (s / CPU-s)", "peak RSS (MB)",
+              "peak ÷ ORT's", "scoring s (not counted)", "load avg (1 min, before → after)"]
+    rows = []
+    for key, task in payload["datasets"].items():
+        summary = task["summary"] or {}
+        for name, r in task["peers"].items():
+            if "curve" not in r:
+                rows.append([key, name, f"failed: {r.get('error', '?')}"] + [""] * (len(header) - 3))
+                continue
+            acc = summary.get("accuracy", {}).get(name, {})
+            reach = summary["edgetune_reaches_target"] if name == EDGETUNE else summary.get("ort_time_to_target", {})
+            last = r["curve"][-1]
+            peak_ratio = r["peak_rss_mb"] / task["peers"][ORT]["peak_rss_mb"] if "peak_rss_mb" in task["peers"].get(ORT, {}) else None
+            rows.append([key, name, f"{r['trainable_params']:,}", r["steps"], f"{last['forwards']:,}",
+                         _fmt(acc.get(f"wall_s@{TARGET_AT_S:g}")), _fmt(acc.get(f"wall_s@{budget:g}")),
+                         _fmt(acc.get(f"cpu_s@{TARGET_AT_S:g}")), _fmt(acc.get(f"cpu_s@{budget:g}")),
+                         f"{_fmt(reach.get('wall_s'), '.0f')} / {_fmt(reach.get('cpu_s'), '.0f')}",
+                         f"{r['peak_rss_mb']:.0f}", _fmt(peak_ratio, ".2f") + "×", f"{r['eval_s']:.0f}",
+                         f"{r['load_before'][0]:.1f} → {r['load_after'][0]:.1f}"])
+    return header, rows
+
+
+def verdicts(payload: dict) -> list[str]:
+    """One line per data set: the target, whether edgetune met each goal, and by how much."""
+    lines = []
+    for key, task in payload["datasets"].items():
+        s = task["summary"]
+        if s is None or s["target"] is None:
+            lines.append(f"- {key}: no verdict (a peer failed or stopped before {TARGET_AT_S:g} s)")
+            continue
+        reach = s["edgetune_reaches_target"]["wall_s"]
+        when = (f"reached it at {reach:.0f} s ({'within' if s['goal_time_met'] else 'missing'} the {GOAL_S:g}-s goal)"
+                if reach is not None else f"did not reach it in {payload['budget_s']:g} s")
+        lines.append(f"- {key}: ORT's {TARGET_AT_S:g}-s accuracy {s['target']:.3f}; edgetune {when}; its peak is "
+                     f"{s['peak_ratio']:.2f}× ORT's (goal ≤ {GOAL_PEAK}×: {'met' if s['goal_peak_met'] else 'missed'}).")
+    return lines
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", choices=list(TASKS), default=list(TASKS))
+    parser.add_argument("--budget-s", type=float, default=300.0, help="training seconds per peer")
+    parser.add_argument("--budget-clock", choices=["wall", "cpu"], default="wall",
+                        help="what the budget and the marks count: elapsed time, or the child's CPU seconds")
+    parser.add_argument("--every-s", type=float, default=20.0,
+                        help="score the dev rows every this many seconds up to 120 s, every twice that after")
+    parser.add_argument("--trainable", default="last:2", help="edgetune's slice (the best recipe measured)")
+    parser.add_argument("--head", default="exact", choices=["zo", "exact"], help="edgetune's --head")
+    parser.add_argument("--head-lr", type=float, help="edgetune's --head-lr (a lever; default: edgetune's)")
+    parser.add_argument("--peers", nargs="+", choices=[ORT, EDGETUNE], default=[ORT, EDGETUNE],
+                        help="run only these (a lever run: edgetune alone with --reference)")
+    parser.add_argument("--reference", type=Path, help="a full run's results JSON whose ORT curves judge this run")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=128, help="max_length")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--name", default="race", help="results file stem")
+    parser.add_argument("--quick", action="store_true", help="a 20-s budget scored every 5 s: a smoke run")
+    parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
+                        help="run nothing: write --name from these runs' results (a data set each)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.budget_s, args.every_s = 20.0, 5.0
+    return args
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def combine(paths: list[Path]) -> dict:
+    """One payload of runs made apart (a data set each, e.g. in parallel on a CPU-second clock): the first
+    file's settings, every file's data sets; the settings that decide a curve must agree."""
+    payloads = [json.loads(p.read_text()) for p in paths]
+    first = payloads[0]
+    for path, other in zip(paths[1:], payloads[1:]):
+        for key in ("batch_size", "tokens", "threads", "seed", "budget_s", "budget_clock", "every_s", "trainable",
+                    "head", "head_lr", "ort_lr"):
+            if other[key] != first[key]:
+                raise SystemExit(f"{path}: {key} {other[key]!r} differs from {paths[0]}'s {first[key]!r}")
+    return {**first, "combined_from": [p.name for p in paths],
+            "datasets": {key: task for payload in payloads for key, task in payload["datasets"].items()}}
+
+
+def write(name: str, payload: dict) -> None:
+    write_results(name, payload, *table(payload))
+    with open(RESULTS / f"{name}.md", "a") as f:
+        f.write("\n" + "\n".join(verdicts(payload)) + "\n")
+    print("\n".join(verdicts(payload)))
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.combine:
+        write(args.name, combine(args.combine))
+        return
+    ordered = peers(args)
+    datasets = {}
+    for i, key in enumerate(args.datasets):
+        # alternate who goes first, so a drift in the machine's load does not always favour one peer
+        datasets[key] = race_task(TASKS[key], args, ordered if i % 2 == 0 else ordered[::-1])
+    payload = {"machine": machine(), "batch_size": args.batch_size, "tokens": args.tokens, "threads": args.threads,
+               "seed": SEED, "budget_s": args.budget_s, "budget_clock": args.budget_clock, "every_s": args.every_s,
+               "trainable": args.trainable, "head": args.head, "head_lr": args.head_lr, "ort_lr": ORT_LR,
+               "reference": str(args.reference) if args.reference else None, "target_at_s": TARGET_AT_S,
+               "goal_s": GOAL_S, "goal_peak": GOAL_PEAK, "datasets": datasets}
+    write(args.name, payload)
+
+
+if __name__ == "__main__":
+    main()
