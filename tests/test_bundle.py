@@ -14,9 +14,11 @@ from safetensors.numpy import load_file
 from badinput import Snapshot, assert_rejected
 from conftest import run_cli
 from edgetune import Tuner
+from edgetune.bundle.build import BundleOptions, bundle
 from edgetune.bundle.format import MANIFEST, parse_manifest, read_bundle
 from edgetune.bundle.passes import gemm_to_matmul
 from edgetune.bundle.placement import KEEP_MATMUL, check_placement
+from edgetune.config import ModelOptions
 from edgetune.engine.session import session_options
 from edgetune.errors import ModelError
 
@@ -29,6 +31,11 @@ def make_bundle(model, out, *flags):
     proc = run_cli("bundle", "--onnx", model, "--output", out, *flags)
     assert proc.returncode == 0, proc.stderr
     return proc
+
+
+def bundle_here(model, out, trainable, max_length=None, **options):
+    """The bundle made in this process (what the CLI calls; the CLI's own runs are the tests' other bundles)."""
+    return bundle(BundleOptions(str(model), trainable, out, ModelOptions(max_length=max_length), **options))
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +68,7 @@ def test_manifest_round_trip_and_arena_image(classifier, clf_bundle):
 
 def test_lm_bundle_tunes(lm, tmp_path):
     out = tmp_path / "lm"
-    make_bundle(lm["model"], out, "--trainable", "last:1")
+    bundle_here(lm["model"], out, "last:1")
     manifest = read_bundle(out)
     assert manifest.task == "lm" and manifest.labels_input["per_token"] is True
     proc = run_cli("tune", "--bundle", out, "--data", lm["train"], *TUNE[:-4], "--steps", "5", "--batch-size", "4",
@@ -117,8 +124,8 @@ def test_static_shape_bundle(classifier, tmp_path):
     """Every input of the graphs fixed; batches padded to the length, evaluation's last batch filled (128 dev
     examples in batches of 12), and the same metrics as the dynamic graphs within float rounding."""
     static, dynamic = tmp_path / "static", tmp_path / "dynamic"
-    make_bundle(classifier["model"], static, "--trainable", "last:1", "--batch-size", "12", "--max-length", "32")
-    make_bundle(classifier["model"], dynamic, "--trainable", "last:1", "--max-length", "32")
+    bundle_here(classifier["model"], static, "last:1", max_length=32, batch_size=12)
+    bundle_here(classifier["model"], dynamic, "last:1", max_length=32)
     assert read_bundle(static).static_shapes == {"batch_size": 12, "max_length": 32}
     for name in ("prefix.onnx", "suffix.onnx", "model.onnx"):
         for graph_input in onnx.load(static / name).graph.input:
@@ -157,9 +164,8 @@ def gemm_model(classifier, tmp_path_factory):
 
 def test_gemm_pass(gemm_model, classifier, tmp_path):
     rewritten, kept = tmp_path / "matmul", tmp_path / "gemm"
-    proc = make_bundle(gemm_model, rewritten, "--trainable", "head")
-    make_bundle(gemm_model, kept, "--trainable", "head", "--no-gemm-to-matmul")
-    assert "Gemm -> MatMul + Add: /classifier/Gemm" in proc.stderr
+    assert bundle_here(gemm_model, rewritten, "head").rewritten == ["/classifier/Gemm"]
+    assert bundle_here(gemm_model, kept, "head", gemm_to_matmul=False).rewritten == []
     ops = {d: [n.op_type for n in onnx.load(d / "suffix.onnx").graph.node] for d in (rewritten, kept)}
     assert "Gemm" not in ops[rewritten] and {"Transpose", "MatMul", "Add"} <= set(ops[rewritten])
     assert "Gemm" in ops[kept]
@@ -245,6 +251,6 @@ def test_output_folder_rules(classifier, clf_bundle, tmp_path):
     assert_rejected(run_cli("bundle", *again, "--output", foreign), "notes.txt", "not a bundle's")
     replaced = tmp_path / "replaced"
     shutil.copytree(out, replaced)
-    make_bundle(classifier["model"], replaced, "--trainable", "head", "--force")
+    bundle_here(classifier["model"], replaced, "head", force=True)
     assert read_bundle(replaced).trainable == "head"
     assert not (replaced / "prefix.onnx").exists() or "prefix.onnx" in read_bundle(replaced).files
