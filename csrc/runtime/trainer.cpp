@@ -89,7 +89,8 @@ bool Trainer::step(et_step_record &record) {
     const uint64_t t = done_;
     engine_.set_batch((BatchBuilder(b_).build(train_, stream_->indices(t), batch_), batch_));
     const float lr = (float)schedule_value(p_.schedule, p_.lr, p_.steps, p_.warmup, t, false);
-    const float eps = (float)schedule_value(p_.schedule, p_.eps, p_.steps, 0, t, p_.schedule == ET_SCHEDULE_SPALL);
+    // eps decays only under spall (Spall's c_k); linear and constant schedules keep it (ZOBase.settings)
+    const float eps = (float)schedule_value(ET_SCHEDULE_CONSTANT, p_.eps, p_.steps, 0, t, p_.schedule == ET_SCHEDULE_SPALL);
     const float wd = (float)p_.weight_decay;
     const uint32_t q = p_.queries;
     uint64_t seeds[ET_RUNTIME_MAX_QUERIES];

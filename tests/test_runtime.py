@@ -1,0 +1,208 @@
+"""The C tuning runtime (csrc/runtime, edgetune_runtime.h) against the Python tuner on the same bundle.
+
+Built once per session with CMake into a temp dir (the runtime and examples/c only, ~30 CPU-s); it tunes
+through the onnxruntime wheel's own libonnxruntime.so.1.32.0, the library the Python tuner runs. Same bundle,
+ids, seed and flags must give the same per-step losses and projected gradients and a bit-identical tuned slice.
+"""
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from safetensors.numpy import load_file
+
+from models.tiny import make_classifier_bundle
+from tests.conftest import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAGS = {"--lr": "1e-3", "--eps": "1e-3", "--seed": "0", "--batch-size": "8", "--threads": "1"}
+ORT_LIBRARY = Path(ort.__file__).parent / "capi" / f"libonnxruntime.so.{ort.__version__}"
+
+
+@pytest.fixture(scope="module")
+def runtime_build(tmp_path_factory):
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake not found on PATH")
+    if not ORT_LIBRARY.is_file():
+        pytest.skip(f"the onnxruntime wheel has no {ORT_LIBRARY.name}")
+    build = tmp_path_factory.mktemp("build-runtime")
+    env = {k: v for k, v in os.environ.items() if k != "CMAKE_ARGS"}
+    for cmd in ([cmake, "-S", ROOT, "-B", build, "-DCMAKE_BUILD_TYPE=Release", "-DEDGETUNE_PYTHON=OFF",
+                 "-DEDGETUNE_CUDA=OFF", "-DEDGETUNE_RUNTIME=ON"],
+                [cmake, "--build", build, "-j", "2", "--target", "tune_bundle", "infer_bundle"]):
+        proc = subprocess.run([str(c) for c in cmd], env=env, capture_output=True, text=True, timeout=1200)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return build
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny classifier bundled with a frozen prefix (last:1), and its data as text and as the bundle's ids."""
+    from edgetune.bundle.build import BundleOptions, bundle
+    from edgetune.config import ModelOptions
+    from edgetune.tuner import Tuner
+
+    d = tmp_path_factory.mktemp("runtime")
+    paths = make_classifier_bundle(d / "src", n_train=64, n_dev=32)
+    bundle(BundleOptions(onnx=str(paths["model"]), trainable="last:1", output=d / "bundle",
+                         model=ModelOptions(threads=1)))
+    tuner = Tuner.from_bundle(d / "bundle", threads=1)
+    for split in ("train", "dev"):
+        data = tuner.load_data(paths[split])
+        lines = [json.dumps({"ids": [int(i) for i in ids], "label": int(label)}) for ids, label in
+                 zip(data.ids, data.targets)]
+        (d / f"{split}_ids.jsonl").write_text("\n".join(lines) + "\n")
+    return {**paths, "bundle": d / "bundle", "train_ids": d / "train_ids.jsonl", "dev_ids": d / "dev_ids.jsonl"}
+
+
+def tune_c(build: Path, bundle: Path, train: Path, *args) -> subprocess.CompletedProcess:
+    flags = [x for kv in FLAGS.items() for x in kv]
+    return subprocess.run([str(build / "tune_bundle"), str(bundle), str(train), *flags, "--ort", str(ORT_LIBRARY),
+                           *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def curve(stdout: str) -> list[tuple[int, float, float]]:
+    """(step, loss, first projected gradient) of each 'step T loss L lr X g G' line, as float32."""
+    rows = [line.split() for line in stdout.splitlines() if line.startswith("step ")]
+    return [(int(r[1]), float(np.float32(r[3])), float(np.float32(r[7]))) for r in rows]
+
+
+def same_bits(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k].view(np.uint32), b[k].view(np.uint32)) for k in a)
+
+
+@pytest.mark.parametrize("schedule,queries", [("constant", 1), ("linear", 2), ("spall", 1)])
+def test_c_runtime_reproduces_python_tune_on_a_bundle(runtime_build, tiny, tmp_path, schedule, queries):
+    """examples/c vs `edgetune tune --bundle`: the same curve, bit for bit, and the same tuned slice."""
+    steps = 6
+    py = run_cli("tune", "--bundle", tiny["bundle"], "--data", tiny["train"], "--output-dir", tmp_path / "py",
+                 "--steps", steps, "--guard", "off", "--schedule", schedule, "--queries", queries,
+                 *[x for kv in FLAGS.items() for x in kv])
+    assert py.returncode == 0, py.stderr
+    c = tune_c(runtime_build, tiny["bundle"], tiny["train_ids"], "--steps", steps, "--schedule", schedule,
+               "--queries", queries, "--out", tmp_path / "c")
+    assert c.returncode == 0, c.stderr
+    records = [json.loads(line) for line in (tmp_path / "py" / "steps.jsonl").read_text().splitlines()]
+    expected = [(r["step"], float(np.float32(r["loss"])), float(np.float32(r["grads"][0]))) for r in records]
+    assert curve(c.stdout) == expected
+    assert same_bits(load_file(tmp_path / "c" / "trainable.safetensors"),
+                     load_file(tmp_path / "py" / "trainable.safetensors"))
+    # the tuned model.onnx (streamed, tensors patched in place) runs in plain ORT as the Python-saved one does
+    feeds = _dev_batch(tiny)
+    outputs = [ort.InferenceSession(str(tmp_path / side / "model.onnx")).run(None, feeds)[0] for side in ("c", "py")]
+    assert np.array_equal(outputs[0], outputs[1])
+
+
+def _dev_batch(tiny) -> dict[str, np.ndarray]:
+    rows = [json.loads(line)["ids"] for line in tiny["dev_ids"].read_text().splitlines()[:8]]
+    length = max(map(len, rows))
+    ids = np.zeros((len(rows), length), np.int64)
+    mask = np.zeros_like(ids)
+    for r, row in enumerate(rows):
+        ids[r, :len(row)], mask[r, :len(row)] = row, 1
+    names = [i.name for i in ort.InferenceSession(str(tiny["bundle"] / "model.onnx")).get_inputs()]
+    return {k: v for k, v in {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}.items()
+            if k in names}
+
+
+def test_evaluation_matches_python(runtime_build, tiny):
+    from edgetune.tuner import Tuner
+
+    c = tune_c(runtime_build, tiny["bundle"], tiny["train_ids"], "--eval", tiny["dev_ids"], "--steps", 1)
+    assert c.returncode == 0, c.stderr
+    before = next(line.split() for line in c.stdout.splitlines() if line.startswith("eval before"))
+    metrics = Tuner.from_bundle(tiny["bundle"], threads=1).evaluate(tiny["dev"])
+    assert float(before[5]) == metrics["accuracy"] and int(before[7]) == metrics["examples"]
+    assert float(before[3]) == pytest.approx(metrics["loss"], rel=1e-6)
+
+
+def test_resume_after_a_checkpoint_is_bit_identical(runtime_build, tiny, tmp_path):
+    whole = tune_c(runtime_build, tiny["bundle"], tiny["train_ids"], "--steps", 6, "--out", tmp_path / "whole")
+    first = tune_c(runtime_build, tiny["bundle"], tiny["train_ids"], "--steps", 6, "--stop-after", 3,
+                   "--checkpoint", tmp_path / "ck.safetensors")
+    rest = tune_c(runtime_build, tiny["bundle"], tiny["train_ids"], "--steps", 6, "--resume",
+                  tmp_path / "ck.safetensors", "--out", tmp_path / "resumed")
+    for proc in (whole, first, rest):
+        assert proc.returncode == 0, proc.stderr
+    assert "trained 3 steps" in first.stdout and "(stopped)" in first.stdout
+    assert curve(first.stdout) + curve(rest.stdout) == curve(whole.stdout)
+    assert same_bits(load_file(tmp_path / "whole" / "trainable.safetensors"),
+                     load_file(tmp_path / "resumed" / "trainable.safetensors"))
+    # the checkpoint is the Python checkpoint format: its reader takes it
+    from edgetune.artifacts.checkpoint import load_checkpoint
+
+    tensors, state = load_checkpoint(tmp_path / "ck.safetensors")
+    assert state["step"] == 3 and set(tensors) == set(load_file(tmp_path / "whole" / "trainable.safetensors"))
+    # other flags than the checkpoint's: refused in one line
+    other = tune_c(runtime_build, tiny["bundle"], tiny["train_ids"], "--steps", 6, "--lr", "2e-3", "--resume",
+                   tmp_path / "ck.safetensors")
+    assert other.returncode == 1 and "train params differ from the run's after step 3" in other.stderr
+
+
+def _damage(bundle: Path, how: str) -> str:
+    """Damage a copy of a bundle; the text the one error line must contain."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    if how == "missing":
+        (bundle / "suffix.onnx").unlink()
+        return f"{bundle}/suffix.onnx: missing"
+    if how == "sha256":
+        data = bytearray((bundle / "arena.bin").read_bytes())
+        data[5] ^= 0x40
+        (bundle / "arena.bin").write_bytes(bytes(data))
+        return f"{bundle}/arena.bin: sha256 differs from manifest.json's"
+    if how == "version":
+        manifest["format_version"] = 2
+    elif how == "key":
+        del manifest["arena"]["count"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return {"version": "manifest.json: format_version 2 is not supported (this runtime reads 1)",
+            "key": "manifest.json: key 'count' missing"}[how]
+
+
+@pytest.mark.parametrize("how", ["missing", "sha256", "version", "key"])
+def test_a_bad_bundle_is_one_error_line(runtime_build, tiny, tmp_path, how):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny["bundle"], bundle)
+    expected = _damage(bundle, how)
+    proc = tune_c(runtime_build, bundle, tiny["train_ids"], "--steps", 1)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("tune_bundle: error: ")
+    assert expected in proc.stderr
+
+
+def test_a_bad_jsonl_line_names_the_file_and_line(runtime_build, tiny, tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"ids": [1, 2, 3], "label": 0}\n{"ids": [4, 5], "label": "nope"}\n')
+    proc = tune_c(runtime_build, tiny["bundle"], data, "--steps", 1)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert f"{data}:2: label 'nope' is not one of the bundle's classes" in proc.stderr
+
+
+def test_a_non_finite_loss_stops_as_the_python_tuner_does(runtime_build, tiny, tmp_path):
+    """lr 1e30 blows the head up: both runtimes stop at the same step with the same examples named."""
+    py = run_cli("tune", "--bundle", tiny["bundle"], "--data", tiny["train"], "--output-dir", tmp_path / "py",
+                 "--steps", 50, "--guard", "off", "--schedule", "constant",
+                 *[x for kv in {**FLAGS, "--lr": "1e30"}.items() for x in kv])
+    c = tune_c(runtime_build, tiny["bundle"], tiny["train_ids"], "--steps", 50, "--lr", "1e30",
+               "--checkpoint", tmp_path / "unused")
+    assert py.returncode != 0 and c.returncode == 1
+    assert c.stderr.count("\n") == 1 and "non-finite loss at step" in c.stderr
+    step = int(c.stderr.split("non-finite loss at step ")[1].split()[0])
+    assert f"non-finite loss at step {step} " in py.stderr
+    lines = lambda text: sorted(w.rsplit(":", 1)[1].rstrip(",;") for w in text.split() if ".jsonl:" in w)  # noqa: E731
+    assert lines(c.stderr) == lines(py.stderr.split("examples", 1)[1])
+    assert not (tmp_path / "unused").exists()  # the run stopped with an error: nothing after it ran
+
+
+def test_peak_memory_peer_runs(runtime_build, tiny):
+    """infer_bundle, the benchmark's plain-ORT peer, runs the bundle's model.onnx on a batch."""
+    proc = subprocess.run([str(runtime_build / "infer_bundle"), str(tiny["bundle"] / "model.onnx"),
+                           str(tiny["train_ids"]), "8", "2", "1", str(ORT_LIBRARY)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "(8 rows x" in proc.stdout
