@@ -408,6 +408,9 @@ class Tuner:
         if self.static_shapes is not None and config.batch_size != self.static_shapes[0]:
             raise EdgetuneError(f"--batch-size {config.batch_size}: the bundle's graphs take batches of exactly "
                                 f"{self.static_shapes[0]} (its static shapes)")
+        if self.static_shapes is not None and config.parallel != "off":  # P-RGE stacks copies along the batch
+            raise EdgetuneError(f"--parallel {config.parallel}: P-RGE runs the queries as copies along the batch, "
+                                "which a static-shape bundle's graphs cannot take; use --parallel off")
         if config.head == "exact" and self.head is None:  # the graph decides it: preparing again would start over
             raise EdgetuneError("head='exact' needs the head's gradient in the graph: create the tuner with "
                                 "Tuner.from_onnx(..., head='exact')")

@@ -20,7 +20,7 @@ from edgetune.bundle.passes import gemm_to_matmul
 from edgetune.bundle.placement import KEEP_MATMUL, check_placement
 from edgetune.config import ModelOptions
 from edgetune.engine.session import session_options
-from edgetune.errors import ModelError
+from edgetune.errors import EdgetuneError, ModelError
 
 # The flags the C runtime's parity runs use (it has no --lr auto and no guard).
 TUNE = ("--lr", "1e-3", "--eps", "1e-3", "--guard", "off", "--schedule", "constant", "--steps", "60",
@@ -136,6 +136,8 @@ def test_static_shape_bundle(classifier, tmp_path):
     assert abs(fixed["loss"] - free["loss"]) < 1e-5
     run = ("--data", classifier["train"], "--output-dir", tmp_path / "run")
     assert_rejected(run_cli("tune", "--bundle", static, *run, "--batch-size", "16"), "--batch-size 16", "exactly 12")
+    with pytest.raises(EdgetuneError, match="--parallel on"):
+        Tuner.from_bundle(static).fit(classifier["train"], batch_size=12, parallel="on", steps=1)
     proc = run_cli("tune", "--bundle", static, *run, *TUNE[:-4], "--batch-size", "12", "--steps", "10")
     assert proc.returncode == 0, proc.stderr
 
