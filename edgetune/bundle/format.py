@@ -8,12 +8,12 @@ refuse a ``format_version`` they do not know, in one line, rather than guess at 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgetune.artifacts.checkpoint import file_digest
 from edgetune.artifacts.io import atomic_write_text
 from edgetune.data.jsonl import TASK_CLASSIFICATION, TASK_LM
 from edgetune.errors import ModelError
@@ -83,11 +83,7 @@ class Manifest:
 
 
 def file_entry(path: Path) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"bytes": path.stat().st_size, "sha256": file_digest(path)}
 
 
 def write_manifest(directory: Path, manifest: Manifest, names: list[str]) -> None:
