@@ -32,7 +32,10 @@ struct AsciiFlags {
         for (char32_t c = 0; c < 128; ++c) v[c] = run_value(FLAG_RUNS, c);
     }
 };
-const AsciiFlags ASCII;
+const AsciiFlags &ascii() {
+    static const AsciiFlags table;  // built on first use: no order-of-initialisation question across files
+    return table;
+}
 
 template <size_t N, size_t P>
 bool map_lookup(const MapEntry (&table)[N], const char32_t (&pool)[P], char32_t cp, std::u32string &out) {
@@ -49,7 +52,7 @@ constexpr char32_t T_COUNT = 28, N_COUNT = 21 * 28, S_COUNT = 11172;
 
 }  // namespace
 
-uint16_t flags(char32_t cp) { return cp < 128 ? ASCII.v[cp] : run_value(FLAG_RUNS, cp); }
+uint16_t flags(char32_t cp) { return cp < 128 ? ascii().v[cp] : run_value(FLAG_RUNS, cp); }
 
 uint8_t combining_class(char32_t cp) { return cp < 0x300 ? 0 : static_cast<uint8_t>(run_value(CCC_RUNS, cp)); }
 
