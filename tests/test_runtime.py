@@ -68,7 +68,7 @@ def tune_c(build: Path, bundle: Path, train: Path, *args) -> subprocess.Complete
 
 def curve(stdout: str) -> list[tuple[int, float, float]]:
     """(step, loss, first projected gradient) of each 'step T loss L lr X g G' line, as float32."""
-    rows = [line.split() for line in stdout.splitlines() if line.startswith("step ")]
+    rows = [w for w in map(str.split, stdout.splitlines()) if w[:1] == ["step"] and w[2] == "loss"]
     return [(int(r[1]), float(np.float32(r[3])), float(np.float32(r[7]))) for r in rows]
 
 
@@ -108,6 +108,48 @@ def _dev_batch(tiny) -> dict[str, np.ndarray]:
     names = [i.name for i in ort.InferenceSession(str(tiny["bundle"] / "model.onnx")).get_inputs()]
     return {k: v for k, v in {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}.items()
             if k in names}
+
+
+def _wordpiece_bundle(tiny, bundle: Path) -> Path:
+    """The tiny bundle with its WordLevel tokenizer.json swapped for a WordPiece one of the same vocabulary (the
+    C++ tokenizer reads WordPiece and byte-level BPE), the manifest's entry updated to match."""
+    import hashlib
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    shutil.copytree(tiny["bundle"], bundle)
+    vocab = json.loads((bundle / "tokenizer.json").read_text())["model"]["vocab"]
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.add_special_tokens(["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    tok.save(str(bundle / "tokenizer.json"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    data = (bundle / "tokenizer.json").read_bytes()
+    manifest["files"]["tokenizer.json"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    manifest["tokenizer"]["kind"] = "wordpiece"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return bundle
+
+
+def test_text_examples_through_the_cpp_tokenizer_reproduce_python(runtime_build, tiny, tmp_path):
+    """{"text"} JSONL tokenised in C++ from the bundle's tokenizer.json: the same curve and slice as Python, whose
+    Hugging Face tokenizer reads the same file."""
+    bundle = _wordpiece_bundle(tiny, tmp_path / "bundle")
+    py = run_cli("tune", "--bundle", bundle, "--data", tiny["train"], "--output-dir", tmp_path / "py", "--steps", 4,
+                 "--guard", "off", "--schedule", "constant", *[x for kv in FLAGS.items() for x in kv])
+    assert py.returncode == 0, py.stderr
+    c = tune_c(runtime_build, bundle, tiny["train"], "--steps", 4, "--out", tmp_path / "c")
+    assert c.returncode == 0, c.stderr
+    records = [json.loads(line) for line in (tmp_path / "py" / "steps.jsonl").read_text().splitlines()]
+    assert curve(c.stdout) == [(r["step"], float(np.float32(r["loss"])), float(np.float32(r["grads"][0])))
+                               for r in records]
+    assert same_bits(load_file(tmp_path / "c" / "trainable.safetensors"),
+                     load_file(tmp_path / "py" / "trainable.safetensors"))
+    assert (tmp_path / "c" / "tokenizer.json").read_bytes() == (bundle / "tokenizer.json").read_bytes()
 
 
 def test_evaluation_matches_python(runtime_build, tiny):

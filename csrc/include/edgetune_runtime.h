@@ -168,8 +168,12 @@ ET_API const char *et_runtime_label_name(const et_runtime *rt, uint32_t i);
 /* Data. ids: borrowed, n token ids as the bundle's tokenizer makes them (special tokens included; cut to
  * the bundle's max_length); label: class index (classify). The runtime copies them. */
 ET_API et_status et_runtime_add_example(et_runtime *rt, et_split split, const int64_t *ids, size_t n, int64_t label);
-/* A JSONL file of {"ids": [...], "label": 0 | "name"} lines (label by index or by class name). An error
- * names the file and line; examples of lines before it stay added. */
+/* Text through the bundle's tokenizer.json (the C++ tokenizer: WordPiece or byte-level BPE, the ids Hugging
+ * Face tokenizers gives), encoded as `edgetune tune` encodes a {"text", "label"} record: special tokens added,
+ * cut to the bundle's max_length. classify bundles only. text: borrowed, NUL-terminated UTF-8. */
+ET_API et_status et_runtime_add_text(et_runtime *rt, et_split split, const char *text, int64_t label);
+/* A JSONL file of {"ids": [...], "label": 0 | "name"} or {"text": "...", "label": ...} lines (label by index or
+ * by class name). An error names the file and line; examples of lines before it stay added. */
 ET_API et_status et_runtime_load_jsonl(et_runtime *rt, et_split split, const char *path);
 ET_API et_status et_runtime_num_examples(const et_runtime *rt, et_split split, uint64_t *n);
 ET_API et_status et_runtime_clear(et_runtime *rt, et_split split);

@@ -97,7 +97,8 @@ std::vector<uint64_t> BatchStream::indices(uint64_t step) {
     return out;
 }
 
-void load_jsonl(const std::string &path, const std::vector<std::string> &labels, int64_t max_length, Examples &set) {
+void load_jsonl(const std::string &path, const std::vector<std::string> &labels, int64_t max_length,
+                const TextEncoder &encode, Examples &set) {
     std::ifstream in(path);
     if (!in) fail(ET_ERR_IO, path + ": cannot be read");
     std::string line;
@@ -108,13 +109,20 @@ void load_jsonl(const std::string &path, const std::vector<std::string> &labels,
         const std::string where = path + ":" + std::to_string(number);
         nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
         if (j.is_discarded() || !j.is_object()) fail(ET_ERR_DATA, where + ": not a JSON object");
-        if (!j.contains("ids") || !j["ids"].is_array() || j["ids"].empty())
-            fail(ET_ERR_DATA, where + ": no 'ids' list of token ids");
         Example e;
-        for (const auto &id : j["ids"]) {
-            if (!id.is_number_integer() || id.get<int64_t>() < 0) fail(ET_ERR_DATA, where + ": 'ids' holds a value that is not a token id");
-            e.ids.push_back(id.get<int64_t>());
+        if (j.contains("text") && !j.contains("ids")) {
+            if (!j["text"].is_string()) fail(ET_ERR_DATA, where + ": 'text' is not a string");
+            e.ids = encode(j["text"].get<std::string>(), where);
+        } else {
+            if (!j.contains("ids") || !j["ids"].is_array() || j["ids"].empty())
+                fail(ET_ERR_DATA, where + ": no 'ids' list of token ids (or 'text')");
+            for (const auto &id : j["ids"]) {
+                if (!id.is_number_integer() || id.get<int64_t>() < 0)
+                    fail(ET_ERR_DATA, where + ": 'ids' holds a value that is not a token id");
+                e.ids.push_back(id.get<int64_t>());
+            }
         }
+        if (e.ids.empty()) fail(ET_ERR_DATA, where + ": no tokens");
         if ((int64_t)e.ids.size() > max_length) e.ids.resize((size_t)max_length);
         if (!labels.empty()) {
             if (!j.contains("label")) fail(ET_ERR_DATA, where + ": no 'label'");

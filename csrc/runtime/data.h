@@ -3,6 +3,7 @@
 #ifndef EDGETUNE_RUNTIME_DATA_H
 #define EDGETUNE_RUNTIME_DATA_H
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -53,9 +54,13 @@ private:
     std::unordered_map<uint64_t, std::vector<uint64_t>> epochs_;
 };
 
-// A JSONL file of {"ids": [...], "label": index | "class name"} lines into set (rows of earlier lines stay
-// on an error, which names the file and line). labels: the bundle's class names.
-void load_jsonl(const std::string &path, const std::vector<std::string> &labels, int64_t max_length, Examples &set);
+// text -> token ids as `tune` encodes a record; throws Error naming `where`
+using TextEncoder = std::function<std::vector<int64_t>(const std::string &text, const std::string &where)>;
+
+// A JSONL file of {"ids": [...] | "text": "...", "label": index | "class name"} lines into set (rows of earlier
+// lines stay on an error, which names the file and line). labels: the bundle's class names.
+void load_jsonl(const std::string &path, const std::vector<std::string> &labels, int64_t max_length,
+                const TextEncoder &encode, Examples &set);
 
 }  // namespace et::rt
 #endif

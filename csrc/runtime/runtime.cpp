@@ -18,6 +18,7 @@
 #include "error.h"
 #include "ort.h"
 #include "session.h"
+#include "tokenizer.h"
 #include "trainer.h"
 
 using et::rt::Error;
@@ -37,7 +38,27 @@ struct et_runtime {
     std::unique_ptr<et::rt::Engine> engine;
     et::rt::Examples sets[2];
     std::unique_ptr<et::rt::Trainer> trainer;
+    std::unique_ptr<et::tok::Tokenizer> tokenizer;  // loaded at the first text
     std::string error;
+
+    // `text` as `tune` encodes a {"text", "label"} record (edgetune/data/encode.py encode_classification)
+    std::vector<int64_t> encode(const std::string &text, const std::string &where) {
+        if (bundle.task != "classify")
+            fail(ET_ERR_UNSUPPORTED, where + ": text examples need a classify bundle; give an lm bundle token ids");
+        if (bundle.tokenizer_file.empty()) fail(ET_ERR_BUNDLE, bundle.dir + ": the bundle holds no tokenizer.json");
+        if (!tokenizer) {
+            try {
+                tokenizer.reset(new et::tok::Tokenizer(et::tok::Tokenizer::load(bundle.tokenizer_file)));
+            } catch (const et::tok::Error &e) {
+                fail(ET_ERR_BUNDLE, e.what());
+            }
+        }
+        try {
+            return tokenizer->encode_record(text, (size_t)bundle.max_length);
+        } catch (const et::tok::Error &e) {
+            fail(ET_ERR_DATA, where + ": " + e.what());
+        }
+    }
 };
 
 namespace {
@@ -179,6 +200,18 @@ const char *et_runtime_label_name(const et_runtime *rt, uint32_t i) {
     return rt && i < rt->bundle.labels.size() ? rt->bundle.labels[i].c_str() : nullptr;
 }
 
+et_status et_runtime_add_text(et_runtime *rt, et_split split, const char *text, int64_t label) {
+    if (!rt) return ET_ERR_INVALID_ARGUMENT;
+    std::vector<int64_t> ids;
+    et_status s = guarded(rt->error, [&] {
+        if (!text) fail(ET_ERR_INVALID_ARGUMENT, "et_runtime_add_text: NULL text");
+        ids = rt->encode(text, "example " + std::to_string(valid_split(split) ? rt->sets[split].rows.size() : 0));
+        if (ids.empty()) fail(ET_ERR_DATA, "et_runtime_add_text: the text has no tokens");
+        return ET_OK;
+    });
+    return s != ET_OK ? s : et_runtime_add_example(rt, split, ids.data(), ids.size(), label);
+}
+
 et_status et_runtime_add_example(et_runtime *rt, et_split split, const int64_t *ids, size_t n, int64_t label) {
     if (!rt) return ET_ERR_INVALID_ARGUMENT;
     return guarded(rt->error, [&] {
@@ -208,7 +241,9 @@ et_status et_runtime_load_jsonl(et_runtime *rt, et_split split, const char *path
         if (!valid_split(split) || !path) fail(ET_ERR_INVALID_ARGUMENT, "et_runtime_load_jsonl: bad split or NULL path");
         if (split == ET_SPLIT_TRAIN && rt->trainer->done() > 0)
             fail(ET_ERR_STATE, "et_runtime_load_jsonl: the run has taken steps on the training examples; they cannot change now");
-        et::rt::load_jsonl(path, rt->bundle.labels, rt->bundle.max_length, rt->sets[split]);
+        et::rt::load_jsonl(path, rt->bundle.labels, rt->bundle.max_length,
+                           [rt](const std::string &text, const std::string &where) { return rt->encode(text, where); },
+                           rt->sets[split]);
         return ET_OK;
     });
 }

@@ -4,24 +4,42 @@
  *               [--seed N] [--batch-size N] [--queries N] [--schedule constant|linear|spall] [--threads N]
  *               [--ort LIBONNXRUNTIME] [--resume FILE] [--checkpoint FILE] [--stop-after N]
  *
- * JSONL lines: {"ids": [101, ...], "label": 0 | "name"}. Prints one "step T loss L" line per step (the
+ * JSONL lines: {"text": "...", "label": "name" | 0} (tokenised from the bundle's tokenizer.json) or
+ * {"ids": [101, ...], "label": ...}. Prints one "step T loss L" line per step (the
  * curve), the evaluation before and after, and saves DIR/model.onnx + DIR/trainable.safetensors.
  * Exit status: 0 done, 1 an error (one "tune_bundle: error: ..." line on stderr), 2 bad arguments. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "edgetune_runtime.h"
 
 typedef struct {
     uint64_t stop_after;  /* 0: never */
+    uint64_t timed;       /* steps after the first one, and their wall / CPU seconds */
+    double wall, cpu, wall0, cpu0;
 } progress_ctx;
 
+static double seconds(clockid_t clock) {
+    struct timespec t;
+    clock_gettime(clock, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
 static int32_t on_step(const et_step_record *r, void *user) {
-    const progress_ctx *ctx = (const progress_ctx *)user;
+    progress_ctx *ctx = (progress_ctx *)user;
+    const double wall = seconds(CLOCK_MONOTONIC), cpu = seconds(CLOCK_PROCESS_CPUTIME_ID);
+    if (ctx->wall0 > 0) {  /* step time from the end of one step to the next's, printing included */
+        ctx->wall += wall - ctx->wall0;
+        ctx->cpu += cpu - ctx->cpu0;
+        ++ctx->timed;
+    }
     printf("step %llu loss %.9g lr %.9g g %.9g\n", (unsigned long long)r->step, (double)r->loss, (double)r->lr,
            (double)r->grads[0]);
     fflush(stdout);
+    ctx->wall0 = seconds(CLOCK_MONOTONIC);
+    ctx->cpu0 = seconds(CLOCK_PROCESS_CPUTIME_ID);
     return ctx->stop_after && r->step + 1 >= ctx->stop_after;  /* non-zero: stop (the step is complete) */
 }
 
@@ -48,7 +66,7 @@ int main(int argc, char **argv) {
     const char *eval = NULL, *out = NULL, *resume = NULL, *checkpoint = NULL;
     et_runtime_options o;
     et_runtime_default_options(&o);
-    progress_ctx ctx = {0};
+    progress_ctx ctx = {0, 0, 0, 0, 0, 0};
     for (int i = 3; i + 1 < argc; i += 2) {  /* the ORT options first: open needs them */
         if (!strcmp(argv[i], "--threads")) o.threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--ort")) o.ort_library = argv[i + 1];
@@ -93,6 +111,9 @@ int main(int argc, char **argv) {
     if (s != ET_OK && s != ET_CANCELLED) return fail(rt, "training");
     printf("trained %llu steps, %llu forwards%s\n", (unsigned long long)r.steps_done, (unsigned long long)r.forwards,
            r.cancelled ? " (stopped)" : "");
+    if (ctx.timed)
+        printf("step time %.6f s wall %.6f s cpu (mean of %llu steps after the first)\n", ctx.wall / ctx.timed,
+               ctx.cpu / ctx.timed, (unsigned long long)ctx.timed);
     if (checkpoint && et_runtime_checkpoint(rt, checkpoint) != ET_OK) return fail(rt, "checkpoint");
     if (eval && evaluate(rt, "after") != 0) return fail(rt, "evaluation");
     if (out && et_runtime_save(rt, out) != ET_OK) return fail(rt, "save");
