@@ -160,6 +160,14 @@ jobject make_record(JNIEnv *env, const et_step_record &r) {
     return rec;
 }
 
+// The C value of an enum field (Java checks that it is not null).
+int32_t ordinal(JNIEnv *env, jobject obj, jfieldID field) {
+    jobject value = env->GetObjectField(obj, field);
+    const jint v = env->CallIntMethod(value, ids.ordinal);
+    env->DeleteLocalRef(value);
+    return v;
+}
+
 // Java TrainParams -> et_train_params (struct_size and the fields Java does not carry from the defaults).
 bool read_params(JNIEnv *env, jlong h, jobject jp, et_train_params &p) {
     et_runtime_default_train_params(rt_of(h), &p);
@@ -171,12 +179,9 @@ bool read_params(JNIEnv *env, jlong h, jobject jp, et_train_params &p) {
     p.eps = env->GetFloatField(jp, ids.p_eps);
     p.weight_decay = env->GetFloatField(jp, ids.p_wd);
     p.warmup = static_cast<uint32_t>(env->GetIntField(jp, ids.p_warmup));
-    jobject schedule = env->GetObjectField(jp, ids.p_schedule);
-    jobject noise = env->GetObjectField(jp, ids.p_noise);
-    p.schedule = env->CallIntMethod(schedule, ids.ordinal);
-    p.noise = env->CallIntMethod(noise, ids.ordinal);
-    env->DeleteLocalRef(schedule);
-    env->DeleteLocalRef(noise);
+    p.schedule = ordinal(env, jp, ids.p_schedule);
+    if (env->ExceptionCheck()) return false;
+    p.noise = ordinal(env, jp, ids.p_noise);
     return !env->ExceptionCheck();
 }
 
@@ -323,6 +328,15 @@ JNIEXPORT void JNICALL Java_ai_edgetune_EdgeTune_nativeAddExample(JNIEnv *env, j
                                                static_cast<size_t>(n), label);
     env->ReleaseLongArrayElements(jids, tokens, JNI_ABORT);  // read only: nothing to copy back
     ok(env, rt_of(h), s);
+}
+
+JNIEXPORT void JNICALL Java_ai_edgetune_EdgeTune_nativeAddText(JNIEnv *env, jclass, jlong h, jint split, jstring jtext,
+                                                               jlong label) {
+    guarded<int>(env, 0, [&] {
+        std::string text;
+        if (to_utf8(env, jtext, text)) ok(env, rt_of(h), et_runtime_add_text(rt_of(h), split_of(split), text.c_str(), label));
+        return 0;
+    });
 }
 
 JNIEXPORT void JNICALL Java_ai_edgetune_EdgeTune_nativeLoadJsonl(JNIEnv *env, jclass, jlong h, jint split,

@@ -9,7 +9,7 @@ import java.util.Objects;
  *
  * <pre>{@code
  * try (EdgeTune et = EdgeTune.open(bundleDir, new EdgeTune.Options())) {
- *     et.addExample(EdgeTune.Split.TRAIN, ids, label);             // token ids + class index
+ *     et.addText(EdgeTune.Split.TRAIN, "a joy to watch", 1);      // or addExample(split, ids, label)
  *     EdgeTune.TrainParams p = et.defaultTrainParams();              // the bundle's defaults
  *     p.steps = 200;
  *     et.train(p, rec -> { publish(rec.step, rec.loss); return true; });   // false stops the run
@@ -197,7 +197,17 @@ public final class EdgeTune implements AutoCloseable {
         nativeAddExample(live(), split.ordinal(), ids, label);
     }
 
-    /** Adds the examples of a JSONL file of {"ids": [...], "label": 0 | "name"} lines. */
+    /**
+     * Adds one example as text, tokenised on the device by the bundle's tokenizer.json exactly as
+     * {@code edgetune tune} encodes a {"text", "label"} record (classification bundles).
+     */
+    public synchronized void addText(Split split, String text, long label) {
+        Objects.requireNonNull(split, "split");
+        Objects.requireNonNull(text, "text");
+        nativeAddText(live(), split.ordinal(), text, label);
+    }
+
+    /** Adds the examples of a JSONL file of {"ids": [...], "label": ...} or {"text": "...", "label": ...} lines. */
     public synchronized void loadJsonl(Split split, String path) {
         Objects.requireNonNull(split, "split");
         Objects.requireNonNull(path, "path");
@@ -307,6 +317,7 @@ public final class EdgeTune implements AutoCloseable {
     private static native String nativeTask(long h);
     private static native String[] nativeLabels(long h);
     private static native void nativeAddExample(long h, int split, long[] ids, long label);
+    private static native void nativeAddText(long h, int split, String text, long label);
     private static native void nativeLoadJsonl(long h, int split, String path);
     private static native long nativeNumExamples(long h, int split);
     private static native void nativeClear(long h, int split);
