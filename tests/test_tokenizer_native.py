@@ -1,14 +1,15 @@
 """The C++ tokenizer (csrc/runtime/tokenizer/) gives Hugging Face ``tokenizers``' ids.
 
-Built once with CMake into a temp dir; ``tokenize_dump`` encodes every text in every mode in one process
-run per tokenizer, and the ids are compared with ``tokenizers`` (edgetune's own ``_encode`` where edgetune
+Built once with CMake into a temp dir (with benchmarks/bench_tokenizer.py's helpers; it measures speed);
+``tokenize_dump`` encodes every text in every mode in one process run per tokenizer, and the ids are compared with ``tokenizers`` (edgetune's own ``_encode`` where edgetune
 truncates). Texts: the Rotten Tomatoes snippets and the debate statements (real text, some longer than
 max_length), a hand list of hard cases, seeded random strings, and every code point (space-separated for
 the per-character tables, next to a letter, a digit and a dot for the byte-level regex classes; in one
 mode only, the others add no coverage of the tables).
 Tokenizers: all-MiniLM-L6-v2's (WordPiece), SmolLM2's (byte-level BPE, from its GGUF as `edgetune export`
-converts it), and three variants that reach what those two never do (lstrip/rstrip and normalized added
-tokens, byte fallback, unk fusing, ignore_merges, legacy merges, a Sequence post-processor).
+converts it), and variants that reach what those two never do (other BertNormalizer options, lstrip/rstrip
+and normalized added tokens, byte fallback, unk fusing, ignore_merges, legacy merges, a Sequence
+post-processor).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import json
 import random
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,10 +25,11 @@ from tokenizers import AddedToken, Tokenizer
 
 from edgetune.data.datasets import load_presidential_debates, load_rotten_tomatoes
 from edgetune.data.encode import _encode, char_budget
-from edgetune.data.resources import minilm_dir, smollm2_gguf
+from edgetune.data.resources import minilm_dir
 
-ROOT = Path(__file__).resolve().parents[1]
-SOURCE = ROOT / "csrc" / "runtime" / "tokenizer"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_tokenizer import build_tokenize_dump, export_smollm2_tokenizer  # noqa: E402
+
 MODES = ("special", "plain", "record:128", "max:1", "max:8")
 
 HARD = [
@@ -44,6 +47,7 @@ HARD = [
     "[CLS] hello [SEP] world [MASK] [PAD] [UNK]", "[cls] lower [sep]", "[SEP][SEP]x[SEP]",
     "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant", "<|endoftext|><|endoftext|>", "<|im_start|",
     "x<|im_end|>y", "  <lx>  x <rx>   y", "<lx><lx>  <rx><rx>", "I said HELLO WORLD.", "héllo world<sp><SP>",
+    "x<unk>y <s> <unk><unk>",
 ]
 
 
@@ -83,15 +87,9 @@ def corpus() -> list[str]:
 
 @pytest.fixture(scope="module")
 def tokenize_dump(tmp_path_factory) -> Path:
-    cmake = shutil.which("cmake")
-    if cmake is None:
+    if shutil.which("cmake") is None:
         pytest.skip("cmake not found on PATH")
-    build = tmp_path_factory.mktemp("tokenizer-build")
-    for cmd in ([cmake, "-S", SOURCE, "-B", build, "-DCMAKE_BUILD_TYPE=Release"],
-                [cmake, "--build", build, "-j", "2"]):
-        proc = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert proc.returncode == 0, proc.stdout
-    return build / "tokenize_dump"
+    return build_tokenize_dump(tmp_path_factory.mktemp("tokenizer-build"))
 
 
 def run_dump(exe: Path, tokenizer: Path, texts: list[str], modes=MODES) -> subprocess.CompletedProcess:
@@ -132,14 +130,9 @@ def minilm_json() -> Path:
 
 @pytest.fixture(scope="module")
 def smollm2_json(tmp_path_factory) -> Path:
-    """SmolLM2's tokenizer.json as `edgetune export smollm2` writes it (transformers reads the GGUF)."""
-    transformers = pytest.importorskip("transformers", reason="export extra not installed: pip install 'edgetune[export]'")
+    pytest.importorskip("transformers", reason="export extra not installed: pip install 'edgetune[export]'")
     pytest.importorskip("gguf", reason="reading GGUF needs: pip install gguf")
-    gguf = smollm2_gguf()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
-    path = tmp_path_factory.mktemp("smollm2") / "tokenizer.json"
-    tokenizer.backend_tokenizer.save(str(path))
-    return path
+    return export_smollm2_tokenizer(tmp_path_factory.mktemp("smollm2") / "tokenizer.json")
 
 
 def test_minilm_wordpiece_matches_hugging_face(tokenize_dump, minilm_json, corpus):
@@ -165,6 +158,19 @@ def test_added_token_options_match_hugging_face(tokenize_dump, minilm_json, tmp_
     path = tmp_path / "tokenizer.json"
     tokenizer.save(str(path))
     assert_parity(tokenize_dump, path, HARD + random_texts(300, seed=1))
+
+
+@pytest.mark.parametrize("options", [{"lowercase": False, "strip_accents": None},
+                                     {"lowercase": False, "strip_accents": True},
+                                     {"lowercase": True, "strip_accents": False},
+                                     {"clean_text": False, "handle_chinese_chars": False}],
+                         ids=["cased", "cased-strip", "uncased-keep-accents", "no-clean-no-cjk"])
+def test_bert_normalizer_options_match_hugging_face(tokenize_dump, minilm_json, tmp_path, options):
+    doc = json.loads(minilm_json.read_text(encoding="utf-8"))
+    doc["normalizer"].update(options)
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    assert_parity(tokenize_dump, path, HARD + random_texts(300, seed=3))
 
 
 def _tiny_bpe(**model) -> dict:
