@@ -96,6 +96,10 @@ def test_tune_from_bundle_matches_tune_from_onnx(classifier, clf_bundle, tmp_pat
     logits = [ort.InferenceSession(str(tmp_path / d / "model.onnx")).run(["logits"], feeds)[0] for d in ("b", "o")]
     base = ort.InferenceSession(str(classifier["model"])).run(["logits"], feeds)[0]
     assert np.array_equal(logits[0], logits[1]) and not np.array_equal(logits[0], base)
+    evaluated = run_cli("eval", "--bundle", out, "--data", classifier["dev"])  # the bundle's untuned model
+    metrics = json.loads(evaluated.stdout)
+    assert metrics["accuracy"] == result["before"]["accuracy"] and metrics["loss"] == pytest.approx(
+        result["before"]["loss"], abs=1e-6)  # other batches, other padding: the same up to rounding
 
 
 def test_changed_file_and_unknown_version_refused(clf_bundle, tmp_path):
@@ -118,6 +122,8 @@ def test_changed_file_and_unknown_version_refused(clf_bundle, tmp_path):
             parse_manifest(broken, copy / MANIFEST)
     assert not (tmp_path / "run").exists()
     assert_rejected(run_cli("tune", "--bundle", out, "--trainable", "head", *args), "--trainable", "--bundle")
+    assert_rejected(run_cli("eval", "--bundle", out, "--data", "unused.jsonl", "--max-length", "8"), "--max-length",
+                    "--bundle")
 
 
 def test_static_shape_bundle(classifier, tmp_path):

@@ -12,6 +12,7 @@ from dataclasses import MISSING, Field
 from typing import Any
 
 from edgetune.config import Bound, ModelOptions, cli_fields
+from edgetune.errors import EdgetuneError
 
 
 class Parser(argparse.ArgumentParser):
@@ -57,6 +58,20 @@ def add_model_args(parser: argparse.ArgumentParser, skip: Iterable[str] = ("spli
     """``--onnx`` and the :class:`ModelOptions` flags (``split`` is ``tune``'s alone, placed among its own)."""
     parser.add_argument("--onnx", help="ONNX model with input_ids/attention_mask inputs and a logits output")
     add_option_flags(parser, ModelOptions, skip=skip)
+
+
+# What `edgetune bundle` decided, by option name, with the flag that sets it: with --bundle they are the bundle's.
+BUNDLE_FIXES = {"onnx": "--onnx", "trainable": "--trainable", "importance_probes": "--importance-probes",
+                "tokenizer": "--tokenizer", "task": "--task", "max_length": "--max-length", "split": "--no-split",
+                "verbalizer": "--verbalizer", "template": "--template"}
+
+
+def refuse_bundle_fixed(given: Mapping[str, Any]) -> None:
+    """One line for the first option in ``given`` (flags and --config keys that were set) a bundle fixes."""
+    fixed = [name for name in BUNDLE_FIXES if given.get(name) is not None]
+    if fixed:
+        raise EdgetuneError(f"{BUNDLE_FIXES[fixed[0]]} cannot be given with --bundle: the bundle fixes it "
+                            "(bundle the model again to change it)")
 
 
 def add_option_flags(parser, cls: type, names: Iterable[str] | None = None, skip: Iterable[str] = ()) -> None:

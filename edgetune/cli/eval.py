@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgetune.cli.args import add_model_args, int_in, options_of
+from edgetune.cli.args import add_model_args, int_in, options_of, refuse_bundle_fixed
 from edgetune.config import Bound, ModelOptions
 from edgetune.errors import EdgetuneError
 
@@ -24,10 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     options = options_of(ModelOptions, vars(args))
     if args.bundle:  # its graphs and arena as they are: what a device tuning from it starts at
-        fixed = [f for f, v in options.keywords().items() if v not in (None, True) and f != "threads"]
-        if args.onnx or fixed:
-            raise EdgetuneError(f"--{'onnx' if args.onnx else fixed[0].replace('_', '-')} cannot be given with "
-                                "--bundle: the bundle fixes it")
+        refuse_bundle_fixed(vars(args))
         tuner = Tuner.from_bundle(args.bundle, threads=options.threads)
     elif not args.onnx:
         raise EdgetuneError("--onnx or --bundle is required")

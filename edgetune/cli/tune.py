@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgetune.cli.args import add_model_args, add_option_flags, options_of
+from edgetune.cli.args import add_model_args, add_option_flags, options_of, refuse_bundle_fixed
 from edgetune.cli.progress import ConsoleProgress, console
 from edgetune.config import (Bound, ModelOptions, TrainConfig, cli_fields, option, read_config_options,
                              validate_fields)
@@ -72,16 +72,8 @@ def _resolve_tune_options(args: argparse.Namespace) -> tuple[_RunOptions, ModelO
     config.refuse_ignored(given)
     config.check_eval_data(run.eval_data)
     if run.bundle:  # the bundle fixed the model's side when it was written
-        fixed = [name for name in _BUNDLE_FIXES if name in given]
-        if fixed:
-            raise EdgetuneError(f"--{fixed[0].replace('_', '-')} cannot be given with --bundle: the bundle fixes it "
-                                "(bundle the model again to change it)")
+        refuse_bundle_fixed(given)
     return run, model, config
-
-
-# what `edgetune bundle` decides: with --bundle these come from the bundle
-_BUNDLE_FIXES = ("onnx", "trainable", "importance_probes", "tokenizer", "task", "max_length", "split", "verbalizer",
-                 "template")
 
 
 def run(args: argparse.Namespace) -> int:
