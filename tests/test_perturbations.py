@@ -136,6 +136,7 @@ def _args(classifier, out) -> list:
     (["--lozo-rank", "4"], ["--lozo-rank 4 is an option of --optimizer lozo"]),
     (["--optimizer", "hizoo", "--noise", "gaussian", "--trainable", "last:1", "--hizoo-max-params", "100"],
      ["--hizoo-max-params 100", "--trainable selects"]),
+    (["--optimizer", "hizoo", "--noise", "gaussian", "--queries", "3000"], ["--queries 3000", "record extension"]),
 ])
 def test_options_are_refused_in_one_line(classifier, cli, tmp_path, flags, fragments):
     snapshot = Snapshot(classifier["model"].parent)

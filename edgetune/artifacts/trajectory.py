@@ -104,8 +104,12 @@ def check_room(config, tensor_names: list[str]) -> None:
                        loss=0.0, divisor=q - 1 if q > 1 else None, blocks=[99999] * config.rotate or None,
                        projection={"slopes": [_LONGEST_FLOAT] * config.dizo_iters,
                                    "scales": dict.fromkeys(tensor_names, _LONGEST_FLOAT)}
-                       if config.optimizer == "dizo" else None)
+                       if config.optimizer == "dizo" else None,
+                       curvature=[_LONGEST_FLOAT] * q if config.optimizer == "hizoo" else None)
     size = len(_extra_bytes(worst))
+    if size > MAX_EXTRA_BYTES and config.optimizer == "hizoo":
+        raise EdgetuneError(f"--optimizer hizoo with --queries {q}: a step's curvatures need up to {size} bytes of the "
+                            f"trajectory log's {MAX_EXTRA_BYTES}-byte record extension; lower --queries")
     if size > MAX_EXTRA_BYTES:
         raise EdgetuneError(f"--optimizer dizo with --dizo-iters {config.dizo_iters} on {len(tensor_names)} tensors: "
                             f"a projection step needs up to {size} bytes of the trajectory log's {MAX_EXTRA_BYTES}-byte "
