@@ -259,6 +259,9 @@ def test_output_folder_rules(classifier, clf_bundle, tmp_path):
     assert_rejected(run_cli("bundle", *again, "--output", foreign), "notes.txt", "not a bundle's")
     replaced = tmp_path / "replaced"
     shutil.copytree(out, replaced)
+    with pytest.raises(ModelError, match="model not found"):  # a replacement that fails leaves the old bundle whole
+        bundle_here(tmp_path / "missing.onnx", replaced, "head", force=True)
+    assert read_bundle(replaced).trainable == "last:1"
     bundle_here(classifier["model"], replaced, "head", force=True)
     assert read_bundle(replaced).trainable == "head"
     assert not (replaced / "prefix.onnx").exists() or "prefix.onnx" in read_bundle(replaced).files

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from edgetune import __version__
 from edgetune.artifacts.io import atomic_writer, is_temporary
 from edgetune.artifacts.outdir import LOCK_FILE, output_lock, refuse_input_folder
@@ -15,14 +17,13 @@ from edgetune.bundle.format import ARENA_FILE, MANIFEST, ArenaLayout, ArenaTenso
     read_manifest, write_manifest
 from edgetune.config import ModelOptions, TrainConfig
 from edgetune.data.jsonl import TASK_LM
-from edgetune.data.tokenizer import SIDECARS, pad_id, read_tokenizer_config, special_tokens
-from edgetune.data.tokenizer import TEMPLATE_FILE
+from edgetune.data.tokenizer import SIDECARS, TEMPLATE_FILE, pad_id, read_tokenizer_config, special_tokens
 from edgetune.errors import EdgetuneError
 from edgetune.graph.loss import LABELS_INPUT, LOGITS_OUTPUT, LOSS_OUTPUT, TOKEN_LOGITS_OUTPUT
 from edgetune.graph.trainable import TrainableSpec
 from edgetune.process.child import run_child
 
-_DTYPES = {6: "int32", 7: "int64"}  # ONNX elem types of the data inputs
+_DTYPES = {onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT64: "int64"}  # the data inputs' element types
 # The names a bundle may hold (model.onnx and the graphs may add a .data file beside them).
 _GRAPHS = ("prefix.onnx", "suffix.onnx", "model.onnx")
 
@@ -59,7 +60,9 @@ def bundle(options: BundleOptions) -> BundleResult:
         tuner = Tuner.from_onnx(options.onnx, trainable=options.trainable, **options.model.keywords())
         written: list[str] = []
         try:
-            for name in old:  # --force: the old bundle's files go only once its replacement is ready to be made
+            # --force: the old bundle goes once the model is prepared (a model that fails to load leaves it
+            # whole), its manifest first: from then on the folder is no bundle until the new manifest
+            for name in old:
                 (out / name).unlink(missing_ok=True)
             result = _write(tuner, options, out, written)
         except BaseException:
@@ -81,7 +84,6 @@ def _claim(out: Path, force: bool) -> list[str]:
             old = [MANIFEST, *read_manifest(out).files]
         except EdgetuneError:  # a damaged manifest: its files are still bundle files, which --force replaces
             old = [MANIFEST]
-        (out / MANIFEST).unlink()  # first: from here on the folder is no bundle until the new manifest
     foreign = [p.name for p in sorted(out.iterdir()) if p.name not in old and p.name != LOCK_FILE
                and not is_temporary(p) and not _bundle_name(p.name)]
     if foreign:
@@ -129,8 +131,6 @@ def _write_model(tuner, path: Path, static: list[int] | None) -> None:
     base = ModelFile(tuner.model_path)
     skeleton = None
     if static is not None:
-        import onnx
-
         skeleton = onnx.ModelProto()
         skeleton.CopyFrom(base.skeleton)
         fix_input_shapes(skeleton, {name: static for name in tuner.info.data_inputs}, str(path))
