@@ -94,11 +94,11 @@ def mappings(normalizer, cps: list[int]) -> dict[int, str]:
     return {cp: out for cp, out in zip(cps, per_char(normalizer, cps)) if out != chr(cp)}
 
 
-def ranges(flags: dict[int, int]) -> list[tuple[int, int]]:
-    """(first code point, flags) wherever the flags change; surrogates get 0."""
+def ranges(values: dict[int, int]) -> list[tuple[int, int]]:
+    """(first code point, value) wherever the value changes; a code point not in ``values`` has 0."""
     out, last = [], None
     for cp in range(0x110000):
-        value = flags.get(cp, 0)
+        value = values.get(cp, 0)
         if value != last:
             out.append((cp, value))
             last = value
@@ -143,12 +143,6 @@ def main() -> None:
     nfd = {cp: s for cp, s in mappings(normalizers.NFD(), cps).items() if not is_hangul_syllable(cp)}
     lower = mappings(bert(lowercase=True), cps)
     ccc = {cp: unicodedata.combining(chr(cp)) for cp in cps if unicodedata.combining(chr(cp))}
-    ccc_runs, last = [], None
-    for cp in range(0x110000):
-        value = ccc.get(cp, 0)
-        if value != last:
-            ccc_runs.append((cp, value))
-            last = value
     print(f"generation: differences from unicodedata {unicodedata.unidata_version}: "
           f"{unicodedata_differences(flags)}", file=sys.stderr)
 
@@ -162,7 +156,7 @@ def main() -> None:
     ]
     out += [f"    {{0x{cp:X}, 0x{v:X}}}," for cp, v in ranges(flags)]
     out += ["};", "", "// canonical combining class runs, as FLAG_RUNS", "static const FlagRun CCC_RUNS[] = {"]
-    out += [f"    {{0x{cp:X}, {v}}}," for cp, v in ccc_runs]
+    out += [f"    {{0x{cp:X}, {v}}}," for cp, v in ranges(ccc)]
     out += ["};", "", "// NFD of every code point that changes (Hangul syllables are computed)"]
     out += emit_map("NFD", nfd)
     out += ["", "// Rust's char::to_lowercase of every code point that changes"]

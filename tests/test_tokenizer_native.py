@@ -193,11 +193,15 @@ def _tiny_bpe(**model) -> dict:
                       "ignore_merges": False, "vocab": vocab, "merges": merges, **model}}
 
 
-@pytest.mark.parametrize("variant", ["fallback-fused", "unfused-ignore-merges-legacy"])
+@pytest.mark.parametrize("variant", ["fallback-fused", "no-regex", "unfused-ignore-merges-legacy"])
 def test_bpe_options_match_hugging_face(tokenize_dump, tmp_path, variant):
-    """byte_fallback with missing byte tokens, unk fusing, ignore_merges, "a b" merges, prefix space, BOS."""
+    """byte_fallback with missing byte tokens, unk fusing, no regex split, ignore_merges, "a b" merges,
+    prefix space, a BOS from a Sequence post-processor."""
     if variant == "fallback-fused":
         doc = _tiny_bpe(byte_fallback=True, fuse_unk=True)
+    elif variant == "no-regex":
+        doc = _tiny_bpe(byte_fallback=True)
+        doc["pre_tokenizer"]["use_regex"] = False
     else:
         doc = _tiny_bpe(ignore_merges=True)
         doc["model"]["merges"] = [" ".join(m) for m in doc["model"]["merges"]]
