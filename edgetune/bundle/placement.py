@@ -49,6 +49,15 @@ def provider_name(name: str) -> str:
     return SHORT_NAMES.get(name.lower(), name)
 
 
+def require_provider(name: str) -> str:
+    """The provider's full name, refused in one line when this onnxruntime does not have it."""
+    provider = provider_name(name)
+    available = ort.get_available_providers()
+    if provider not in available:
+        raise ModelError(f"--provider {provider}: not in this onnxruntime build (available: {', '.join(available)})")
+    return provider
+
+
 def trainable_nodes(model: onnx.ModelProto, trainable: Collection[str]) -> dict[str, list[str]]:
     """The nodes that compute with a trainable tensor (through pass-through ops such as the Gemm pass's
     Transpose), by name, with the trainable tensors each reads."""
@@ -68,10 +77,7 @@ def trainable_nodes(model: onnx.ModelProto, trainable: Collection[str]) -> dict[
 def placement_report(suffix: str, provider: str, trainable: Collection[str]) -> list[dict[str, Any]]:
     """One row per trainable node of the graph at ``suffix``: its name, op type, weights and the provider ORT
     assigns it; raises a one-line ModelError for a placement in :data:`IGNORES_UPDATES`."""
-    provider = provider_name(provider)
-    available = ort.get_available_providers()
-    if provider not in available:
-        raise ModelError(f"--provider {provider}: not in this onnxruntime build (available: {', '.join(available)})")
+    provider = require_provider(provider)
     options = _options(provider)
     options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
     session = _session(suffix, options, [provider, CPU])
