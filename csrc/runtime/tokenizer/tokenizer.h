@@ -63,9 +63,8 @@ public:
     std::optional<int64_t> token_to_id(std::string_view token) const;
     size_t id_limit() const;  // one past the largest id encode can return (for a check against the embedding)
 
-    struct Impl;
-
 private:
+    struct Impl;
     explicit Tokenizer(std::unique_ptr<Impl> impl);
     std::unique_ptr<Impl> impl_;
 };
