@@ -247,7 +247,10 @@ public final class EdgeTune implements AutoCloseable {
         return nativeTrain(live(), checked(p), listener);
     }
 
-    /** Stops a running {@link #train} before its next step; any thread may call it. A no-op when closed. */
+    /**
+     * Stops a running {@link #train} before its next step; any thread may call it. A no-op when closed, and
+     * forgotten by a train() that starts later (each run starts uncancelled).
+     */
     public void cancel() {
         synchronized (cancelLock) {
             if (handle != 0) nativeCancel(handle);
