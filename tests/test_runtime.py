@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 from safetensors.numpy import load_file
 
-from models.tiny import make_classifier_bundle
+from models.tiny import make_classifier_bundle, make_lm_bundle
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,6 +150,30 @@ def test_text_examples_through_the_cpp_tokenizer_reproduce_python(runtime_build,
     assert same_bits(load_file(tmp_path / "c" / "trainable.safetensors"),
                      load_file(tmp_path / "py" / "trainable.safetensors"))
     assert (tmp_path / "c" / "tokenizer.json").read_bytes() == (bundle / "tokenizer.json").read_bytes()
+
+
+def test_a_language_model_bundle_from_token_ids_reproduces_python(runtime_build, tmp_path):
+    """A causal LM (per-token labels = the ids, padding ignored, as a {"text"} record trains): same curve and slice."""
+    from edgetune.bundle.build import BundleOptions, bundle
+    from edgetune.config import ModelOptions
+    from edgetune.tuner import Tuner
+
+    paths = make_lm_bundle(tmp_path / "src", n_train=32, n_dev=8)
+    bundle(BundleOptions(onnx=str(paths["model"]), trainable="last:1", output=tmp_path / "bundle",
+                         model=ModelOptions(threads=1)))
+    data = Tuner.from_bundle(tmp_path / "bundle", threads=1).load_data(paths["train"])
+    ids = tmp_path / "train_ids.jsonl"
+    ids.write_text("".join(json.dumps({"ids": [int(i) for i in row]}) + "\n" for row in data.ids))
+    py = run_cli("tune", "--bundle", tmp_path / "bundle", "--data", paths["train"], "--output-dir", tmp_path / "py",
+                 "--steps", 4, "--guard", "off", "--schedule", "constant", *[x for kv in FLAGS.items() for x in kv])
+    assert py.returncode == 0, py.stderr
+    c = tune_c(runtime_build, tmp_path / "bundle", ids, "--steps", 4, "--out", tmp_path / "c")
+    assert c.returncode == 0, c.stderr
+    records = [json.loads(line) for line in (tmp_path / "py" / "steps.jsonl").read_text().splitlines()]
+    assert curve(c.stdout) == [(r["step"], float(np.float32(r["loss"])), float(np.float32(r["grads"][0])))
+                               for r in records]
+    assert same_bits(load_file(tmp_path / "c" / "trainable.safetensors"),
+                     load_file(tmp_path / "py" / "trainable.safetensors"))
 
 
 def test_evaluation_matches_python(runtime_build, tiny):

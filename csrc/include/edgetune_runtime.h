@@ -189,8 +189,9 @@ ET_API et_status et_runtime_step(et_runtime *rt, et_step_record *record);
 ET_API et_status et_runtime_train(et_runtime *rt, const et_train_params *p, et_train_result *result);
 ET_API et_status et_runtime_steps_done(const et_runtime *rt, uint64_t *steps);
 
-/* Mean per-example loss (and accuracy) of a split at the current weights, batches of the run's batch size
- * in example order. Does not change the weights or the run. */
+/* Mean per-example loss (and accuracy) of a split at the current weights, in example order, in batches of 64
+ * rows as Tuner.evaluate (a static-shape bundle: its batch, the last one filled and the filler not counted).
+ * Does not change the weights or the run. */
 ET_API et_status et_runtime_evaluate(et_runtime *rt, et_split split, et_metrics *metrics);
 
 /* The trainable slice: *data borrowed (n floats, arena order as manifest.json lists it), valid until

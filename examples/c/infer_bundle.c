@@ -34,6 +34,18 @@ static size_t parse_ids(const char *line, int64_t *ids, size_t cap) {
     return n;
 }
 
+/* This process's peak RSS in MB (VmHWM; Linux), -1 where unknown. Not getrusage's ru_maxrss: Linux carries
+ * that over exec, so a program started from a large process would report its parent's peak. */
+static double peak_rss_mb(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    double kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) kb = atof(line + 6);
+    if (f) fclose(f);
+    return kb < 0 ? -1 : kb / 1024;
+}
+
 int main(int argc, char **argv) {
     if (argc < 5) {
         fprintf(stderr, "usage: %s MODEL.onnx TRAIN.jsonl BATCH RUNS [THREADS] [LIBONNXRUNTIME]\n", argv[0]);
@@ -105,5 +117,6 @@ int main(int argc, char **argv) {
         if (k == runs - 1) printf("%s[0] %.9g (%zu rows x %zu tokens)\n", out_name, (double)logits[0], rows, longest);
         api->ReleaseValue(out);
     }
+    printf("peak RSS %.1f MB\n", peak_rss_mb());
     return 0;
 }

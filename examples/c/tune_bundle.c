@@ -43,6 +43,18 @@ static int32_t on_step(const et_step_record *r, void *user) {
     return ctx->stop_after && r->step + 1 >= ctx->stop_after;  /* non-zero: stop (the step is complete) */
 }
 
+/* This process's peak RSS in MB (VmHWM; Linux), -1 where unknown. Not getrusage's ru_maxrss: Linux carries
+ * that over exec, so a program started from a large process would report its parent's peak. */
+static double peak_rss_mb(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    double kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) kb = atof(line + 6);
+    if (f) fclose(f);
+    return kb < 0 ? -1 : kb / 1024;
+}
+
 static int fail(et_runtime *rt, const char *what) {
     fprintf(stderr, "tune_bundle: error: %s: %s\n", what, et_runtime_last_error(rt));
     et_runtime_free(rt);
@@ -118,5 +130,6 @@ int main(int argc, char **argv) {
     if (eval && evaluate(rt, "after") != 0) return fail(rt, "evaluation");
     if (out && et_runtime_save(rt, out) != ET_OK) return fail(rt, "save");
     et_runtime_free(rt);
+    printf("peak RSS %.1f MB\n", peak_rss_mb());
     return 0;
 }
