@@ -328,17 +328,36 @@ class TrainingRun:
     def _calibrate(self) -> None:
         """--lr/--eps auto: probe the curvature on a few batches of a stream of the run's seed (not the steps'),
         then rebuild the optimizer with the measured values; the forwards count in the budget."""
-        config, tuner = self.config, self.tuner
-        stream = BatchStream(len(self.train), config.batch_size, _core.derive_seed(config.seed, 2**32, 2**16))
-        batches = [self._batch(i, stream) for i in range(BATCHES)]
-        binders = [lambda b=b: tuner.engine.set_batch(b) for b in batches]
-        self.calibration = calibrate(tuner.arena.buffer(), config.seed, config.noise, binders, tuner.engine.mean_loss,
-                                     eps=None if config.eps == "auto" else config.eps)
-        self.spent += self.calibration.forwards
+        config = self.config
+        self.calibration = self._probe(config.seed, eps=None if config.eps == "auto" else config.eps)
         self.optimizer = self._build_optimizer()
         if self.guard is not None:
             self.guard = Guard(self.calibration.loss_noise)
         self._announce_calibration()
+
+    def _probe(self, seed: int, eps: float | None) -> Calibration:
+        """The calibration's probes at the arena's θ (left as it was) on its batches, a stream of the run's seed
+        (not the steps'); the forwards count in the budget."""
+        config, tuner = self.config, self.tuner
+        stream = BatchStream(len(self.train), config.batch_size, _core.derive_seed(config.seed, 2**32, 2**16))
+        batches = [self._batch(i, stream) for i in range(BATCHES)]
+        binders = [lambda b=b: tuner.engine.set_batch(b) for b in batches]
+        measured = calibrate(tuner.arena.buffer(), seed, config.noise, binders, tuner.engine.mean_loss, eps=eps)
+        self.spent += measured.forwards
+        return measured
+
+    def _shrink(self) -> str:
+        """lr after a rollback to the best state: halved, and under --lr auto no larger than the calibration's
+        rule gives at that state, measured again there (the curvature grows as a slice trains: LoRA's A has
+        none while B is zero, where the run began). Returns what the line adds about it."""
+        self.step_size.scale *= SHRINK
+        if self.calibration is None or self.config.lr != "auto" or not self.zeroth_order:
+            return ""
+        # probes of their own: seeds no other calibration or step draws
+        again = self._probe(_core.derive_seed(self.config.seed, 2**32 + 1, self.guard.state.rollbacks),
+                            eps=self.resolved.eps)
+        self.step_size.scale = min(self.step_size.scale, again.lr / self.calibration.lr)
+        return f" (zᵀHz here {again.curvature:.3g}, was {self.calibration.curvature:.3g})"
 
     def _announce_calibration(self, quiet: bool = False) -> None:
         """The measured lr and ε into the trajectory header (replay reads the records' own; the header says
@@ -349,12 +368,15 @@ class TrainingRun:
 
     def guard_acts(self) -> None:
         """The guard saw the loss rise: roll back to its best state (ZO-SGD) and halve lr, with one line."""
-        lr_before = self.step_size(self.done)
+        lr_before, done = self.step_size(self.done), self.done
         rolled = self.can_roll_back
-        self.step_size.scale *= SHRINK
-        line = self.guard.line(self.done, lr_before, self.step_size(self.done), rolled)
         if rolled:
             self.roll_back(self.guard.state.best_step)
+            added = self._shrink()
+        else:  # θ is not at a state worth measuring: halved only
+            self.step_size.scale *= SHRINK
+            added = ""
+        line = self.guard.line(done, lr_before, self.step_size(self.done), rolled) + added
         self.guard.rolled_back()
         self.guard_lines.append(line)
         self.note(line)
@@ -372,9 +394,9 @@ class TrainingRun:
         self.roll_back(guard.state.best_step)
         if not np.isfinite(self.tuner.arena.buffer()).all():
             return False
-        self.step_size.scale *= SHRINK
+        added = self._shrink()
+        line = guard.nonfinite_line(failed, lr_before, self.step_size(self.done)) + added
         guard.rolled_back()
-        line = guard.nonfinite_line(failed, lr_before, self.step_size(self.done))
         self.guard_lines.append(line)
         self.note(line)
         return True

@@ -13,7 +13,8 @@ from edgetune import Tuner
 from edgetune.artifacts.trajectory import Trajectory
 from edgetune.config import TrainConfig
 from edgetune.errors import EdgetuneError
-from edgetune.zo.calibrate import choose
+from edgetune.loop import TrainingRun
+from edgetune.zo.calibrate import C_LR, FORWARDS, choose
 from edgetune.zo.schedules import Schedule, StepSize
 
 HUGE = dict(lr=1.0, eps=1e-3, steps=60, seed=3)  # 6x the tiny classifier's calibrated lr: its loss climbs at once
@@ -119,6 +120,24 @@ def test_without_the_guard_a_non_finite_loss_ends_the_run_in_one_line(classifier
                "--guard", "off", *(f"--{k.replace('_', '-')}={v}" for k, v in OVERFLOW.items()))
     assert done.returncode == 3 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("edgetune: error: non-finite loss at step 1 (")
+
+
+def test_under_lr_auto_a_rollback_measures_the_curvature_again_where_it_returns(classifier):
+    # the calibrated lr is c/zᵀHz at the start; a slice that sharpens as it trains needs a smaller one later
+    tuner = Tuner.from_onnx(classifier["model"], trainable="last:1")
+    run = TrainingRun(tuner, TrainConfig(steps=100, seed=3), classifier["train"])
+    notes = Notes()
+    run.note = notes.on_note
+    for _ in range(30):
+        run.guard.observe(run.step())
+    spent, calibrated = run.spent, run.calibration
+    run.guard_acts()
+    line = notes.lines[-1]
+    assert line.startswith("guard: loss rose") and f", was {calibrated.curvature:.3g})" in line
+    assert run.spent == spent + FORWARDS  # the probes count in the budget
+    again = float(line.rpartition("zᵀHz here ")[2].partition(",")[0])
+    assert run.step_size.scale == pytest.approx(min(0.5, (C_LR / again) / calibrated.lr), rel=1e-2)
+    assert run.trajectory.records[-1].rollback is not None  # θ went back before it was measured
 
 
 def test_a_run_that_ends_worse_keeps_its_best_state_and_says_so(classifier):
