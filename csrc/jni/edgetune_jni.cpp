@@ -334,7 +334,8 @@ JNIEXPORT void JNICALL Java_ai_edgetune_EdgeTune_nativeAddText(JNIEnv *env, jcla
                                                                jlong label) {
     guarded<int>(env, 0, [&] {
         std::string text;
-        if (to_utf8(env, jtext, text)) ok(env, rt_of(h), et_runtime_add_text(rt_of(h), split_of(split), text.c_str(), label));
+        if (to_utf8(env, jtext, text))
+            ok(env, rt_of(h), et_runtime_add_text(rt_of(h), split_of(split), text.c_str(), label));
         return 0;
     });
 }
@@ -343,7 +344,8 @@ JNIEXPORT void JNICALL Java_ai_edgetune_EdgeTune_nativeLoadJsonl(JNIEnv *env, jc
                                                                  jstring jpath) {
     guarded<int>(env, 0, [&] {
         std::string path;
-        if (to_utf8(env, jpath, path)) ok(env, rt_of(h), et_runtime_load_jsonl(rt_of(h), split_of(split), path.c_str()));
+        if (to_utf8(env, jpath, path))
+            ok(env, rt_of(h), et_runtime_load_jsonl(rt_of(h), split_of(split), path.c_str()));
         return 0;
     });
 }

@@ -19,8 +19,8 @@ import java.util.concurrent.Future;
 /**
  * The desktop-JVM end-to-end run of tests/test_runtime_ports.py: a real tune through ai.edgetune.EdgeTune.
  * The run is cut three times (cancel() from this thread while train() runs on another, the listener
- * returning false, the listener throwing) and continued to the end, so that pytest can check that the saved slice still equals
- * the C example's uninterrupted run. Prints "key value..." lines that pytest parses.
+ * returning false, the listener throwing) and continued to the end, so that pytest can check that the
+ * saved slice still equals the C example's uninterrupted run. Prints "key value..." lines that pytest parses.
  *
  * args: BUNDLE TRAIN.jsonl EVAL.tsv ("label TAB text TAB id id ..." lines) OUT_DIR LIBONNXRUNTIME STEPS LR EPS SEED
  *       CANCEL_AT STOP_AT THROW_AT
@@ -59,10 +59,12 @@ public final class TuneEndToEnd {
                 if (i % 2 == 0) {
                     et.addText(EdgeTune.Split.EVAL, f[1], label);
                 } else {
-                    et.addExample(EdgeTune.Split.EVAL, Arrays.stream(f[2].split(" ")).mapToLong(Long::parseLong).toArray(), label);
+                    long[] ids = Arrays.stream(f[2].split(" ")).mapToLong(Long::parseLong).toArray();
+                    et.addExample(EdgeTune.Split.EVAL, ids, label);
                 }
             }
-            System.out.println("examples " + et.numExamples(EdgeTune.Split.TRAIN) + " " + et.numExamples(EdgeTune.Split.EVAL));
+            System.out.println("examples " + et.numExamples(EdgeTune.Split.TRAIN) + " "
+                    + et.numExamples(EdgeTune.Split.EVAL));
             reportError("label", () -> { et.addExample(EdgeTune.Split.EVAL, new long[] {2, 5, 3}, 7); return null; });
             reportError("empty", () -> { et.addExample(EdgeTune.Split.EVAL, new long[0], 0); return null; });
             reportError("textlabel", () -> { et.addText(EdgeTune.Split.EVAL, "a fine film", -1); return null; });
