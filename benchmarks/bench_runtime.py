@@ -12,7 +12,7 @@ C++ tokenizer from the bundle's tokenizer.json):
     alternated, the best of each, and their ratio (CPU seconds are the fair figure on a shared machine);
   * peak RSS: the whole tune_bundle process (its VmHWM) against infer_bundle, plain ONNX Runtime inference
     of step 0's batch through the C API with the same session options (20 runs), and their ratio.
-Writes benchmarks/results/runtime.{json,md}.
+Writes benchmarks/results/runtime.{json,md} (another --trainable: runtime_<slice>.{json,md}).
 """
 
 from __future__ import annotations
@@ -178,7 +178,8 @@ def main() -> None:
         ["peak RSS (MB): C tune vs C inference", f"{infer_mb:.0f} (inference)", f"{c['peak_mb']:.0f} (tune)",
          f"{payload['peak_ratio_tune_over_inference']:.3f}x"],
     ]
-    write_results("runtime", payload, ["MiniLM " + args.trainable + f", {args.steps} steps, {args.threads} threads",
+    name = "runtime" if args.trainable == "head" else "runtime_" + args.trainable.replace(":", "")
+    write_results(name, payload, ["MiniLM " + args.trainable + f", {args.steps} steps, {args.threads} threads",
                                        "Python / peer", "C runtime", "C ÷ other"], rows)
 
 

@@ -76,22 +76,28 @@ def same_bits(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(np.array_equal(a[k].view(np.uint32), b[k].view(np.uint32)) for k in a)
 
 
-@pytest.mark.parametrize("schedule,queries", [("constant", 1), ("linear", 2), ("spall", 1)])
-def test_c_runtime_reproduces_python_tune_on_a_bundle(runtime_build, tiny, tmp_path, schedule, queries):
+def assert_same_run(c_stdout: str, py_dir: Path, c_dir: Path) -> None:
+    """The C run's curve is the Python run's steps.jsonl (loss and first gradient, as float32) and its tuned slice
+    is the Python one, bit for bit."""
+    records = [json.loads(line) for line in (py_dir / "steps.jsonl").read_text().splitlines()]
+    assert curve(c_stdout) == [(r["step"], float(np.float32(r["loss"])), float(np.float32(r["grads"][0])))
+                               for r in records]
+    assert same_bits(load_file(c_dir / "trainable.safetensors"), load_file(py_dir / "trainable.safetensors"))
+
+
+@pytest.mark.parametrize("schedule,queries,extra", [("constant", 1, ()), ("linear", 2, ("--warmup", 2)),
+                                                    ("spall", 1, ("--weight-decay", "0.5"))])
+def test_c_runtime_reproduces_python_tune_on_a_bundle(runtime_build, tiny, tmp_path, schedule, queries, extra):
     """examples/c vs `edgetune tune --bundle`: the same curve, bit for bit, and the same tuned slice."""
     steps = 6
     py = run_cli("tune", "--bundle", tiny["bundle"], "--data", tiny["train"], "--output-dir", tmp_path / "py",
-                 "--steps", steps, "--guard", "off", "--schedule", schedule, "--queries", queries,
+                 "--steps", steps, "--guard", "off", "--schedule", schedule, "--queries", queries, *extra,
                  *[x for kv in FLAGS.items() for x in kv])
     assert py.returncode == 0, py.stderr
     c = tune_c(runtime_build, tiny["bundle"], tiny["train_ids"], "--steps", steps, "--schedule", schedule,
-               "--queries", queries, "--out", tmp_path / "c")
+               "--queries", queries, *extra, "--out", tmp_path / "c")
     assert c.returncode == 0, c.stderr
-    records = [json.loads(line) for line in (tmp_path / "py" / "steps.jsonl").read_text().splitlines()]
-    expected = [(r["step"], float(np.float32(r["loss"])), float(np.float32(r["grads"][0]))) for r in records]
-    assert curve(c.stdout) == expected
-    assert same_bits(load_file(tmp_path / "c" / "trainable.safetensors"),
-                     load_file(tmp_path / "py" / "trainable.safetensors"))
+    assert_same_run(c.stdout, tmp_path / "py", tmp_path / "c")
     # the tuned model.onnx (streamed, tensors patched in place) runs in plain ORT as the Python-saved one does
     feeds = _dev_batch(tiny)
     outputs = [ort.InferenceSession(str(tmp_path / side / "model.onnx")).run(None, feeds)[0] for side in ("c", "py")]
@@ -144,11 +150,7 @@ def test_text_examples_through_the_cpp_tokenizer_reproduce_python(runtime_build,
     assert py.returncode == 0, py.stderr
     c = tune_c(runtime_build, bundle, tiny["train"], "--steps", 4, "--out", tmp_path / "c")
     assert c.returncode == 0, c.stderr
-    records = [json.loads(line) for line in (tmp_path / "py" / "steps.jsonl").read_text().splitlines()]
-    assert curve(c.stdout) == [(r["step"], float(np.float32(r["loss"])), float(np.float32(r["grads"][0])))
-                               for r in records]
-    assert same_bits(load_file(tmp_path / "c" / "trainable.safetensors"),
-                     load_file(tmp_path / "py" / "trainable.safetensors"))
+    assert_same_run(c.stdout, tmp_path / "py", tmp_path / "c")
     assert (tmp_path / "c" / "tokenizer.json").read_bytes() == (bundle / "tokenizer.json").read_bytes()
 
 
@@ -169,11 +171,7 @@ def test_a_language_model_bundle_from_token_ids_reproduces_python(runtime_build,
     assert py.returncode == 0, py.stderr
     c = tune_c(runtime_build, tmp_path / "bundle", ids, "--steps", 4, "--out", tmp_path / "c")
     assert c.returncode == 0, c.stderr
-    records = [json.loads(line) for line in (tmp_path / "py" / "steps.jsonl").read_text().splitlines()]
-    assert curve(c.stdout) == [(r["step"], float(np.float32(r["loss"])), float(np.float32(r["grads"][0])))
-                               for r in records]
-    assert same_bits(load_file(tmp_path / "c" / "trainable.safetensors"),
-                     load_file(tmp_path / "py" / "trainable.safetensors"))
+    assert_same_run(c.stdout, tmp_path / "py", tmp_path / "c")
 
 
 def test_evaluation_matches_python(runtime_build, tiny):

@@ -29,12 +29,22 @@ namespace {
 struct ArenaDeleter {
     void operator()(float *p) const { std::free(p); }
 };
+using ArenaPtr = std::unique_ptr<float, ArenaDeleter>;
+
+// count floats (rounded up to the core Arena's 16), 64-byte aligned, zeroed; bytes receives the size
+ArenaPtr new_arena(uint64_t count, size_t &bytes) {
+    bytes = std::max<size_t>((count + 15) / 16 * 16, 16) * sizeof(float);
+    ArenaPtr arena(static_cast<float *>(std::aligned_alloc(64, bytes)));
+    if (!arena) throw std::bad_alloc();
+    std::memset(arena.get(), 0, bytes);
+    return arena;
+}
 constexpr size_t EVAL_BATCH = 64;  // Tuner.evaluate's default batch
 }  // namespace
 
 struct et_runtime {
     et::rt::Bundle bundle;
-    std::unique_ptr<float, ArenaDeleter> arena;
+    ArenaPtr arena;
     std::unique_ptr<et::rt::Engine> engine;
     et::rt::Examples sets[2];
     std::unique_ptr<et::rt::Trainer> trainer;
@@ -175,10 +185,8 @@ et_status et_runtime_open(const char *bundle_dir, const et_runtime_options *opti
         rt->bundle = et::rt::read_bundle(bundle_dir, o.verify_sha256 != 0);
         const et::rt::Ort &ort = et::rt::load_ort(o.ort_library);
         if (o.threads > 0) et::set_num_threads(o.threads);
-        const size_t bytes = std::max<size_t>((rt->bundle.arena_count + 15) / 16 * 16, 16) * sizeof(float);
-        rt->arena.reset(static_cast<float *>(std::aligned_alloc(64, bytes)));
-        if (!rt->arena) throw std::bad_alloc();
-        std::memset(rt->arena.get(), 0, bytes);
+        size_t bytes = 0;
+        rt->arena = new_arena(rt->bundle.arena_count, bytes);
         et::rt::read_arena(rt->bundle, rt->arena.get());
         rt->engine.reset(new et::rt::Engine(ort, rt->bundle, rt->arena.get(), o.threads));
         rt->trainer.reset(new et::rt::Trainer(*rt->engine, rt->bundle, rt->arena.get(), rt->bundle.arena_count,
@@ -371,9 +379,8 @@ et_status et_runtime_resume(et_runtime *rt, const char *path) {
         if (!path) fail(ET_ERR_INVALID_ARGUMENT, "et_runtime_resume: NULL path");
         const std::string where = path;
         // read into a scratch arena first: a refused checkpoint leaves the weights as they were
-        const size_t bytes = std::max<size_t>((rt->bundle.arena_count + 15) / 16 * 16, 16) * sizeof(float);
-        std::unique_ptr<float, ArenaDeleter> scratch(static_cast<float *>(std::aligned_alloc(64, bytes)));
-        if (!scratch) throw std::bad_alloc();
+        size_t bytes = 0;
+        ArenaPtr scratch = new_arena(rt->bundle.arena_count, bytes);
         std::memcpy(scratch.get(), rt->arena.get(), bytes);
         json state = json::parse(et::rt::read_checkpoint_file(where, rt->bundle, scratch.get()), nullptr, false);
         if (state.is_discarded() || !state.contains("runtime") || !state["runtime"].is_object())
@@ -383,19 +390,26 @@ et_status et_runtime_resume(et_runtime *rt, const char *path) {
             fail(ET_ERR_STATE, where + ": was taken on another bundle (its manifest.json differs)");
         if (r.value("data", "") != digest_hex(rt->sets[ET_SPLIT_TRAIN].digest()))
             fail(ET_ERR_STATE, where + ": was taken on other training examples than the ones added now");
-        const json &pj = r.at("params");
         et_train_params p;
         et_runtime_default_train_params(rt, &p);
-        p.steps = pj.at("steps"); p.seed = pj.at("seed"); p.batch_size = pj.at("batch_size");
-        p.queries = pj.at("queries"); p.lr = pj.at("lr"); p.eps = pj.at("eps");
-        p.weight_decay = pj.at("weight_decay"); p.schedule = pj.at("schedule"); p.warmup = pj.at("warmup");
-        p.noise = pj.at("noise");
-        et::rt::Trainer fresh(*rt->engine, rt->bundle, rt->arena.get(), rt->bundle.arena_count, rt->sets[ET_SPLIT_TRAIN]);
-        fresh.configure(p);  // validates before anything changes
-        rt->trainer.reset(new et::rt::Trainer(*rt->engine, rt->bundle, rt->arena.get(), rt->bundle.arena_count,
-                                              rt->sets[ET_SPLIT_TRAIN]));
-        rt->trainer->configure(p);
-        rt->trainer->restore(state.at("step").get<uint64_t>(), state.value("forwards", (uint64_t)0));
+        uint64_t step = 0, forwards = 0;
+        try {
+            const json &pj = r.at("params");
+            p.steps = pj.at("steps"); p.seed = pj.at("seed"); p.batch_size = pj.at("batch_size");
+            p.queries = pj.at("queries"); p.lr = pj.at("lr"); p.eps = pj.at("eps");
+            p.weight_decay = pj.at("weight_decay"); p.schedule = pj.at("schedule"); p.warmup = pj.at("warmup");
+            p.noise = pj.at("noise");
+            step = state.at("step").get<uint64_t>();
+            forwards = state.value("forwards", (uint64_t)0);
+        } catch (const json::exception &) {
+            fail(ET_ERR_DATA, where + ": the checkpoint's run state is not readable");
+        }
+        // a fresh trainer at the checkpoint's step: validated before anything of the runtime changes
+        std::unique_ptr<et::rt::Trainer> trainer(new et::rt::Trainer(
+            *rt->engine, rt->bundle, rt->arena.get(), rt->bundle.arena_count, rt->sets[ET_SPLIT_TRAIN]));
+        trainer->configure(p);
+        trainer->restore(step, forwards);
+        rt->trainer = std::move(trainer);
         std::memcpy(rt->arena.get(), scratch.get(), bytes);
         return ET_OK;
     });

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "onnxruntime_c_api.h"
+#include "peak_rss.h"
 
 static const OrtApi *api;
 
@@ -32,18 +33,6 @@ static size_t parse_ids(const char *line, int64_t *ids, size_t cap) {
         p = end;
     }
     return n;
-}
-
-/* This process's peak RSS in MB (VmHWM; Linux), -1 where unknown. Not getrusage's ru_maxrss: Linux carries
- * that over exec, so a program started from a large process would report its parent's peak. */
-static double peak_rss_mb(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    double kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "VmHWM:", 6)) kb = atof(line + 6);
-    if (f) fclose(f);
-    return kb < 0 ? -1 : kb / 1024;
 }
 
 int main(int argc, char **argv) {

@@ -1,7 +1,8 @@
 /* tune_bundle.c — tune a model from an edgetune bundle and a JSONL file, with no Python in the process.
  *
  *   tune_bundle BUNDLE TRAIN.jsonl [--eval EVAL.jsonl] [--out DIR] [--steps N] [--lr X] [--eps X]
- *               [--seed N] [--batch-size N] [--queries N] [--schedule constant|linear|spall] [--threads N]
+ *               [--seed N] [--batch-size N] [--queries N] [--schedule constant|linear|spall] [--warmup N]
+ *               [--weight-decay X] [--threads N]
  *               [--ort LIBONNXRUNTIME] [--resume FILE] [--checkpoint FILE] [--stop-after N]
  *
  * JSONL lines: {"text": "...", "label": "name" | 0} (tokenised from the bundle's tokenizer.json) or
@@ -14,6 +15,7 @@
 #include <time.h>
 
 #include "edgetune_runtime.h"
+#include "peak_rss.h"
 
 typedef struct {
     uint64_t stop_after;  /* 0: never */
@@ -43,18 +45,6 @@ static int32_t on_step(const et_step_record *r, void *user) {
     return ctx->stop_after && r->step + 1 >= ctx->stop_after;  /* non-zero: stop (the step is complete) */
 }
 
-/* This process's peak RSS in MB (VmHWM; Linux), -1 where unknown. Not getrusage's ru_maxrss: Linux carries
- * that over exec, so a program started from a large process would report its parent's peak. */
-static double peak_rss_mb(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    double kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "VmHWM:", 6)) kb = atof(line + 6);
-    if (f) fclose(f);
-    return kb < 0 ? -1 : kb / 1024;
-}
-
 static int fail(et_runtime *rt, const char *what) {
     fprintf(stderr, "tune_bundle: error: %s: %s\n", what, et_runtime_last_error(rt));
     et_runtime_free(rt);
@@ -71,7 +61,8 @@ static int evaluate(et_runtime *rt, const char *when) {
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: %s BUNDLE TRAIN.jsonl [--eval F] [--out DIR] [--steps N] [--lr X] [--eps X] [--seed N] "
-                        "[--batch-size N] [--queries N] [--schedule S] [--threads N] [--ort LIB] [--resume F] "
+                        "[--batch-size N] [--queries N] [--schedule S] [--warmup N] [--weight-decay X] [--threads N] [--ort LIB] "
+                        "[--resume F] "
                         "[--checkpoint F] [--stop-after N]\n", argv[0]);
         return 2;
     }
@@ -104,6 +95,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--eps")) p.eps = strtod(v, NULL);
         else if (!strcmp(k, "--batch-size")) p.batch_size = (uint32_t)atoi(v);
         else if (!strcmp(k, "--queries")) p.queries = (uint32_t)atoi(v);
+        else if (!strcmp(k, "--warmup")) p.warmup = (uint32_t)atoi(v);
+        else if (!strcmp(k, "--weight-decay")) p.weight_decay = strtod(v, NULL);
         else if (!strcmp(k, "--schedule"))
             p.schedule = !strcmp(v, "linear") ? ET_SCHEDULE_LINEAR : !strcmp(v, "spall") ? ET_SCHEDULE_SPALL : ET_SCHEDULE_CONSTANT;
         else if (strcmp(k, "--threads") && strcmp(k, "--ort")) {
