@@ -479,8 +479,8 @@ def fit(tuner: TunedModel, config: TrainConfig, data: str | Path, eval_data: str
         run.before = tuner.evaluate(dev, config.eval_rows)
     if progress:
         progress.on_start(run.start, config.steps)
-    if tuner.auto_slice is not None and not resume:  # the one line that names the slice nobody named
-        run.note(tuner.auto_slice.line())
+    if tuner.auto_slice is not None and not resume:  # the slice nobody named (the CLI's banner says it)
+        logger.info(tuner.auto_slice.line())
     if progress:
         if run.before is not None and not resume:
             progress.on_eval(0, run.before)

@@ -1,5 +1,5 @@
 """--trainable auto, the default: the slice chosen by the model's kind (a classifier with a fresh or a trained
-head, a causal LM by verbaliser or on text), said in one line at start, recorded resolved (summary, trajectory:
+head, a causal LM by verbaliser or on text), said in the run's first line, recorded resolved (summary, trajectory:
 a replay is exact); an explicit --trainable always wins; where nothing reads the model, auto is one error line."""
 
 import json
@@ -44,8 +44,10 @@ def test_the_cli_says_which_slice_in_one_line_and_records_it(fresh, tmp_path, cl
     done = cli("tune", "--onnx", fresh["model"], "--data", fresh["train"], "--steps", 10, "--output-dir", out)
     assert done.returncode == 0, done.stderr
     chosen = choose_slice(fresh["model"]).spec
-    line = f"trainable: {chosen} (auto: a classifier with a fresh head; --trainable to choose)"
-    assert (done.stdout + done.stderr).count(line) == 1
+    banner = done.stderr.splitlines()[0]  # the one line at start says which slice and why
+    assert banner.startswith("edgetune classification model ")
+    assert f" weights ({chosen}; auto: a classifier with a fresh head; --trainable to choose), " in banner
+    assert (done.stdout + done.stderr).count("auto: a classifier") == 1
     assert json.loads((out / "summary.json").read_text())["config"]["trainable"] == str(chosen)
     replayed = cli("replay", "--onnx", fresh["model"], "--log", out / "run.etlog", "--output", tmp_path / "replayed")
     assert replayed.returncode == 0, replayed.stderr

@@ -136,12 +136,18 @@ def _summary_config(run: _RunOptions, model: ModelOptions, config: TrainConfig) 
 def _announce(run: _RunOptions, tuner) -> None:
     console.print(
         f"[bold]edgetune[/] {tuner.info.task} model {run.model}: tuning {tuner.trainable_params:,} of "
-        f"{tuner.total_params:,} weights ({run.trainable}), "
+        f"{tuner.total_params:,} weights ({_slice_text(run, tuner)}), "
         f"{'frozen prefix cached' if tuner.split else 'whole graph per evaluation'}"
     )
     if tuner.verbalizer is not None:
         console.print(f"classifying by the next word after {tuner.verbalizer.template!r}: {tuner.verbalizer.describe()}",
                       markup=False)
+
+
+def _slice_text(run: _RunOptions, tuner) -> str:
+    """The slice as the banner names it: with why, where --trainable auto chose it."""
+    auto = tuner.auto_slice
+    return f"{run.trainable}; {auto.reason}" if auto is not None else run.trainable
 
 
 def _rank_blocks_if_asked(run: _RunOptions, trainable: TrainableSpec | str, model: ModelOptions,

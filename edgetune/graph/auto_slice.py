@@ -55,9 +55,13 @@ class AutoSlice:
     spec: TrainableSpec
     kind: str  # one of the kinds above
 
+    @property
+    def reason(self) -> str:
+        return f"auto: {self.kind}; --trainable to choose"
+
     def line(self) -> str:
-        """The run's one line at start."""
-        return f"trainable: {self.spec} (auto: {self.kind}; --trainable to choose)"
+        """The choice in one line (logged at the start of a run; the CLI says it in its banner)."""
+        return f"trainable: {self.spec} ({self.reason})"
 
 
 def choose_slice(path: str | Path, task: str | None = None, verbalized: bool | None = None) -> AutoSlice:
