@@ -456,8 +456,9 @@ class TrainingRun:
         cache = ActivationCache(engine.cached, [len(ids) for ids in self.train.ids], budget,
                                 self.config.activation_cache_dtype, spill)
         reason = engine.attach_cache(cache, first)
-        if reason is not None:
-            logger.warning("activation cache off: %s", reason)
+        if reason is not None:  # a warning where the user asked for a budget; auto only passes where it can
+            log = logger.info if self.config.activation_cache == "auto" else logger.warning
+            log("activation cache off: %s", reason)
         else:
             self.cache = cache
 

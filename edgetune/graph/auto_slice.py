@@ -41,8 +41,8 @@ GENERATIVE = "a causal LM on text, prompt/completion or chat data"
 
 # The chosen slice per kind ({late} is the first of the last quarter of the blocks); see the module docstring.
 SLICES = {
-    FRESH_HEAD: "last:1",
-    TRAINED_HEAD: "last:1",
+    FRESH_HEAD: "head",
+    TRAINED_HEAD: "head",
     VERBALISER: "lora:r=8,targets=q,v",
     GENERATIVE: "lora:r=4,targets=o,down,layers={late}-{last},fa",
 }
