@@ -174,6 +174,27 @@ def test_a_language_model_bundle_from_token_ids_reproduces_python(runtime_build,
     assert_same_run(c.stdout, tmp_path / "py", tmp_path / "c")
 
 
+def test_a_static_shape_bundle_reproduces_python(runtime_build, tiny, tmp_path):
+    """--batch-size bundles (NPU-ready graphs): every batch padded to the bundle's length, the evaluation's last
+    batch filled; the same curve, slice and evaluation as Python."""
+    from edgetune.bundle.build import BundleOptions, bundle
+    from edgetune.config import ModelOptions
+
+    bundle(BundleOptions(onnx=str(tiny["model"]), trainable="last:1", output=tmp_path / "bundle", batch_size=8,
+                         model=ModelOptions(threads=1, max_length=32)))
+    py = run_cli("tune", "--bundle", tmp_path / "bundle", "--data", tiny["train"], "--eval-data", tiny["dev"],
+                 "--output-dir", tmp_path / "py", "--steps", 4, "--guard", "off", "--schedule", "constant",
+                 *[x for kv in FLAGS.items() for x in kv])
+    assert py.returncode == 0, py.stderr
+    c = tune_c(runtime_build, tmp_path / "bundle", tiny["train_ids"], "--eval", tiny["dev_ids"], "--steps", 4,
+               "--out", tmp_path / "c")
+    assert c.returncode == 0, c.stderr
+    assert_same_run(c.stdout, tmp_path / "py", tmp_path / "c")
+    after = next(line.split() for line in c.stdout.splitlines() if line.startswith("eval after"))
+    metrics = json.loads((tmp_path / "py" / "summary.json").read_text())["result"]["after"]
+    assert float(after[5]) == metrics["accuracy"] and float(after[3]) == pytest.approx(metrics["loss"], rel=1e-6)
+
+
 def test_evaluation_matches_python(runtime_build, tiny):
     from edgetune.tuner import Tuner
 
