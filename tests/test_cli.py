@@ -105,10 +105,11 @@ def test_bad_models_and_tokenizers(bad, classifier, cli):
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_the_checkpoint(classifier, tmp_path, cli):
-    # lr 1e30: step 0's loss is finite and its update sends the weights to ~1e29; step 1's loss is NaN. The guard
-    # would roll that back (test_auto_lr): off here, as a run whose guard cannot recover stops
+    # lr 1e30 on last:1: step 0's loss is finite and its update sends the weights to ~1e29; step 1's loss is NaN
+    # (the block's LayerNorm overflows). The guard would roll that back (test_auto_lr): off here, as a run whose
+    # guard cannot recover stops
     run = ("tune", "--onnx", classifier["model"], "--data", classifier["train"], "--lr", "1e30", "--save-every", "1",
-           "--guard", "off")
+           "--guard", "off", "--trainable", "last:1")
     proc = cli(*run, "--steps", "50", "--output-dir", tmp_path / "out")
     assert_failed_after_start(proc, "non-finite loss at step 1", "train.jsonl:", code=3)  # a TrainingError
     one_step = cli(*run, "--steps", "1", "--output-dir", tmp_path / "one")
