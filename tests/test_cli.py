@@ -13,7 +13,7 @@ from edgetune.artifacts.checkpoint import load_checkpoint
 from models.tiny import build_classifier, build_tokenizer
 from tests.badinput import assert_rejected
 
-TUNE = ("tune", "--steps", "6", "--lr", "0.01", "--batch-size", "8")
+TUNE = ("tune", "--steps", "6", "--lr", "0.01", "--batch-size", "8", "--trainable", "last:1")
 
 
 def assert_failed_after_start(proc: subprocess.CompletedProcess, *fragments: str, code: int) -> None:
