@@ -20,6 +20,9 @@ cuda_compiled: bool
 def derive_seed(run_seed: int, step: int, query: int) -> int:
     """The seed of one (step, query) perturbation of a run, a 64-bit hash of the three."""
 
+def epoch_permutation(seed: int, epoch: int, n: int) -> npt.NDArray[np.int64]:
+    """The order of n training examples in an epoch of a run (edgetune.h et_epoch_permutation), int64."""
+
 def noise(seed: int, offset: int, count: int, dist: str = "gaussian") -> _Float32Array:
     """z(seed, offset + i) for i < count, float32."""
 
