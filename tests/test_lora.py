@@ -83,7 +83,9 @@ def test_head_plus_lora_learns_the_classifier_task(classifier):
     tuner = Tuner.from_onnx(classifier["model"], trainable="head,lora:r=4,targets=q,v")
     head = {p.name for p in tuner.params if p.region == "head"}
     assert head and head == {p.name for p in find_params(onnx.load(str(classifier["model"]))) if p.region == "head"}
-    result = tuner.fit(classifier["train"], eval_data=classifier["dev"], steps=200, lr=5e-3, eps=1e-3,
+    # 300 steps: 200 ended at 0.945 in numpy's batch order but 0.898 in the core's (et_epoch_permutation), one
+    # example under the bar; 300 reach 0.969
+    result = tuner.fit(classifier["train"], eval_data=classifier["dev"], steps=300, lr=5e-3, eps=1e-3,
                        batch_size=16, queries=2, schedule="linear")
     assert result.before["accuracy"] < 0.7 and result.after["accuracy"] >= 0.9
 

@@ -27,7 +27,9 @@ def plain_logits(path, batch):
 def tuned(classifier, tmp_path_factory):
     out = tmp_path_factory.mktemp("sparse")
     tuner = Tuner.from_onnx(classifier["model"], trainable=SPEC)
-    result = tuner.fit(classifier["train"], eval_data=classifier["dev"], steps=150, lr=1e-2, eps=1e-3, queries=2)
+    # 300 steps: at 150 the loss fell by 0.011 in numpy's batch order and by 0.0097 in the core's (one margin of
+    # 0.001 either way); at 300 it falls by 0.018 (accuracy 0.55 -> 0.86)
+    result = tuner.fit(classifier["train"], eval_data=classifier["dev"], steps=300, lr=1e-2, eps=1e-3, queries=2)
     tuner.save(out)
     return {"tuner": tuner, "result": result, "out": out}
 
