@@ -82,11 +82,13 @@ EDGETUNE = "edgetune defaults"
 
 
 def peers(args) -> list[PeerConfig]:
-    slice_ = f"{args.trainable}, head {args.head}" + (f" (head lr {args.head_lr:g})" if args.head_lr else "")
+    slice_ = (f"{args.trainable}, head {args.head}" + (f" (head lr {args.head_lr:g})" if args.head_lr else "")
+              + (f", ZO lr {args.lr:g} (a lever, not the default)" if args.lr else ""))
     every = [PeerConfig(ORT, "peers_ort_training.py", "1 forward + 1 backward (3 forward-equivalents)",
                         {"lr": ORT_LR}, venv=True),
              PeerConfig(EDGETUNE, "peers_edgetune.py", f"{slice_}: lr auto, ε 1e-3, guard on, activation cache auto",
-                        {"defaults": True, "trainable": args.trainable, "head": args.head, "head_lr": args.head_lr})]
+                        {"defaults": True, "trainable": args.trainable, "head": args.head, "head_lr": args.head_lr,
+                         "lr": args.lr})]
     return [p for p in every if p.name in args.peers]
 
 
@@ -107,11 +109,12 @@ def time_to_reach(curve: list[dict], target: float, axis: str = "wall_s") -> flo
     return next((p[axis] for p in curve if p["accuracy"] >= target - 1e-12), None)
 
 
-def summarise(curves: dict[str, list[dict]], peaks: dict[str, float], budget_s: float) -> dict:
-    """The race's figures from both peers' curves: ORT's 60-s accuracy as the target, each one's accuracy at
-    60 s and at the budget on both clocks, edgetune's time to the target and its peak ÷ ORT's."""
+def summarise(curves: dict[str, list[dict]], peaks: dict[str, float], budget_s: float, axis: str = "wall_s") -> dict:
+    """The race's figures from both peers' curves: ORT's 60-s accuracy on ``axis`` (the budget's clock) as the
+    target, each one's accuracy at 60 s and at the budget on both clocks, edgetune's time to the target and its
+    peak ÷ ORT's."""
     ort, ours = curves[ORT], curves[EDGETUNE]
-    target = accuracy_at(ort, TARGET_AT_S)
+    target = accuracy_at(ort, TARGET_AT_S, axis)
     at = {name: {f"{axis}@{t:g}": accuracy_at(curve, t, axis) for axis in ("wall_s", "cpu_s")
                  for t in (TARGET_AT_S, budget_s)} for name, curve in curves.items()}
     reach = {axis: time_to_reach(ours, target, axis) if target is not None else None for axis in ("wall_s", "cpu_s")}
@@ -120,7 +123,7 @@ def summarise(curves: dict[str, list[dict]], peaks: dict[str, float], budget_s: 
             "ort_time_to_target": {axis: time_to_reach(ort, target, axis) if target is not None else None
                                    for axis in ("wall_s", "cpu_s")},
             "peak_ratio": peak_ratio,
-            "goal_time_met": reach["wall_s"] is not None and reach["wall_s"] <= GOAL_S,
+            "axis": axis, "goal_time_met": reach[axis] is not None and reach[axis] <= GOAL_S,
             "goal_peak_met": peak_ratio is not None and peak_ratio <= GOAL_PEAK}
 
 
@@ -167,7 +170,7 @@ def race_task(task: Task, args, order: list[PeerConfig]) -> dict:
         results[ORT] = {**reference, "reused_from": str(args.reference)}
     ok = {ORT, EDGETUNE} <= set(results) and all("curve" in r for r in results.values())
     summary = summarise({n: r["curve"] for n, r in results.items()}, {n: r["peak_rss_mb"] for n, r in results.items()},
-                        args.budget_s) if ok else None
+                        args.budget_s, f"{args.budget_clock}_s") if ok else None
     return {"title": task.title, "labels": list(task.labels), "n_train": task.n_train, "dev_size": task.dev_size,
             "peers": results, "summary": summary}
 
@@ -190,7 +193,7 @@ def table(payload: dict) -> tuple[list[str], list[list]]:
                 rows.append([key, name, f"failed: {r.get('error', '?')}"] + [""] * (len(header) - 3))
                 continue
             acc = summary.get("accuracy", {}).get(name, {})
-            reach = summary["edgetune_reaches_target"] if name == EDGETUNE else summary.get("ort_time_to_target", {})
+            reach = summary.get("edgetune_reaches_target" if name == EDGETUNE else "ort_time_to_target") or {}
             last = r["curve"][-1]
             peak_ratio = r["peak_rss_mb"] / task["peers"][ORT]["peak_rss_mb"] if "peak_rss_mb" in task["peers"].get(ORT, {}) else None
             rows.append([key, name, f"{r['trainable_params']:,}", r["steps"], f"{last['forwards']:,}",
@@ -210,10 +213,12 @@ def verdicts(payload: dict) -> list[str]:
         if s is None or s["target"] is None:
             lines.append(f"- {key}: no verdict (a peer failed or stopped before {TARGET_AT_S:g} s)")
             continue
-        reach = s["edgetune_reaches_target"]["wall_s"]
-        when = (f"reached it at {reach:.0f} s ({'within' if s['goal_time_met'] else 'missing'} the {GOAL_S:g}-s goal)"
-                if reach is not None else f"did not reach it in {payload['budget_s']:g} s")
-        lines.append(f"- {key}: ORT's {TARGET_AT_S:g}-s accuracy {s['target']:.3f}; edgetune {when}; its peak is "
+        unit = "s" if s["axis"] == "wall_s" else "CPU-s"
+        reach = s["edgetune_reaches_target"][s["axis"]]
+        ours = task["peers"][EDGETUNE]["curve"][-1][s["axis"]]
+        when = (f"reached it at {reach:.0f} {unit} ({'within' if s['goal_time_met'] else 'missing'} the "
+                f"{GOAL_S:g}-{unit} goal)" if reach is not None else f"did not reach it in {ours:.0f} {unit}")
+        lines.append(f"- {key}: ORT's {TARGET_AT_S:g}-{unit} accuracy {s['target']:.3f}; edgetune {when}; its peak is "
                      f"{s['peak_ratio']:.2f}× ORT's (goal ≤ {GOAL_PEAK}×: {'met' if s['goal_peak_met'] else 'missed'}).")
     return lines
 
@@ -229,6 +234,7 @@ def parse_args(argv):
     parser.add_argument("--trainable", default="last:2", help="edgetune's slice (the best recipe measured)")
     parser.add_argument("--head", default="exact", choices=["zo", "exact"], help="edgetune's --head")
     parser.add_argument("--head-lr", type=float, help="edgetune's --head-lr (a lever; default: edgetune's)")
+    parser.add_argument("--lr", type=float, help="edgetune's --lr (a lever; default: auto)")
     parser.add_argument("--peers", nargs="+", choices=[ORT, EDGETUNE], default=[ORT, EDGETUNE],
                         help="run only these (a lever run: edgetune alone with --reference)")
     parser.add_argument("--reference", type=Path, help="a full run's results JSON whose ORT curves judge this run")
@@ -250,17 +256,30 @@ def log(message: str) -> None:
 
 
 def combine(paths: list[Path]) -> dict:
-    """One payload of runs made apart (a data set each, e.g. in parallel on a CPU-second clock): the first
-    file's settings, every file's data sets; the settings that decide a curve must agree."""
+    """One payload of runs made apart (a data set or a peer each, e.g. at once on a CPU-second clock): the
+    first file's settings; per data set, the peers that finished in any file (a later file's wins), the
+    summary computed again from them. The settings that decide a curve must agree."""
     payloads = [json.loads(p.read_text()) for p in paths]
     first = payloads[0]
     for path, other in zip(paths[1:], payloads[1:]):
-        for key in ("batch_size", "tokens", "threads", "seed", "budget_s", "budget_clock", "every_s", "trainable",
-                    "head", "head_lr", "ort_lr"):
-            if other[key] != first[key]:
-                raise SystemExit(f"{path}: {key} {other[key]!r} differs from {paths[0]}'s {first[key]!r}")
-    return {**first, "combined_from": [p.name for p in paths],
-            "datasets": {key: task for payload in payloads for key, task in payload["datasets"].items()}}
+        for key in ("batch_size", "tokens", "threads", "seed", "budget_clock", "every_s", "trainable", "head",
+                    "head_lr", "lr", "ort_lr"):  # a shorter budget is fine: its curve just ends sooner
+            if other.get(key) != first.get(key):
+                raise SystemExit(f"{path}: {key} {other.get(key)!r} differs from {paths[0]}'s {first.get(key)!r}")
+    budget = max(p["budget_s"] for p in payloads)
+    datasets: dict[str, dict] = {}
+    for path, payload in zip(paths, payloads):
+        for key, task in payload["datasets"].items():
+            kept = datasets.setdefault(key, {**task, "peers": {}})
+            finished = {name: {**r, "run": path.name} for name, r in task["peers"].items() if "curve" in r}
+            kept["peers"] = {**kept["peers"], **finished}
+    for task in datasets.values():
+        peers = task["peers"]
+        task["summary"] = (summarise({n: r["curve"] for n, r in peers.items()},
+                                     {n: r["peak_rss_mb"] for n, r in peers.items()}, budget,
+                                     f"{first['budget_clock']}_s")
+                           if {ORT, EDGETUNE} <= set(peers) else None)
+    return {**first, "budget_s": budget, "combined_from": [p.name for p in paths], "datasets": datasets}
 
 
 def write(name: str, payload: dict) -> None:
@@ -282,7 +301,7 @@ def main(argv=None) -> None:
         datasets[key] = race_task(TASKS[key], args, ordered if i % 2 == 0 else ordered[::-1])
     payload = {"machine": machine(), "batch_size": args.batch_size, "tokens": args.tokens, "threads": args.threads,
                "seed": SEED, "budget_s": args.budget_s, "budget_clock": args.budget_clock, "every_s": args.every_s,
-               "trainable": args.trainable, "head": args.head, "head_lr": args.head_lr, "ort_lr": ORT_LR,
+               "trainable": args.trainable, "head": args.head, "head_lr": args.head_lr, "lr": args.lr, "ort_lr": ORT_LR,
                "reference": str(args.reference) if args.reference else None, "target_at_s": TARGET_AT_S,
                "goal_s": GOAL_S, "goal_peak": GOAL_PEAK, "datasets": datasets}
     write(args.name, payload)

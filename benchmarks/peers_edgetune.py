@@ -58,7 +58,7 @@ def _describe(tuner: Tuner) -> dict:
 class EdgetuneDefaultsPeer:
     """edgetune as ``edgetune tune`` runs it with no --lr/--eps: :class:`edgetune.loop.TrainingRun` with the
     default TrainConfig (--lr auto calibrated in the first step, the guard on, the activation cache auto),
-    on the slice and head the config names. Config keys: onnx, train_path, trainable, head, head_lr (optional),
+    on the slice and head the config names. Config keys: onnx, train_path, trainable, head, head_lr and lr (optional),
     batch_size, seed, threads, tokens, max_steps.
 
     The run draws its batches from the training file with its own BatchStream, which is bench_peers'
@@ -72,9 +72,9 @@ class EdgetuneDefaultsPeer:
 
         self.tuner = Tuner.from_onnx(config["onnx"], trainable=config["trainable"], max_length=config["tokens"],
                                      threads=config["threads"], head=config["head"])
-        head_lr = {"head_lr": config["head_lr"]} if config.get("head_lr") else {}  # a lever bench_race may try
+        levers = {k: config[k] for k in ("head_lr", "lr") if config.get(k)}  # what bench_race may try instead
         train_config = TrainConfig(batch_size=config["batch_size"], seed=config["seed"], head=config["head"],
-                                   steps=config["max_steps"], **head_lr)
+                                   steps=config["max_steps"], **levers)
         self.run = TrainingRun(self.tuner, train_config, config["train_path"])
         with np.load(workdir / DATA_FILE) as f:
             order = f["order"][:64]

@@ -80,12 +80,21 @@ def test_table_and_verdicts_read_the_summary():
 def test_combine_takes_every_data_set_and_refuses_other_settings(tmp_path):
     settings = {"batch_size": 8, "tokens": 128, "threads": 2, "seed": 0, "budget_s": 300, "budget_clock": "cpu",
                 "every_s": 20, "trainable": "last:2", "head": "exact", "head_lr": None, "ort_lr": 5e-5}
-    (tmp_path / "a.json").write_text(json.dumps({**settings, "datasets": {"rt": {"title": "a"}}}))
-    (tmp_path / "b.json").write_text(json.dumps({**settings, "datasets": {"debates": {"title": "b"}}}))
-    (tmp_path / "c.json").write_text(json.dumps({**settings, "budget_s": 60, "datasets": {"x": {}}}))
+    ort, ours = {"curve": ORT_CURVE, "peak_rss_mb": 1000.0}, {"curve": OURS, "peak_rss_mb": 300.0}
+    failed = {"error": "killed"}
+    files = {"a": {"rt": {"title": "a", "peers": {ORT: ort, EDGETUNE: failed}}, "debates": {"peers": {ORT: ort}}},
+             "b": {"rt": {"title": "a", "peers": {EDGETUNE: ours}}}}
+    for name, datasets in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({**settings, "datasets": datasets}))
+    (tmp_path / "c.json").write_text(json.dumps({**settings, "threads": 1, "datasets": {"x": {}}}))
     both = combine([tmp_path / "a.json", tmp_path / "b.json"])
-    assert both["datasets"] == {"rt": {"title": "a"}, "debates": {"title": "b"}} and both["budget_clock"] == "cpu"
-    with pytest.raises(SystemExit, match="budget_s 60 differs"):
+    rt = both["datasets"]["rt"]
+    assert rt["peers"][EDGETUNE]["run"] == "b.json" and rt["peers"][ORT]["run"] == "a.json"  # the one that finished
+    # on the runs' own clock (cpu): ORT at 60 CPU-s is 0.72, reached by edgetune's point at 70 CPU-s
+    assert rt["summary"]["axis"] == "cpu_s" and rt["summary"]["target"] == pytest.approx(0.72)
+    assert rt["summary"]["edgetune_reaches_target"]["cpu_s"] == 70 and rt["title"] == "a"
+    assert both["datasets"]["debates"]["summary"] is None and both["budget_clock"] == "cpu"
+    with pytest.raises(SystemExit, match="threads 1 differs"):
         combine([tmp_path / "a.json", tmp_path / "c.json"])
 
 
