@@ -78,7 +78,7 @@ def test_curves_cumulate_forwards_and_place_each_evaluation(tuned):
     assert curves.metric == "accuracy" and curves.evals[-1].metric == summary["after"]["accuracy"]
     assert curves.evals[0].loss == summary["before"]["loss"]
     assert curves.finished and curves.peak_rss_mb == summary["peak_rss_mb"]
-    assert curves.config["trainable"] == "last:1"
+    assert curves.config["trainable"] == "head"  # what --trainable auto resolved to (the tiny classifier's head)
 
 
 def test_forwards_of_varying_steps_and_of_logs_without_a_count(tmp_path):
