@@ -6,7 +6,8 @@ and one set of flags. The x86-64 ``tune_bundle`` (examples/c) run is the referen
 * JNI: ``libedgetune_jni.so`` builds for x86-64 (the JDK's jni.h) and aarch64 (cross, AOSP's jni.h) and
   exports exactly the entry points ``EdgeTune.java`` declares.
 * Java: ``ai.edgetune.EdgeTune`` on the desktop JVM tunes the bundle through a cancel from another thread,
-  a listener that stops the run and one that throws, and still saves the C example's slice byte for byte.
+  a listener that stops the run and one that throws, and still saves the C example's slice byte for byte,
+  under the spall schedule (lr and eps both decay, computed in double from the double lr/eps Java passes).
 * aarch64: the cross-built ``tune_bundle`` runs under ``qemu-aarch64-static`` against the aarch64
   onnxruntime wheel's library (scripts/fetch_ort_aarch64.sh, scripts/qemu_aarch64.sh): the NEON kernels are
   the active ones, the ZO arithmetic alone (lr 0: perturb, restore) is bit-identical to x86-64, and a real
@@ -27,13 +28,25 @@ from safetensors.numpy import load_file
 
 from conftest import run_cli
 from edgetune.data.tokenizer import load_tokenizer
+from edgetune.zo.schedules import Schedule
 from test_native import CROSS_TOOLS, JOBS, ROOT, TIMEOUT, _env, _run
 from test_runtime import _wordpiece_bundle
 
 STEPS = 40
 # lr 1e-2: the tiny classifier's dev loss falls clearly within 40 steps (0.69 -> 0.60 on x86-64)
-FLAGS = ["--steps", str(STEPS), "--lr", "1e-2", "--eps", "1e-3", "--seed", "0", "--batch-size", "16",
-         "--threads", "1", "--schedule", "constant"]
+EPS = "1e-3"
+
+
+def flags(schedule: str, lr: str) -> list[str]:
+    return ["--steps", str(STEPS), "--lr", lr, "--eps", EPS, "--seed", "0", "--batch-size", "16", "--threads", "1",
+            "--schedule", schedule]
+
+
+FLAGS = flags("constant", "1e-2")
+# The Java run's schedule: spall rounds lr and eps to float per step from double bases, so a binding that
+# carried them as float (3e-2f is not 3e-2) would round 12 of the 40 lrs and 28 of the eps differently.
+# lr 3e-2: spall decays it to 0.27x by step 39; the dev loss still falls 0.69 -> 0.58 (1e-2: only to 0.67)
+JAVA_SCHEDULE, JAVA_LR = "spall", "3e-2"
 # The largest |theta_arm - theta_x86| allowed, as a fraction of the largest |theta_x86 - theta_0| (how far the
 # tune moved the slice). Measured: 3.3e-5 (6.9e-6 absolute after 40 steps), from ORT's losses alone (they
 # differ by <= 2e-6 per step between its x86-64 and aarch64 kernels); 1e-3 leaves 30x headroom.
@@ -115,12 +128,22 @@ def tune(cmd, bundle, out, *flags, ort):
     return losses, evals
 
 
-@pytest.fixture(scope="module")
-def x86_run(bundle, host_build, host_ort, tmp_path_factory):
+def x86_tune(bundle, host_build, host_ort, tmp_path_factory, *flags):
     out = tmp_path_factory.mktemp("x86") / "tuned"
-    losses, evals = tune([host_build / "tune_bundle"], bundle, out, *FLAGS, ort=host_ort)
+    losses, evals = tune([host_build / "tune_bundle"], bundle, out, *flags, ort=host_ort)
     assert len(losses) == STEPS and evals["after"][0] < evals["before"][0] - 0.05, evals
     return out, losses, evals
+
+
+@pytest.fixture(scope="module")
+def x86_run(bundle, host_build, host_ort, tmp_path_factory):
+    return x86_tune(bundle, host_build, host_ort, tmp_path_factory, *FLAGS)
+
+
+@pytest.fixture(scope="module")
+def x86_java_run(bundle, host_build, host_ort, tmp_path_factory):
+    """The C example's run under the Java run's schedule: the reference the Java binding must equal."""
+    return x86_tune(bundle, host_build, host_ort, tmp_path_factory, *flags(JAVA_SCHEDULE, JAVA_LR))
 
 
 def slice_of(out: Path) -> dict[str, np.ndarray]:
@@ -151,7 +174,7 @@ def test_jni_library_builds_for_x86_64_and_aarch64(host_build, arm_build):
 
 # ---- Java on the desktop JVM -----------------------------------------------------------------
 
-def test_java_binding_tunes_like_the_c_example(bundle, host_build, host_ort, x86_run, tmp_path):
+def test_java_binding_tunes_like_the_c_example(bundle, host_build, host_ort, x86_java_run, tmp_path):
     javac, java = shutil.which("javac"), shutil.which("java")
     if javac is None or java is None:
         pytest.skip("no JDK: apt-get install -y openjdk-17-jdk-headless")
@@ -161,8 +184,8 @@ def test_java_binding_tunes_like_the_c_example(bundle, host_build, host_ort, x86
     out = tmp_path / "tuned"
     lib = host_build / "csrc" / "jni" / "libedgetune_jni.so"
     text = _run([java, "-Xcheck:jni", f"-Dedgetune.jni.library={lib}", "-cp", classes, "TuneEndToEnd",
-                 bundle / "bundle", bundle / "train.jsonl", bundle / "dev.tsv", out, host_ort, STEPS, "1e-2", "1e-3",
-                 0, 10, 20, 30])
+                 bundle / "bundle", bundle / "train.jsonl", bundle / "dev.tsv", out, host_ort, STEPS, JAVA_LR, EPS,
+                 0, 10, 20, 30, JAVA_SCHEDULE])
     assert "WARNING" not in text, text  # -Xcheck:jni found a misuse of JNI
     line = dict(re.findall(r"^(error \w+|\w+) ?(.*)$", text, re.M))  # "key value" (errors: "error what value")
     assert line["simd"] in ("avx2", "avx512", "scalar") and line["task"] == "classify"
@@ -180,17 +203,20 @@ def test_java_binding_tunes_like_the_c_example(bundle, host_build, host_ort, x86
     assert line["cancelled"] == "true 10" and line["stopped"] == "true 20" and line["thrown"] == "30"
     assert line["finished"] == f"false {STEPS} {2 * STEPS}" and line["next"] == "none" and "closed" in text
 
-    _, c_losses, c_evals = x86_run
-    steps = re.findall(r"^step (\d+) ([0-9a-f]+) 1 1$", text, re.M)
-    assert [int(s) for s, _ in steps] == list(range(STEPS))  # every step reported once, in order
-    java_losses = [np.uint32(int(h, 16)).view(np.float32) for _, h in steps]
+    c_out, c_losses, c_evals = x86_java_run
+    steps = re.findall(r"^step (\d+) ([0-9a-f]+) ([0-9a-f]+) ([0-9a-f]+) 1 1$", text, re.M)
+    assert [int(s[0]) for s in steps] == list(range(STEPS))  # every step reported once, in order
+    java_losses, java_lrs, java_eps = ([np.uint32(int(s[i], 16)).view(np.float32) for s in steps] for i in (1, 2, 3))
     assert java_losses == c_losses  # bit for bit
+    # each step's lr and eps: Python's schedules of the double bases, rounded to float once (not from 1e-2f)
+    lr, eps = Schedule(float(JAVA_LR), JAVA_SCHEDULE, STEPS), Schedule(float(EPS), "spall-eps", STEPS)
+    assert java_lrs == [np.float32(lr(t)) for t in range(STEPS)] and len(set(java_lrs)) == STEPS
+    assert java_eps == [np.float32(eps(t)) for t in range(STEPS)]
     before, after = (tuple(map(float, line[k].split()[:2])) for k in ("before", "after"))
     # the C example prints the loss to 9 digits and the accuracy to 6 decimals
     assert before == pytest.approx(c_evals["before"], abs=1e-6) and after == pytest.approx(c_evals["after"], abs=1e-6)
     assert after[0] < before[0] - 0.05
     # the saved slice and model equal the uninterrupted C run's; weights() is that slice in arena order
-    c_out = x86_run[0]
     assert (out / "trainable.safetensors").read_bytes() == (c_out / "trainable.safetensors").read_bytes()
     assert (out / "model.onnx").read_bytes() == (c_out / "model.onnx").read_bytes()
     manifest = json.loads((bundle / "bundle" / "manifest.json").read_text())

@@ -175,9 +175,9 @@ bool read_params(JNIEnv *env, jlong h, jobject jp, et_train_params &p) {
     p.seed = static_cast<uint64_t>(env->GetLongField(jp, ids.p_seed));
     p.batch_size = static_cast<uint32_t>(env->GetIntField(jp, ids.p_batch));
     p.queries = static_cast<uint32_t>(env->GetIntField(jp, ids.p_queries));
-    p.lr = env->GetFloatField(jp, ids.p_lr);
-    p.eps = env->GetFloatField(jp, ids.p_eps);
-    p.weight_decay = env->GetFloatField(jp, ids.p_wd);
+    p.lr = env->GetDoubleField(jp, ids.p_lr);  // doubles end to end: a schedule rounds to float per step
+    p.eps = env->GetDoubleField(jp, ids.p_eps);
+    p.weight_decay = env->GetDoubleField(jp, ids.p_wd);
     p.warmup = static_cast<uint32_t>(env->GetIntField(jp, ids.p_warmup));
     p.schedule = ordinal(env, jp, ids.p_schedule);
     if (env->ExceptionCheck()) return false;
@@ -243,7 +243,7 @@ JNIEXPORT jint JNICALL JNI_OnLoad(JavaVM *vm, void *) {
     ids.step_record_ctor = env->GetMethodID(ids.step_record, "<init>", "(JFFF[F[JJ)V");
     ids.train_result_ctor = env->GetMethodID(ids.train_result, "<init>", "(JJFZ)V");
     ids.metrics_ctor = env->GetMethodID(ids.metrics, "<init>", "(JDD)V");
-    ids.train_params_ctor = env->GetMethodID(ids.train_params, "<init>", "(JJIIFFFIII)V");
+    ids.train_params_ctor = env->GetMethodID(ids.train_params, "<init>", "(JJIIDDDIII)V");
     ids.on_step = env->GetMethodID(listener, "onStep", "(Lai/edgetune/EdgeTune$StepRecord;)Z");
     ids.ordinal = env->GetMethodID(enum_class, "ordinal", "()I");
     jclass tp = ids.train_params;
@@ -251,9 +251,9 @@ JNIEXPORT jint JNICALL JNI_OnLoad(JavaVM *vm, void *) {
     ids.p_seed = env->GetFieldID(tp, "seed", "J");
     ids.p_batch = env->GetFieldID(tp, "batchSize", "I");
     ids.p_queries = env->GetFieldID(tp, "queries", "I");
-    ids.p_lr = env->GetFieldID(tp, "lr", "F");
-    ids.p_eps = env->GetFieldID(tp, "eps", "F");
-    ids.p_wd = env->GetFieldID(tp, "weightDecay", "F");
+    ids.p_lr = env->GetFieldID(tp, "lr", "D");
+    ids.p_eps = env->GetFieldID(tp, "eps", "D");
+    ids.p_wd = env->GetFieldID(tp, "weightDecay", "D");
     ids.p_warmup = env->GetFieldID(tp, "warmup", "I");
     ids.p_schedule = env->GetFieldID(tp, "schedule", "Lai/edgetune/EdgeTune$Schedule;");
     ids.p_noise = env->GetFieldID(tp, "noise", "Lai/edgetune/EdgeTune$Noise;");

@@ -11,6 +11,7 @@ import java.nio.file.Files;
 import java.nio.file.Paths;
 import java.util.Arrays;
 import java.util.List;
+import java.util.Locale;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
@@ -23,15 +24,16 @@ import java.util.concurrent.Future;
  * saved slice still equals the C example's uninterrupted run. Prints "key value..." lines that pytest parses.
  *
  * args: BUNDLE TRAIN.jsonl EVAL.tsv ("label TAB text TAB id id ..." lines) OUT_DIR LIBONNXRUNTIME STEPS LR EPS SEED
- *       CANCEL_AT STOP_AT THROW_AT
+ *       CANCEL_AT STOP_AT THROW_AT SCHEDULE (constant, linear or spall)
  */
 public final class TuneEndToEnd {
     public static void main(String[] a) throws Exception {
         String bundle = a[0], train = a[1], eval = a[2], out = a[3], ort = a[4];
         long steps = Long.parseLong(a[5]);
-        float lr = Float.parseFloat(a[6]), eps = Float.parseFloat(a[7]);
+        double lr = Double.parseDouble(a[6]), eps = Double.parseDouble(a[7]);  // as the C example's strtod
         long seed = Long.parseLong(a[8]), cancelAt = Long.parseLong(a[9]), stopAt = Long.parseLong(a[10]);
         long throwAt = Long.parseLong(a[11]);
+        EdgeTune.Schedule schedule = EdgeTune.Schedule.valueOf(a[12].toUpperCase(Locale.ROOT));
 
         System.out.println("version " + EdgeTune.version());
         System.out.println("simd " + EdgeTune.simdLevel());
@@ -78,7 +80,7 @@ public final class TuneEndToEnd {
             p.eps = eps;
             p.seed = seed;
             p.batchSize = 16;
-            p.schedule = EdgeTune.Schedule.CONSTANT;
+            p.schedule = schedule;
 
             // 1. cancel() from this thread while train() runs on another: the listener holds step CANCEL_AT
             //    open until the cancel has been posted, so the stop lands at a known step.
@@ -144,9 +146,13 @@ public final class TuneEndToEnd {
     }
 
     private static void printStep(EdgeTune.StepRecord r) {
-        // the loss as its exact float bits: pytest compares them with the C example's
-        System.out.println("step " + r.step + " " + Integer.toHexString(Float.floatToRawIntBits(r.loss)) + " "
+        // the loss, lr and eps as their exact float bits: pytest compares them with the C example's and Python's
+        System.out.println("step " + r.step + " " + bits(r.loss) + " " + bits(r.lr) + " " + bits(r.eps) + " "
                 + r.seeds.length + " " + r.grads.length);
+    }
+
+    private static String bits(float f) {
+        return Integer.toHexString(Float.floatToRawIntBits(f));
     }
 
     private static void await(CountDownLatch latch) {

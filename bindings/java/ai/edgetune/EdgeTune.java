@@ -12,6 +12,8 @@ import java.util.Objects;
  *     et.addText(EdgeTune.Split.TRAIN, "a joy to watch", 1);      // or addExample(split, ids, label)
  *     EdgeTune.TrainParams p = et.defaultTrainParams();              // the bundle's defaults
  *     p.steps = 200;
+ *     p.lr = 1e-2;                                                   // lr, eps, weightDecay: doubles
+ *     p.schedule = EdgeTune.Schedule.LINEAR;                         // to 0 at p.steps
  *     et.train(p, rec -> { publish(rec.step, rec.loss); return true; });   // false stops the run
  *     double acc = et.evaluate(EdgeTune.Split.EVAL).accuracy;
  *     et.save(outDir);                                               // model.onnx + trainable.safetensors
@@ -64,14 +66,20 @@ public final class EdgeTune implements AutoCloseable {
         public long seed;
         public int batchSize;
         public int queries;
-        public float lr;
-        public float eps;
-        public float weightDecay;
+        /**
+         * The base learning rate, perturbation scale and decoupled weight decay: doubles, as the C struct and
+         * Python hold them. A schedule computes each step's lr and eps from these in double and rounds to float
+         * once, so {@code p.lr = 1e-2} here tunes exactly as {@code --lr 1e-2} in Python and the C example
+         * (a float 1e-2f would be a different base, and a linear or spall schedule would drift from theirs).
+         */
+        public double lr;
+        public double eps;
+        public double weightDecay;
         public Schedule schedule;
         public int warmup;
         public Noise noise;
 
-        TrainParams(long steps, long seed, int batchSize, int queries, float lr, float eps, float weightDecay,
+        TrainParams(long steps, long seed, int batchSize, int queries, double lr, double eps, double weightDecay,
                     int schedule, int warmup, int noise) {
             this.steps = steps;
             this.seed = seed;
@@ -100,6 +108,7 @@ public final class EdgeTune implements AutoCloseable {
     public static final class StepRecord {
         public final long step;
         public final float loss;
+        /** The lr and eps this step used: the schedule's double value rounded to float, as the step applied it. */
         public final float lr;
         public final float eps;
         /** The projected gradient of each query. */
