@@ -6,7 +6,8 @@
 Every (slice, optimizer, seed) is one run in a child process (threads 1; ``--jobs`` at a time), all with the
 defaults a user gets (--lr auto, its ε, the guard, q = 1) and the same forward budget: HiZOO's extra forward
 at θ each step and the calibration's forwards count in it. HiZOO runs with --noise gaussian (it needs it);
-the others with the default rademacher noise. Each run evaluates on the first ``--n-dev`` dev rows at
+the others with the default rademacher noise; ``zo-sgd:gaussian`` is ZO-SGD with HiZOO's noise, hence the
+same calibration probes and lr: HiZOO's control. Each run evaluates on the first ``--n-dev`` dev rows at
 ``--evals`` even forward counts; the table gives the mean (and spread) over seeds of dev accuracy and loss
 at each, and each optimizer's CPU-seconds per step against ZO-SGD's on the same slice (process CPU time
 of the steps alone, evaluations left out: fair on a shared machine), and per forward.
@@ -59,14 +60,15 @@ def child(spec: dict) -> dict:
 
     model, train, dev = (Path(p) for p in spec["paths"])
     tuner = Tuner.from_onnx(model, trainable=spec["slice"], max_length=RECIPE["max_length"], threads=1)
-    per_step = 3 if spec["optimizer"] == "hizoo" else 2
+    optimizer, _, noise = spec["optimizer"].partition(":")  # "zo-sgd:gaussian": HiZOO's control, same noise
+    per_step = 3 if optimizer == "hizoo" else 2
     every = max(1, spec["forwards"] // (per_step * spec["evals"]))
     clock = StepClock()
     began = time.perf_counter()
-    options = dict(optimizer=spec["optimizer"], seed=spec["seed"], steps=spec["forwards"], batch_size=RECIPE["batch_size"],
+    options = dict(optimizer=optimizer, seed=spec["seed"], steps=spec["forwards"], batch_size=RECIPE["batch_size"],
                    forward_budget=spec["forwards"], eval_every=every, eval_batch_size=64)
-    if spec["optimizer"] in NOISE:
-        options["noise"] = NOISE[spec["optimizer"]]
+    if noise or optimizer in NOISE:
+        options["noise"] = noise or NOISE[optimizer]
     try:
         result = tuner.fit(train, eval_data=dev, progress=clock, **options)
     except Exception as exc:  # a diverged run may end on a non-finite loss: a result here
@@ -137,6 +139,7 @@ def main() -> None:
     parser.add_argument("--n-dev", type=int, default=200, help="dev rows evaluated (the first N of the demo's)")
     parser.add_argument("--jobs", type=int, default=3, help="child processes at a time")
     parser.add_argument("--rows", type=Path, help="JSON-lines file of finished runs (reused: a rerun skips them)")
+    parser.add_argument("--table-only", action="store_true", help="write the table from --rows, run nothing")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -152,7 +155,7 @@ def main() -> None:
              for seed in args.seeds.split(",") for s in args.slices.split(",") for o in args.optimizers.split(",")]
     # seed by seed: a run cut short still has every configuration on its first seeds
     key = lambda r: (r["slice"], r["optimizer"], r["seed"], r["forwards"])  # noqa: E731
-    todo = [s for s in specs if key(s) not in {key(r) for r in done}]
+    todo = [s for s in specs if key(s) not in {key(r) for r in done} and not args.table_only]
 
     def one(spec: dict) -> dict:
         row = {**run_child(spec), "load_average": os.getloadavg()[0]}
@@ -164,10 +167,12 @@ def main() -> None:
 
     with ThreadPoolExecutor(args.jobs) as pool:
         done += list(pool.map(one, todo))
-    runs = [r for r in done if key(r) in {key(s) for s in specs}]
+    slices, optimizers = args.slices.split(","), args.optimizers.split(",")
+    runs = sorted((r for r in done if key(r) in {key(s) for s in specs}),
+                  key=lambda r: (slices.index(r["slice"]), optimizers.index(r["optimizer"]), r["seed"]))
     checkpoints = [args.forwards * k // args.evals for k in range(args.evals + 1)]
     summary, rows = summarise(runs, checkpoints)
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "child"}
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("child", "table_only")}
     payload = {"machine": machine(), "config": config, "checkpoints": checkpoints, "summary": summary,
                "runs": runs, "load_average": [r["load_average"] for r in runs]}
     header = ["slice", "optimizer", "trainable", "seeds",
