@@ -43,7 +43,7 @@ GENERATIVE = "a causal LM on text, prompt/completion or chat data"
 SLICES = {
     FRESH_HEAD: "head",
     TRAINED_HEAD: "head",
-    VERBALISER: "lora:r=8,targets=q,v",
+    VERBALISER: "lora:r=4,targets=o,down,layers={late}-{last},fa",
     GENERATIVE: "lora:r=4,targets=o,down,layers={late}-{last},fa",
 }
 
