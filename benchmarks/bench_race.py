@@ -1,14 +1,16 @@
 """The race against first-order training: edgetune's defaults against ONNX Runtime on-device training (AdamW).
 
-    python benchmarks/bench_race.py [--budget-s 300] [--datasets rt debates] [--trainable last:2 --head exact]
+    python benchmarks/bench_race.py [--budget-s 300] [--datasets rt debates] [--peers ...] [--trainable/--head/--lr]
 
 all-MiniLM-L6-v2 with a fresh head of the data set's class count (mean pooling, as the demo exports it), on
 Rotten Tomatoes (2 classes) and on the 2016 presidential debates (3 classes: the speaker's party), with
 bench_peers.py's data, batch (8), token ids, batch order, threads (2) and seed (0) for both peers:
 
-- edgetune as ``edgetune tune`` runs with no --lr/--eps (``peers_edgetune.EdgetuneDefaultsPeer``: --lr auto
-  calibrated inside the budget, the guard, the activation cache auto) on ``--trainable``/``--head``: the
-  best recipe measured (bench_exact_head.py: the exact head + ZO-SGD on last:2) until a default slice exists;
+- edgetune as ``edgetune tune`` runs with no flags (``peers_edgetune.EdgetuneDefaultsPeer``: --trainable auto,
+  which is ``head`` for these fresh heads, --head zo, --lr auto calibrated inside the budget, the guard, the
+  activation cache auto); --trainable/--head/--lr/--head-lr change it (a lever: its name then says which);
+- with ``--peers`` naming it, the race's first edgetune peer, run before --trainable auto landed: the same
+  defaults on ``last:2 + --head exact`` (the best recipe bench_exact_head.py measured);
 - ORT on-device training, every weight, AdamW at lr 5e-5 (bench_peers.py's peer, in its own venv).
 
 Each trains for ``--budget-s`` seconds (``--budget-clock`` wall, or the child's CPU seconds) in a fresh child
@@ -17,8 +19,8 @@ stopped (the scoring time is reported beside it). A curve point is (training wal
 ORT's forward passes are forward-equivalents, 3 a step (a backward ≈ 2 forwards). The peers of one data set
 run back to back, their order alternating between data sets, and each records the load average around it.
 
-From the curves (``summarise``): each one's accuracy at 60 s and at the budget (wall and CPU, interpolated
-between points), the time edgetune needs to reach ORT's 60-s accuracy (first point at or above it; the goal
+From the curves (``summarise``): each one's accuracy at 60 s, 120 s and the budget (wall and CPU, interpolated
+between points), the time each edgetune peer needs to reach ORT's 60-s accuracy (first point at or above it; the goal
 is ≤ 120 s), and each whole-process peak RSS (VmHWM of the child; the goal is edgetune ≤ 0.35× ORT's).
 Writes benchmarks/results/race.{json,md} (``--name``); ``python benchmarks/figures.py race`` draws the curves.
 """
@@ -79,17 +81,38 @@ TASKS = {
 }
 ORT = "ORT training (all, AdamW)"
 EDGETUNE = "edgetune defaults"
+RECIPE_OPTIONS = {"trainable": "last:2", "head": "exact"}  # the first race's edgetune (no default slice then)
+
+
+def edgetune_name(trainable: str = "auto", head: str = "zo", lr: float | None = None,
+                  head_lr: float | None = None) -> str:
+    """An edgetune peer's name: "edgetune defaults", or the flags it was given instead of tune's defaults."""
+    slice_ = " + ".join(([] if trainable == "auto" else [trainable]) + (["exact head"] if head == "exact" else []))
+    levers = "".join(f", {flag} {value:g}" for flag, value in (("lr", lr), ("head lr", head_lr)) if value)
+    return f"edgetune {slice_ or 'defaults'}{levers}"
+
+
+RECIPE = edgetune_name(**RECIPE_OPTIONS)  # "edgetune last:2 + exact head"
+
+
+def _edgetune_peer(options: dict) -> PeerConfig:
+    given = {k: v for k, v in options.items() if v is not None}
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in given.items()) or "no flags"
+    return PeerConfig(edgetune_name(**given), "peers_edgetune.py",
+                      f"tune with {flags}{'' if 'lr' in given else ' (lr auto)'}: ε 1e-3, guard on, "
+                      "activation cache auto",
+                      {"defaults": True, "trainable": "auto", "head": "zo", **given})
 
 
 def peers(args) -> list[PeerConfig]:
-    slice_ = (f"{args.trainable}, head {args.head}" + (f" (head lr {args.head_lr:g})" if args.head_lr else "")
-              + (f", ZO lr {args.lr:g} (a lever, not the default)" if args.lr else ""))
-    every = [PeerConfig(ORT, "peers_ort_training.py", "1 forward + 1 backward (3 forward-equivalents)",
-                        {"lr": ORT_LR}, venv=True),
-             PeerConfig(EDGETUNE, "peers_edgetune.py", f"{slice_}: lr auto, ε 1e-3, guard on, activation cache auto",
-                        {"defaults": True, "trainable": args.trainable, "head": args.head, "head_lr": args.head_lr,
-                         "lr": args.lr})]
-    return [p for p in every if p.name in args.peers]
+    """The peers --peers names: ORT, edgetune (tune's defaults unless --trainable/--head/--lr/--head-lr) and
+    the first race's recipe."""
+    levers = {"trainable": None if args.trainable == "auto" else args.trainable,
+              "head": None if args.head == "zo" else args.head, "lr": args.lr, "head_lr": args.head_lr}
+    chosen = {ORT: PeerConfig(ORT, "peers_ort_training.py", "1 forward + 1 backward (3 forward-equivalents)",
+                              {"lr": ORT_LR}, venv=True),
+              EDGETUNE: _edgetune_peer(levers), RECIPE: _edgetune_peer(RECIPE_OPTIONS)}
+    return [chosen[name] for name in args.peers]
 
 
 # -- the curves' arithmetic (tested on synthetic curves in tests/test_race.py) --
@@ -110,21 +133,35 @@ def time_to_reach(curve: list[dict], target: float, axis: str = "wall_s") -> flo
 
 
 def summarise(curves: dict[str, list[dict]], peaks: dict[str, float], budget_s: float, axis: str = "wall_s") -> dict:
-    """The race's figures from both peers' curves: ORT's 60-s accuracy on ``axis`` (the budget's clock) as the
-    target, each one's accuracy at 60 s and at the budget on both clocks, edgetune's time to the target and its
-    peak ÷ ORT's."""
-    ort, ours = curves[ORT], curves[EDGETUNE]
-    target = accuracy_at(ort, TARGET_AT_S, axis)
-    at = {name: {f"{axis}@{t:g}": accuracy_at(curve, t, axis) for axis in ("wall_s", "cpu_s")
-                 for t in (TARGET_AT_S, budget_s)} for name, curve in curves.items()}
-    reach = {axis: time_to_reach(ours, target, axis) if target is not None else None for axis in ("wall_s", "cpu_s")}
-    peak_ratio = peaks[EDGETUNE] / peaks[ORT] if peaks.get(ORT) else None
-    return {"target": target, "accuracy": at, "edgetune_reaches_target": reach,
-            "ort_time_to_target": {axis: time_to_reach(ort, target, axis) if target is not None else None
-                                   for axis in ("wall_s", "cpu_s")},
-            "peak_ratio": peak_ratio,
-            "axis": axis, "goal_time_met": reach[axis] is not None and reach[axis] <= GOAL_S,
-            "goal_peak_met": peak_ratio is not None and peak_ratio <= GOAL_PEAK}
+    """The race's figures from ORT's curve and every edgetune peer's: ORT's 60-s accuracy on ``axis`` (the
+    budget's clock) as the target; per peer, its accuracy at 60 s, at the goal's 120 s and at the budget on both
+    clocks, its time to the target, its peak ÷ ORT's and, for edgetune's, whether each goal is met."""
+    target = accuracy_at(curves[ORT], TARGET_AT_S, axis)
+    clocks = ("wall_s", "cpu_s")
+    at = {name: {f"{clock}@{t:g}": accuracy_at(curve, t, clock) for clock in clocks for t in _times(budget_s)}
+          for name, curve in curves.items()}
+    reach = {name: {clock: time_to_reach(curve, target, clock) if target is not None else None for clock in clocks}
+             for name, curve in curves.items()}
+    peak_ratio = {name: peaks[name] / peaks[ORT] if peaks.get(ORT) else None for name in curves}
+    goals = {name: {"time": reach[name][axis] is not None and reach[name][axis] <= GOAL_S,
+                    "peak": peak_ratio[name] is not None and peak_ratio[name] <= GOAL_PEAK}
+             for name in curves if name != ORT}
+    return {"target": target, "accuracy": at, "reaches_target": reach, "peak_ratio": peak_ratio, "axis": axis,
+            "goals": goals}
+
+
+def _times(budget_s: float) -> list[float]:
+    """Where the accuracy is read: the target's time, the goal's (the race is decided there) and the budget."""
+    return sorted({TARGET_AT_S, GOAL_S, budget_s})
+
+
+def _summary(peers: dict[str, dict], budget_s: float, axis: str) -> dict | None:
+    """summarise() over the peers that finished, where ORT and at least one edgetune peer did."""
+    finished = {name: r for name, r in peers.items() if "curve" in r}
+    if ORT not in finished or len(finished) < 2:
+        return None
+    return summarise({n: r["curve"] for n, r in finished.items()}, {n: r["peak_rss_mb"] for n, r in finished.items()},
+                     budget_s, axis)
 
 
 def marks(budget_s: float, every_s: float) -> list[float]:
@@ -168,9 +205,7 @@ def race_task(task: Task, args, order: list[PeerConfig]) -> dict:
     if ORT not in results and args.reference:  # a lever run: edgetune alone, judged against a full run's ORT
         reference = json.loads(args.reference.read_text())["datasets"][task.folder]["peers"][ORT]
         results[ORT] = {**reference, "reused_from": str(args.reference)}
-    ok = {ORT, EDGETUNE} <= set(results) and all("curve" in r for r in results.values())
-    summary = summarise({n: r["curve"] for n, r in results.items()}, {n: r["peak_rss_mb"] for n, r in results.items()},
-                        args.budget_s, f"{args.budget_clock}_s") if ok else None
+    summary = _summary(results, args.budget_s, f"{args.budget_clock}_s")
     return {"title": task.title, "labels": list(task.labels), "n_train": task.n_train, "dev_size": task.dev_size,
             "peers": results, "summary": summary}
 
@@ -181,7 +216,7 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
 
 def table(payload: dict) -> tuple[list[str], list[list]]:
     budget = payload["budget_s"]
-    times = sorted({TARGET_AT_S, budget})
+    times = _times(budget)
     header = ["data set", "peer", "trainable weights", f"steps in {budget:g} s", "forward passes",
               *(f"acc @ {t:g} s" for t in times), *(f"acc @ {t:g} CPU-s" for t in times),
               f"to ORT's {TARGET_AT_S:g}-s acc (s / CPU-s)", "peak RSS (MB)",
@@ -194,7 +229,7 @@ def table(payload: dict) -> tuple[list[str], list[list]]:
                 rows.append([key, name, f"failed: {r.get('error', '?')}"] + [""] * (len(header) - 3))
                 continue
             acc = summary.get("accuracy", {}).get(name, {})
-            reach = summary.get("edgetune_reaches_target" if name == EDGETUNE else "ort_time_to_target") or {}
+            reach = summary.get("reaches_target", {}).get(name) or {}
             last = r["curve"][-1]
             peak_ratio = r["peak_rss_mb"] / task["peers"][ORT]["peak_rss_mb"] if "peak_rss_mb" in task["peers"].get(ORT, {}) else None
             rows.append([key, name, f"{r['trainable_params']:,}", r["steps"], f"{last['forwards']:,}",
@@ -206,7 +241,7 @@ def table(payload: dict) -> tuple[list[str], list[list]]:
 
 
 def verdicts(payload: dict) -> list[str]:
-    """One line per data set: the target, whether edgetune met each goal, and by how much."""
+    """One line per data set and edgetune peer: the target, whether the peer met each goal, and by how much."""
     lines = []
     for key, task in payload["datasets"].items():
         s = task["summary"]
@@ -214,12 +249,14 @@ def verdicts(payload: dict) -> list[str]:
             lines.append(f"- {key}: no verdict (a peer failed or stopped before {TARGET_AT_S:g} s)")
             continue
         unit = "s" if s["axis"] == "wall_s" else "CPU-s"
-        reach = s["edgetune_reaches_target"][s["axis"]]
-        ours = task["peers"][EDGETUNE]["curve"][-1][s["axis"]]
-        when = (f"reached it at {reach:.0f} {unit} ({'within' if s['goal_time_met'] else 'missing'} the "
-                f"{GOAL_S:g}-{unit} goal)" if reach is not None else f"did not reach it in {ours:.0f} {unit}")
-        lines.append(f"- {key}: ORT's {TARGET_AT_S:g}-{unit} accuracy {s['target']:.3f}; edgetune {when}; its peak is "
-                     f"{s['peak_ratio']:.2f}× ORT's (goal ≤ {GOAL_PEAK}×: {'met' if s['goal_peak_met'] else 'missed'}).")
+        for name, goals in s["goals"].items():
+            reach = s["reaches_target"][name][s["axis"]]
+            ours = task["peers"][name]["curve"][-1][s["axis"]]
+            when = (f"reached it at {reach:.0f} {unit} ({'within' if goals['time'] else 'missing'} the "
+                    f"{GOAL_S:g}-{unit} goal)" if reach is not None else f"did not reach it in {ours:.0f} {unit}")
+            lines.append(f"- {key}: ORT's {TARGET_AT_S:g}-{unit} accuracy {s['target']:.3f}; {name} {when}; its peak "
+                         f"is {s['peak_ratio'][name]:.2f}× ORT's (goal ≤ {GOAL_PEAK}×: "
+                         f"{'met' if goals['peak'] else 'missed'}).")
     return lines
 
 
@@ -231,12 +268,13 @@ def parse_args(argv):
                         help="what the budget and the marks count: elapsed time, or the child's CPU seconds")
     parser.add_argument("--every-s", type=float, default=20.0,
                         help="score the dev rows every this many seconds up to 120 s, every twice that after")
-    parser.add_argument("--trainable", default="last:2", help="edgetune's slice (the best recipe measured)")
-    parser.add_argument("--head", default="exact", choices=["zo", "exact"], help="edgetune's --head")
+    parser.add_argument("--trainable", default="auto", help="edgetune's slice (default: auto, as tune's)")
+    parser.add_argument("--head", default="zo", choices=["zo", "exact"], help="edgetune's --head (default: tune's)")
     parser.add_argument("--head-lr", type=float, help="edgetune's --head-lr (a lever; default: edgetune's)")
     parser.add_argument("--lr", type=float, help="edgetune's --lr (a lever; default: auto)")
-    parser.add_argument("--peers", nargs="+", choices=[ORT, EDGETUNE], default=[ORT, EDGETUNE],
-                        help="run only these (a lever run: edgetune alone with --reference)")
+    parser.add_argument("--peers", nargs="+", choices=[ORT, EDGETUNE, RECIPE], default=[ORT, EDGETUNE],
+                        help=f"run these ({EDGETUNE!r}: with the levers above if given; a lever run: edgetune "
+                             "alone with --reference)")
     parser.add_argument("--reference", type=Path, help="a full run's results JSON whose ORT curves judge this run")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=128, help="max_length")
@@ -258,28 +296,30 @@ def log(message: str) -> None:
 def combine(paths: list[Path]) -> dict:
     """One payload of runs made apart (a data set or a peer each, e.g. at once on a CPU-second clock): the
     first file's settings; per data set, the peers that finished in any file (a later file's wins), the
-    summary computed again from them. The settings that decide a curve must agree."""
+    summary computed again from them. The settings that decide every curve must agree; edgetune's flags are
+    per peer (its name says them)."""
     payloads = [json.loads(p.read_text()) for p in paths]
     first = payloads[0]
     for path, other in zip(paths[1:], payloads[1:]):
-        for key in ("batch_size", "tokens", "threads", "seed", "budget_clock", "every_s", "trainable", "head",
-                    "head_lr", "lr", "ort_lr"):  # a shorter budget is fine: its curve just ends sooner
+        for key in ("batch_size", "tokens", "threads", "seed", "budget_clock", "every_s",
+                    "ort_lr"):  # a shorter budget is fine: its curve just ends sooner
             if other.get(key) != first.get(key):
                 raise SystemExit(f"{path}: {key} {other.get(key)!r} differs from {paths[0]}'s {first.get(key)!r}")
     budget = max(p["budget_s"] for p in payloads)
     datasets: dict[str, dict] = {}
     for path, payload in zip(paths, payloads):
+        # a run from before the names said the flags called its edgetune peer "edgetune defaults" whatever they were
+        rename = {EDGETUNE: edgetune_name(**{k: payload[k] for k in ("trainable", "head", "lr", "head_lr")
+                                             if payload.get(k) is not None})}
         for key, task in payload["datasets"].items():
             kept = datasets.setdefault(key, {**task, "peers": {}})
-            finished = {name: {**r, "run": path.name} for name, r in task["peers"].items() if "curve" in r}
+            finished = {rename.get(name, name): {**r, "run": path.name} for name, r in task["peers"].items()
+                        if "curve" in r}
             kept["peers"] = {**kept["peers"], **finished}
     for task in datasets.values():
-        peers = task["peers"]
-        task["summary"] = (summarise({n: r["curve"] for n, r in peers.items()},
-                                     {n: r["peak_rss_mb"] for n, r in peers.items()}, budget,
-                                     f"{first['budget_clock']}_s")
-                           if {ORT, EDGETUNE} <= set(peers) else None)
-    return {**first, "budget_s": budget, "combined_from": [p.name for p in paths], "datasets": datasets}
+        task["summary"] = _summary(task["peers"], budget, f"{first['budget_clock']}_s")
+    settings = {k: v for k, v in first.items() if k not in ("trainable", "head", "lr", "head_lr")}
+    return {**settings, "budget_s": budget, "combined_from": [p.name for p in paths], "datasets": datasets}
 
 
 def write(name: str, payload: dict) -> None:

@@ -56,10 +56,11 @@ def _describe(tuner: Tuner) -> dict:
 
 
 class EdgetuneDefaultsPeer:
-    """edgetune as ``edgetune tune`` runs it with no --lr/--eps: :class:`edgetune.loop.TrainingRun` with the
-    default TrainConfig (--lr auto calibrated in the first step, the guard on, the activation cache auto),
-    on the slice and head the config names. Config keys: onnx, train_path, trainable, head, head_lr and lr (optional),
-    batch_size, seed, threads, tokens, max_steps.
+    """edgetune as ``edgetune tune`` runs it: :class:`edgetune.loop.TrainingRun` with the default TrainConfig
+    (--lr auto calibrated in the first step, the guard on, the activation cache auto) on the slice and head the
+    config names; trainable "auto" and head "zo" are tune's defaults, the slice resolved by ``Tuner.from_onnx``
+    as tune's is (:attr:`Tuner.auto_slice`). Config keys: onnx, train_path, trainable, head, head_lr and lr
+    (optional), batch_size, seed, threads, tokens, max_steps.
 
     The run draws its batches from the training file with its own BatchStream, which is bench_peers'
     order (same rows, batch size and seed; checked here), so the batch handed to :meth:`step` is not used
@@ -96,7 +97,8 @@ class EdgetuneDefaultsPeer:
 
     def describe(self) -> dict:
         calibration = self.run.calibration
-        return {**_describe(self.tuner), "config": self.run.resolved.to_dict(),
+        return {**_describe(self.tuner), "trainable": str(self.tuner.trainable_spec),
+                "config": self.run.resolved.to_dict(),
                 "calibration": calibration.to_json() if calibration else None,
                 "guard": self.run.guard_lines, "activation_cache": self.run.cache.describe() if self.run.cache else None}
 

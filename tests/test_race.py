@@ -11,8 +11,8 @@ import pytest
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 from bench_peers import prepare_data  # noqa: E402
-from bench_race import (EDGETUNE, ORT, accuracy_at, combine, marks, summarise, table,  # noqa: E402
-                        time_to_reach, verdicts)
+from bench_race import (EDGETUNE, ORT, RECIPE, accuracy_at, combine, edgetune_name, marks, parse_args,  # noqa: E402
+                        peers, summarise, table, time_to_reach, verdicts)
 from peers_common import RESULT_MARK  # noqa: E402
 
 
@@ -48,18 +48,20 @@ def test_summary_targets_ort_at_60_s_and_judges_both_goals():
     target = accuracy_at(ORT_CURVE, 60)  # 0.799
     summary = summarise({ORT: ORT_CURVE, EDGETUNE: OURS}, {ORT: 1000.0, EDGETUNE: 300.0}, 300)
     assert summary["target"] == pytest.approx(target)
-    assert summary["edgetune_reaches_target"] == {"wall_s": 100.5, "cpu_s": 190}  # 0.79 < 0.799 <= 0.81
-    assert summary["ort_time_to_target"] == {"wall_s": 60.4, "cpu_s": 100}
+    assert summary["reaches_target"][EDGETUNE] == {"wall_s": 100.5, "cpu_s": 190}  # 0.79 < 0.799 <= 0.81
+    assert summary["reaches_target"][ORT] == {"wall_s": 60.4, "cpu_s": 100}
     assert summary["accuracy"][EDGETUNE]["wall_s@300"] == pytest.approx(0.81 + 0.03 * 199.5 / 199.7)
     assert summary["accuracy"][ORT]["cpu_s@300"] == pytest.approx(0.85 + 0.01 * 100 / 300)
-    assert summary["peak_ratio"] == pytest.approx(0.3)
-    assert summary["goal_time_met"] and summary["goal_peak_met"]
-    slow = summarise({ORT: ORT_CURVE, EDGETUNE: _curve((0, 0, 0.5), (130, 200, 0.8), (300.5, 500, 0.8))},
-                     {ORT: 1000.0, EDGETUNE: 400.0}, 300)
-    assert slow["edgetune_reaches_target"]["wall_s"] == 130 and not slow["goal_time_met"]
-    assert not slow["goal_peak_met"]
+    assert summary["peak_ratio"][EDGETUNE] == pytest.approx(0.3)
+    assert summary["goals"] == {EDGETUNE: {"time": True, "peak": True}}
+    # every edgetune peer is judged on its own against the same target
+    slow_curve = _curve((0, 0, 0.5), (130, 200, 0.8), (300.5, 500, 0.8))
+    both = summarise({ORT: ORT_CURVE, EDGETUNE: OURS, RECIPE: slow_curve},
+                     {ORT: 1000.0, EDGETUNE: 300.0, RECIPE: 400.0}, 300)
+    assert both["reaches_target"][RECIPE]["wall_s"] == 130 and both["goals"][RECIPE] == {"time": False, "peak": False}
+    assert both["goals"][EDGETUNE] == {"time": True, "peak": True} and both["target"] == summary["target"]
     never = summarise({ORT: ORT_CURVE, EDGETUNE: _curve((0, 0, 0.5), (300.5, 500, 0.6))}, {ORT: 1.0, EDGETUNE: 1.0}, 300)
-    assert never["edgetune_reaches_target"] == {"wall_s": None, "cpu_s": None} and not never["goal_time_met"]
+    assert never["reaches_target"][EDGETUNE] == {"wall_s": None, "cpu_s": None} and not never["goals"][EDGETUNE]["time"]
 
 
 def test_table_and_verdicts_read_the_summary():
@@ -77,6 +79,17 @@ def test_table_and_verdicts_read_the_summary():
     assert "reached it at 100 s (within the 120-s goal)" in verdicts(payload)[0]
 
 
+def test_edgetune_peers_are_named_by_the_flags_they_were_given():
+    """The defaults run tune with no slice, head or lr flag; the first race's recipe and a lever say theirs."""
+    assert edgetune_name() == EDGETUNE and RECIPE == "edgetune last:2 + exact head"
+    assert edgetune_name("last:2", "exact", lr=5e-5) == "edgetune last:2 + exact head, lr 5e-05"
+    defaults, recipe = peers(parse_args(["--peers", EDGETUNE, RECIPE]))
+    assert (defaults.name, defaults.options) == (EDGETUNE, {"defaults": True, "trainable": "auto", "head": "zo"})
+    assert (recipe.name, recipe.options["trainable"], recipe.options["head"]) == (RECIPE, "last:2", "exact")
+    [lever] = peers(parse_args(["--peers", EDGETUNE, "--head", "exact", "--lr", "1e-4"]))
+    assert lever.name == "edgetune exact head, lr 0.0001" and lever.options["lr"] == 1e-4
+
+
 def test_combine_takes_every_data_set_and_refuses_other_settings(tmp_path):
     settings = {"batch_size": 8, "tokens": 128, "threads": 2, "seed": 0, "budget_s": 300, "budget_clock": "cpu",
                 "every_s": 20, "trainable": "last:2", "head": "exact", "head_lr": None, "ort_lr": 5e-5}
@@ -89,13 +102,21 @@ def test_combine_takes_every_data_set_and_refuses_other_settings(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({**settings, "threads": 1, "datasets": {"x": {}}}))
     both = combine([tmp_path / "a.json", tmp_path / "b.json"])
     rt = both["datasets"]["rt"]
-    assert rt["peers"][EDGETUNE]["run"] == "b.json" and rt["peers"][ORT]["run"] == "a.json"  # the one that finished
+    # files of the first race (their "edgetune defaults" ran last:2 + exact head, as their settings say)
+    assert rt["peers"][RECIPE]["run"] == "b.json" and rt["peers"][ORT]["run"] == "a.json"  # the one that finished
     # on the runs' own clock (cpu): ORT at 60 CPU-s is 0.72, reached by edgetune's point at 70 CPU-s
     assert rt["summary"]["axis"] == "cpu_s" and rt["summary"]["target"] == pytest.approx(0.72)
-    assert rt["summary"]["edgetune_reaches_target"]["cpu_s"] == 70 and rt["title"] == "a"
+    assert rt["summary"]["reaches_target"][RECIPE]["cpu_s"] == 70 and rt["title"] == "a"
     assert both["datasets"]["debates"]["summary"] is None and both["budget_clock"] == "cpu"
     with pytest.raises(SystemExit, match="threads 1 differs"):
         combine([tmp_path / "a.json", tmp_path / "c.json"])
+    # a run from before the peers were named by their flags: its "edgetune defaults" on last:2 + exact head is
+    # the recipe, raced beside tune's real defaults from a newer run
+    (tmp_path / "d.json").write_text(json.dumps({**settings, "trainable": "auto", "head": "zo",
+                                                 "datasets": {"rt": {"peers": {EDGETUNE: ours}}}}))
+    three = combine([tmp_path / "a.json", tmp_path / "b.json", tmp_path / "d.json"])["datasets"]["rt"]
+    assert set(three["peers"]) == {ORT, RECIPE, EDGETUNE} and three["peers"][RECIPE]["run"] == "b.json"
+    assert set(three["summary"]["goals"]) == {RECIPE, EDGETUNE}
 
 
 def test_marks_dense_up_to_the_goal_then_sparser():
@@ -105,12 +126,12 @@ def test_marks_dense_up_to_the_goal_then_sparser():
 
 
 def test_race_child_runs_the_defaults_and_logs_a_curve(classifier, tmp_path):
-    """The edgetune child as the race runs it (the tune loop's defaults: --lr auto calibrated inside the first
-    step, the guard), on the tiny classifier: one point per mark, forwards counting the calibration's."""
+    """The edgetune child as the race runs it (tune's defaults: --trainable auto, --lr auto calibrated inside
+    the first step, the guard), on the tiny classifier: one point per mark, forwards counting the calibration's."""
     args = Namespace(tokens=32, threads=1, batch_size=8, dev_size=40)
     prepare_data(tmp_path, classifier["model"], classifier["train"], classifier["dev"], args)
     config = {"defaults": True, "onnx": str(classifier["model"]), "train_path": str(classifier["train"]),
-              "trainable": "last:1", "head": "zo", "batch_size": 8, "seed": 0, "threads": 1, "tokens": 32,
+              "trainable": "auto", "head": "zo", "batch_size": 8, "seed": 0, "threads": 1, "tokens": 32,
               "max_steps": 20_000, "marks": [0.2, 0.4], "budget_clock": "cpu", "eval_batch_size": 8}
     child = subprocess.run([sys.executable, str(BENCHMARKS / "peers_edgetune.py"), "--mode", "race",
                             "--workdir", str(tmp_path), "--config", json.dumps(config)],
@@ -123,3 +144,4 @@ def test_race_child_runs_the_defaults_and_logs_a_curve(classifier, tmp_path):
     assert all(b["steps"] >= a["steps"] and b["cpu_s"] > a["cpu_s"] for a, b in zip(curve, curve[1:]))
     assert result["calibration"]["forwards"] == 20 and result["config"]["lr"] == result["calibration"]["lr"]
     assert result["steps"] == curve[-1]["steps"] and result["peak_rss_mb"] > 0
+    assert result["trainable"] == "head"  # --trainable auto on a classifier with a fresh head, as tune resolves it
