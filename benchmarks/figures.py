@@ -190,7 +190,7 @@ def window(data: dict) -> Figure:
 def perturbations(data: dict) -> Figure:
     """Per slice (a column): mean dev accuracy (top) and loss (bottom) against forward passes, per optimizer."""
     slices = list(dict.fromkeys(entry["slice"] for entry in data["summary"]))
-    figure = Figure(figsize=(3.6 * len(slices), 6.2), dpi=DPI, layout="constrained")
+    figure = Figure(figsize=(2.6 * len(slices), 4.0), dpi=DPI, layout="constrained")
     grid = figure.subplots(2, len(slices), squeeze=False)
     for column, slice_ in enumerate(slices):
         series = {f"{e['optimizer']} ({e['step_ratio']:.2f}x step)" if e.get("step_ratio") else e["optimizer"]:
