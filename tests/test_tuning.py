@@ -165,33 +165,20 @@ def test_resume_refuses_a_different_tokenizer(classifier, tmp_path):
         again.fit(classifier["train"], output_dir=tmp_path / "out", steps=6, resume=True)
 
 
-def test_resume_refuses_a_checkpoint_from_before_an_option(classifier, tmp_path):
-    """A checkpoint an older edgetune wrote lacks the options added since (the guard, --head, ...): what the run
-    did under them is unknown, so resuming it is refused in one line naming the option, not a confusing 'differs'."""
+@pytest.mark.parametrize("option", ["guard", "batch_order"])
+def test_resume_refuses_a_checkpoint_from_before_an_option(classifier, tmp_path, option):
+    """A checkpoint an older edgetune wrote lacks the options added since (the guard, --head, ...; batch_order:
+    before the core's epoch permutation it drew numpy's order, so continuing would switch the batches mid-run):
+    what the run did under them is unknown, so resuming it is refused in one line naming the option."""
     from edgetune.artifacts.checkpoint import load_checkpoint, save_checkpoint
 
     out = tmp_path / "out"
     Tuner.from_onnx(classifier["model"], trainable="last:1").fit(classifier["train"], output_dir=out, steps=3)
     tensors, state = load_checkpoint(out / "checkpoint.safetensors")
-    del state["fingerprint"]["guard"]
+    del state["fingerprint"][option]
     save_checkpoint(out / "checkpoint.safetensors", tensors, state)
     again = Tuner.from_onnx(classifier["model"], trainable="last:1")
-    with pytest.raises(EdgetuneError, match="cannot resume, the checkpoint predates the 'guard' option"):
-        again.fit(classifier["train"], output_dir=out, steps=6, resume=True)
-
-
-def test_resume_refuses_a_checkpoint_drawn_in_the_old_batch_order(classifier, tmp_path):
-    """Checkpoints from before the core's epoch permutation drew numpy's order: continuing one would switch
-    the batches mid-run, so it is refused in one line."""
-    from edgetune.artifacts.checkpoint import load_checkpoint, save_checkpoint
-
-    out = tmp_path / "out"
-    Tuner.from_onnx(classifier["model"], trainable="last:1").fit(classifier["train"], output_dir=out, steps=3)
-    tensors, state = load_checkpoint(out / "checkpoint.safetensors")
-    del state["fingerprint"]["batch_order"]
-    save_checkpoint(out / "checkpoint.safetensors", tensors, state)
-    again = Tuner.from_onnx(classifier["model"], trainable="last:1")
-    with pytest.raises(EdgetuneError, match="cannot resume, the checkpoint predates the 'batch_order' option"):
+    with pytest.raises(EdgetuneError, match=f"cannot resume, the checkpoint predates the '{option}' option"):
         again.fit(classifier["train"], output_dir=out, steps=6, resume=True)
 
 
