@@ -182,7 +182,9 @@ class TrainingRun:
         """A guarded ZO-SGD step is undone from its record: θ ← θ + c·z has the inverse −c. Weight decay
         (θ scaled), rotated blocks and the other optimizers' state have none: the guard halves lr only."""
         config = self.config
-        return (self.guard is not None and self.optimizer.name == "zo-sgd" and not config.weight_decay
+        # under --head exact the layers below roll back by their undo, the head from its kept copy
+        zo = self.optimizer.lower if isinstance(self.optimizer, ExactHead) else self.optimizer
+        return (self.guard is not None and (zo is None or zo.name == "zo-sgd") and not config.weight_decay
                 and not config.rotate)
 
     def _build_optimizer(self):
@@ -366,6 +368,14 @@ class TrainingRun:
         if not quiet:
             self.note(self.calibration.line())
 
+    def watch(self, record: StepRecord) -> bool:
+        """The guard reads step ``record``'s loss; True: roll back now. Where θ before the step is the new best,
+        the exact head keeps its copy of the head then (the layers below roll back by their undo records)."""
+        act = self.guard.observe(record)
+        if isinstance(self.optimizer, ExactHead) and self.guard.state.best_step == record.step:
+            self.optimizer.mark_best(record.step)
+        return act
+
     def guard_acts(self) -> None:
         """The guard saw the loss rise: roll back to its best state (ZO-SGD) and halve lr, with one line."""
         lr_before, done = self.step_size(self.done), self.done
@@ -409,12 +419,20 @@ class TrainingRun:
             undone.insert(0, self._applied.pop()[1])
         terms = [term for step_terms in undone for term in step_terms]
         loss = self.trajectory.records[-1].loss if self.trajectory.records else 0.0
-        eps = float(self.optimizer.eps(self.done))
-        for end in range(len(terms), 0, -MAX_QUERIES):  # latest terms first
-            chunk = terms[max(end - MAX_QUERIES, 0):end]
+        zo = self.optimizer.lower if isinstance(self.optimizer, ExactHead) else self.optimizer
+        eps = float(zo.eps(self.done)) if zo is not None else 0.0
+        head = self.optimizer.state_at(to_step) if isinstance(self.optimizer, ExactHead) else None
+        chunks = [terms[max(end - MAX_QUERIES, 0):end] for end in range(len(terms), 0, -MAX_QUERIES)]  # latest first
+        if head is not None and not chunks:
+            chunks = [[]]  # the head alone: one record that restores it
+        for i, chunk in enumerate(chunks):
             record = undo_record(self.done, [chunk], to_step, eps, self.optimizer.noise, loss)
+            if head is not None and i == len(chunks) - 1:  # the head's kept values, set by the last record
+                record.head_update = head.values.astype("<f4").tobytes()
             self.optimizer.replay(record)
             self._append(record)
+        if head is not None:
+            self.optimizer.restore(head)  # its Adam moments and count, as they were then
 
     def save_checkpoint(self) -> None:
         """The step log, the trajectory and the checkpoint at step ``done``, in the order a resume reads them."""
@@ -563,7 +581,7 @@ def _train(run: TrainingRun, dev: TokenizedSet | None, progress: Progress | None
             if run.recover():
                 continue  # from the best state at half the lr: the failed step left no record
             raise
-        if run.guard is not None and run.guard.observe(record):
+        if run.guard is not None and run.watch(record):
             run.guard_acts()
         if progress:
             try:

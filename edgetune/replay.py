@@ -25,6 +25,7 @@ from edgetune.artifacts.outdir import output_lock, refuse_existing_run, refuse_i
 from edgetune.artifacts.trajectory import Trajectory
 from edgetune.tuner import Tuner
 from edgetune.zo import build_optimizer
+from edgetune.zo.exact_head import ExactHead
 from edgetune.zo.subset import block_subsets
 
 
@@ -40,9 +41,6 @@ def replay_run(base_path: str | Path, log_path: str | Path, output_dir: str | Pa
     refuse_existing_run(output_dir, None, overwrite, "--output")
     log = Trajectory.read(log_path)
     header = log.header
-    if isinstance(header.get("config"), dict) and header["config"].get("head") == "exact":
-        raise EdgetuneError(f"{log_path}: the run tuned its head with --head exact; the exact head's first-order "
-                            "updates are not in the trajectory log, so it cannot be replayed")
     check_model_file(base_path)  # before hashing it: missing, unreadable or empty is one line
     digest = file_digest(base_path)
     if digest != header.get("base_sha256"):
@@ -61,14 +59,18 @@ def replay_run(base_path: str | Path, log_path: str | Path, output_dir: str | Pa
     except (ValueError, TypeError):
         raise EdgetuneError(f"{log_path}: the model metadata in its header is not readable") from None
     tuner = Tuner.from_onnx(base_path, trainable=header.get("trainable"), tokenizer=tokenizer, threads=threads,
-                            verbalizer=verbalizer, template=metadata.get(TEMPLATE_KEY) if verbalizer else None)
+                            verbalizer=verbalizer, template=metadata.get(TEMPLATE_KEY) if verbalizer else None,
+                            head="exact" if config.head == "exact" else "zo")
     if [[p.name, list(p.shape)] for p in tuner.params] != header.get("arena"):
         raise EdgetuneError(f"{log_path}: --trainable '{header.get('trainable')}' selects other tensors on "
                             f"{base_path} than the run tuned (a different edgetune version?)")
     if verbalizer is None and labels is not None:
         tuner.labels = labels  # labels from the run's data, not the base
-    optimizer = build_optimizer(config, tuner.arena.buffer(), anchors=tuner.anchors,
-                                subsets=block_subsets(config, tuner.params, tuner.arena), weights=tuner.weights)
+    if config.head == "exact":  # the head's updates are in the records, the layers below by their seeds
+        optimizer = ExactHead.replayer(config, tuner.arena, tuner.weights, tuner.head)
+    else:
+        optimizer = build_optimizer(config, tuner.arena.buffer(), anchors=tuner.anchors,
+                                    subsets=block_subsets(config, tuner.params, tuner.arena), weights=tuner.weights)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, as one line
         for record in log.records:
             optimizer.replay(record)

@@ -230,17 +230,18 @@ def test_the_exact_head_alone_learns_the_task_in_one_forward_a_step(classifier):
     assert tuner.evaluate(dev)["accuracy"] >= 0.9
 
 
-def test_the_state_resumes_the_same_steps_and_replay_refuses(classifier, tmp_path):
+def test_the_state_resumes_the_same_steps_and_the_records_replay_them(classifier, tmp_path):
     tuner, head = _tuner(classifier, "last:1")
     train = tuner.load_data(classifier["train"])
     stream = BatchStream(len(train), 8, 0)
     start = tuner.arena.buffer().copy()
+    records = []
 
     def steps(optimizer, first, last):
         for t in range(first, last):
             tuner.engine.set_batch(train.batch(stream.indices(t), tuner.info.data_inputs))
-            record = optimizer.step(t, tuner.engine.mean_loss)
-        return record
+            records.append(optimizer.step(t, tuner.engine.mean_loss))
+        return records[-1]
 
     optimizer = _hybrid(tuner, head)
     steps(optimizer, 0, 3)
@@ -251,10 +252,18 @@ def test_the_state_resumes_the_same_steps_and_replay_refuses(classifier, tmp_pat
     after_resume = tuner.arena.buffer().copy()
     tuner.arena.buffer()[:] = start
     straight = _hybrid(tuner, head)
-    record = steps(straight, 0, 6)
-    np.testing.assert_array_equal(after_resume, tuner.arena.buffer())
-    with pytest.raises(EdgetuneError, match="cannot be replayed"):
-        straight.replay(record)
+    records.clear()
+    steps(straight, 0, 6)
+    tuned = tuner.arena.buffer().copy()
+    np.testing.assert_array_equal(after_resume, tuned)
+    # each record carries the head's update: replaying them from the start lands on the same bits
+    assert all(len(r.head_update) == 4 * sum(tuner.weights[n].size for n in (head.weight, head.bias)) for r in records)
+    tuner.arena.buffer()[:] = start
+    replayer = _hybrid(tuner, head)
+    for record in records:
+        replayer.replay(record)
+    np.testing.assert_array_equal(tuner.arena.buffer(), tuned)
+    assert not np.array_equal(tuned, start)
     with pytest.raises(EdgetuneError, match="sgd"):
         _hybrid(tuner, head, method="sgd").load_state_dict(state)
 
@@ -305,11 +314,11 @@ def test_tune_head_exact_through_the_cli_learns_and_writes_a_plain_model(classif
     labels = feeds.pop(LABELS_INPUT)
     logits = session.run([LOGITS_OUTPUT], {i.name: feeds[i.name] for i in session.get_inputs()})[0]
     assert logits.shape == (len(labels), 2)
-    # its trajectory cannot redo the head's first-order steps: replay says so in one line, writes nothing
+    # its trajectory carries the head's first-order updates: replay rebuilds the same model, bit for bit
     replayed = tmp_path / "replayed"
     proc = cli("replay", "--onnx", classifier["model"], "--log", out / "run.etlog", "--output", replayed)
-    assert_rejected(proc, "run.etlog", "--head exact", "cannot be replayed")
-    assert not replayed.exists()
+    assert proc.returncode == 0, proc.stderr
+    assert (replayed / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
 
 
 def test_fit_head_exact_resumes_bit_identical(classifier, tmp_path):

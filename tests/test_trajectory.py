@@ -10,6 +10,7 @@ import pytest
 from edgetune import Tuner
 from edgetune.errors import EdgetuneError
 from edgetune.artifacts.trajectory import MAGIC, Trajectory, record_size
+from badinput import assert_rejected
 
 RUN = dict(steps=24, lr=1e-2, eps=1e-3, queries=3, weight_decay=0.1, seed=7, save_every=10)
 PREAMBLE = len(MAGIC) + 8  # magic, u32 version, u32 header length
@@ -110,3 +111,25 @@ def test_damaged_logs_are_refused(run, tmp_path, damage, message):
     path.write_bytes(damage(run["log"].read_bytes()))
     with pytest.raises(EdgetuneError, match=message):
         Trajectory.read(path)
+
+
+def test_a_version_1_log_still_replays_and_a_newer_one_is_one_line(classifier, run, tmp_path, cli):
+    from edgetune.artifacts import framed
+    from edgetune.artifacts.trajectory import _extra_bytes
+
+    log = Trajectory.read(run["log"])
+    assert struct.unpack_from("<I", run["log"].read_bytes(), len(MAGIC))[0] == 2
+    # version 1: the same records without the head length (and segment) that version 2 added
+    old = [struct.pack("<IHHffff", r.step, len(r.seeds), len(_extra_bytes(r)), r.lr, r.eps, r.weight_decay, r.loss)
+           + b"".join(struct.pack("<Qf", s, g) for s, g in zip(r.seeds, r.grads)) + _extra_bytes(r)
+           for r in log.records]
+    v1 = tmp_path / "v1.etlog"
+    v1.write_bytes(framed.pack(MAGIC, 1, {**log.header, "records": len(old)}, old))
+    assert Trajectory.read(v1).records == log.records
+    result = cli("replay", "--onnx", classifier["model"], "--log", v1, "--output", tmp_path / "replayed")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "replayed" / "model.onnx").read_bytes() == (run["out"] / "model.onnx").read_bytes()
+    newer = tmp_path / "v3.etlog"
+    newer.write_bytes(framed.pack(MAGIC, 3, {**log.header, "records": 0}, []))
+    proc = cli("replay", "--onnx", classifier["model"], "--log", newer, "--output", tmp_path / "out")
+    assert_rejected(proc, "v3.etlog", "version 3 is not supported", "a newer edgetune wrote it")

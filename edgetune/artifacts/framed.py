@@ -41,6 +41,13 @@ def write(path: str | Path, data: bytes, what: str) -> None:
 
 def read(path: str | Path, magic: bytes, version: int, what: str) -> tuple[dict[str, Any], bytes]:
     """The header and the payload of ``path``, checked against magic, version and digest."""
+    header, payload, _ = read_versioned(path, magic, (version,), what)
+    return header, payload
+
+
+def read_versioned(path: str | Path, magic: bytes, versions: tuple[int, ...],
+                   what: str) -> tuple[dict[str, Any], bytes, int]:
+    """The header, the payload and the version (one of ``versions``) of ``path``, checked as :func:`read`."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -49,8 +56,10 @@ def read(path: str | Path, magic: bytes, version: int, what: str) -> tuple[dict[
     if len(data) < preamble.size + _DIGEST_SIZE or not data.startswith(magic):
         raise EdgetuneError(f"{path}: not an edgetune {what} (no {magic.decode()} magic)")
     _, found, header_len = preamble.unpack_from(data)
-    if found != version:
-        raise EdgetuneError(f"{path}: {what} version {found} is not supported (expected {version})")
+    if found not in versions:
+        newer = "; a newer edgetune wrote it" if found > max(versions) else ""
+        raise EdgetuneError(f"{path}: {what} version {found} is not supported "
+                            f"(expected {' or '.join(map(str, versions))}){newer}")
     data, digest = data[:-_DIGEST_SIZE], data[-_DIGEST_SIZE:]
     if hashlib.sha256(data).digest() != digest:
         raise EdgetuneError(f"{path}: {what} is truncated or corrupt (it does not match its checksum)")
@@ -61,4 +70,4 @@ def read(path: str | Path, magic: bytes, version: int, what: str) -> tuple[dict[
         header = None
     if not isinstance(header, dict):
         raise EdgetuneError(f"{path}: corrupt {what} header")
-    return header, data[start:]
+    return header, data[start:], found

@@ -6,8 +6,13 @@ model is megabytes. Layout (little-endian)::
 
     b"ETLOG"  u32 version  u32 header_bytes  header (UTF-8 JSON)  record × header["records"]  sha256
 
-    record:   u32 step  u16 q  u16 extra_bytes  f32 lr  f32 ε  f32 weight_decay  f32 loss
+    record:   u32 step  u16 q  u16 extra_bytes  f32 lr  f32 ε  f32 weight_decay  f32 loss  u32 head_bytes
               q × (u64 seed, f32 g)  extra (JSON of the StepRecord fields beyond these; empty if none)
+              head (head_bytes of float32: the exact head's update, see StepRecord.head_update)
+
+Version 2 added ``head_bytes`` and the head segment (``--head exact``: the head's first-order update is a
+function of the features, not of seeds, so replay needs the floats themselves). Version 1 logs (no
+``head_bytes``) still read; an edgetune that knows only version 1 refuses a version 2 log in one line.
 
 The header names the base model (its sha256), the ``--trainable`` spec, the arena layout, the
 config fields that define the trajectory (optimizer, noise, seed, ...) and the model metadata
@@ -24,18 +29,22 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgetune.artifacts import framed
 from edgetune.errors import EdgetuneError
 from edgetune.artifacts.finite import loads_finite, require_finite_numbers
 from edgetune.zo import StepRecord
 
 MAGIC = b"ETLOG"
-VERSION = 1
+VERSION = 2
+READABLE = (1, 2)  # the versions this edgetune reads: 1 has no head segment
 FILE_NAME = "run.etlog"
-_RECORD = struct.Struct("<IHHffff")  # step, q, extra length, lr, ε, weight decay, loss
+_RECORD = struct.Struct("<IHHffffI")  # step, q, extra length, lr, ε, weight decay, loss, head length
+_RECORD_V1 = struct.Struct("<IHHffff")  # version 1: no head segment
 _QUERY = struct.Struct("<Qf")  # seed, g
 _WHAT = "trajectory log"
-_CORE_FIELDS = ("step", "seeds", "grads", "lr", "eps", "weight_decay", "noise", "loss")
+_CORE_FIELDS = ("step", "seeds", "grads", "lr", "eps", "weight_decay", "noise", "loss", "head_update")
 # The widths of a record's u32 step, u16 q and u16 extra length: a run beyond them cannot be logged.
 MAX_STEPS = 2**32
 MAX_QUERIES = 2**16 - 1
@@ -43,9 +52,10 @@ MAX_EXTRA_BYTES = 2**16 - 1
 _LONGEST_FLOAT = -2.2250738585072014e-308  # a float64 with the longest JSON spelling (24 characters)
 
 
-def record_size(queries: int, extra: int = 0) -> int:
-    """Bytes of one step record with ``queries`` queries and ``extra`` extension bytes."""
-    return _RECORD.size + queries * _QUERY.size + extra
+def record_size(queries: int, extra: int = 0, head: int = 0) -> int:
+    """Bytes of one step record with ``queries`` queries, ``extra`` extension bytes and ``head`` floats of
+    the exact head's update."""
+    return _RECORD.size + queries * _QUERY.size + extra + 4 * head
 
 
 class Trajectory:
@@ -87,13 +97,13 @@ class Trajectory:
     @classmethod
     def read(cls, path: str | Path) -> Trajectory:
         """Parse ``path``; every way it can be unusable is a one-line :class:`EdgetuneError`."""
-        header, body = framed.read(path, MAGIC, VERSION, _WHAT)
+        header, body, version = framed.read_versioned(path, MAGIC, READABLE, _WHAT)
         try:
             count = int(header.pop("records"))
             noise = header["config"]["noise"]
         except (ValueError, KeyError, TypeError):
             raise EdgetuneError(f"{path}: corrupt {_WHAT} header") from None
-        return cls(header, _decode_all(body, count, noise, Path(path)))
+        return cls(header, _decode_all(body, count, noise, Path(path), version))
 
 
 def check_room(config, tensor_names: list[str]) -> None:
@@ -123,20 +133,23 @@ def _extra_bytes(record: StepRecord) -> bytes:
 
 def _encode(record: StepRecord) -> bytes:
     extra_bytes = _extra_bytes(record)
-    q = len(record.seeds)
-    head = _RECORD.pack(record.step, q, len(extra_bytes), record.lr, record.eps, record.weight_decay, record.loss)
+    q, head = len(record.seeds), record.head_update or b""
+    fixed = _RECORD.pack(record.step, q, len(extra_bytes), record.lr, record.eps, record.weight_decay, record.loss,
+                         len(head))
     queries = b"".join(_QUERY.pack(seed, g) for seed, g in zip(record.seeds, record.grads))
-    return head + queries + extra_bytes
+    return fixed + queries + extra_bytes + head
 
 
-def _decode_all(body: bytes, count: int, noise: str, path: Path) -> list[StepRecord]:
-    known = {f.name for f in fields(StepRecord)}
+def _decode_all(body: bytes, count: int, noise: str, path: Path, version: int) -> list[StepRecord]:
+    known = {f.name for f in fields(StepRecord)} - set(_CORE_FIELDS)
+    fixed = _RECORD if version >= 2 else _RECORD_V1
     records, offset = [], 0
     for _ in range(count):
-        if offset + _RECORD.size > len(body):
+        if offset + fixed.size > len(body):
             raise EdgetuneError(f"{path}: trajectory log is truncated after {len(records)} of {count} steps")
-        step, q, extra_len, lr, eps, wd, loss = _RECORD.unpack_from(body, offset)
-        offset += _RECORD.size
+        step, q, extra_len, lr, eps, wd, loss, *rest = fixed.unpack_from(body, offset)
+        head_len = rest[0] if rest else 0
+        offset += fixed.size
         end = offset + q * _QUERY.size + extra_len
         if end > len(body):
             raise EdgetuneError(f"{path}: trajectory log is truncated after {len(records)} of {count} steps")
@@ -147,6 +160,11 @@ def _decode_all(body: bytes, count: int, noise: str, path: Path) -> list[StepRec
         except ValueError as exc:
             raise EdgetuneError(f"{path}: step {step} has unreadable fields ({exc})") from None
         offset = end
+        head, offset = body[offset:offset + head_len], offset + head_len
+        if len(head) != head_len or head_len % 4:
+            raise EdgetuneError(f"{path}: trajectory log is truncated after {len(records)} of {count} steps")
+        if not np.isfinite(np.frombuffer(head, np.float32)).all():  # a NaN update would write a model of NaNs
+            raise EdgetuneError(f"{path}: step {step}: the head's update is not finite")
         unknown = set(extra) - known if isinstance(extra, dict) else {"(not a JSON object)"}
         if unknown:
             raise EdgetuneError(f"{path}: step {step} has fields this edgetune does not know ({', '.join(sorted(unknown))})")
@@ -155,7 +173,7 @@ def _decode_all(body: bytes, count: int, noise: str, path: Path) -> list[StepRec
                                + [(f"the projected gradient of query {i}", g) for i, (_, g) in enumerate(pairs)],
                                f"{path}: step {step}")
         records.append(StepRecord(step=step, seeds=[s for s, _ in pairs], grads=[g for _, g in pairs], lr=lr, eps=eps,
-                                  weight_decay=wd, noise=noise, loss=loss, **extra))
+                                  weight_decay=wd, noise=noise, loss=loss, head_update=head or None, **extra))
     if offset != len(body):
         raise EdgetuneError(f"{path}: trajectory log has {len(body) - offset} bytes after its {count} steps")
     return records

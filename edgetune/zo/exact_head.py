@@ -11,9 +11,15 @@ parts cancel). With nothing below the head in the slice, a step is one forward a
 After the ZO step has updated the layers below, the head takes one step from the same θ_t: Adam by
 default (2·(C·H + C) floats of moments; chosen over SGD in benchmarks/bench_exact_head.py), or SGD.
 
-Replay: the head's update is a function of the features, not of seeds and scalars, so a trajectory of
-seeds cannot redo it; recording it would take the head's delta per step (C·H + C floats). This class
-refuses replay in one line instead.
+Replay: the head's update is a function of the features, not of seeds and scalars, so each step's record
+carries the float32 values the head subtracted (``StepRecord.head_update``: C·H + C floats, the trajectory
+log's head segment); :meth:`ExactHead.replay` subtracts them again, the same bits. A rollback record carries
+the head's values at the state it returns to, which replay sets.
+
+Rollback: the head is small, so the run keeps copies of it (with its Adam moments) where the guard may
+return: before the first step and before the step with the best smoothed loss (:meth:`ExactHead.mark_best`).
+The layers below roll back by their undo records as without the exact head; the head is restored from the
+copy (:meth:`ExactHead.restore`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import numpy as np
 
 from edgetune.errors import EdgetuneError, TrainingError
 from edgetune.graph.head_grad import HEAD_GRAD_B, HEAD_GRAD_W, LinearHead
+from edgetune.zo import build_optimizer
 from edgetune.zo.options import HEAD_METHODS
 from edgetune.zo.schedules import Schedule
 from edgetune.zo.subset import Span
@@ -69,6 +76,27 @@ class WithoutHead:
 
 
 @dataclass
+class HeadState:
+    """The head as it was before step ``step``: its values (weight, then bias, raveled) and optimizer state."""
+
+    step: int
+    values: np.ndarray
+    moments: list[tuple[np.ndarray, np.ndarray]]
+    updates: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "values": self.values.tolist(), "updates": self.updates,
+                "moments": [[m.tolist(), v.tolist()] for m, v in self.moments]}
+
+    @classmethod
+    def from_json(cls, state: dict[str, Any]) -> HeadState:
+        # float32 → JSON → float32 is exact: the floats JSON holds are float32 values
+        return cls(int(state["step"]), np.asarray(state["values"], np.float32),
+                   [(np.asarray(m, np.float32), np.asarray(v, np.float32)) for m, v in state["moments"]],
+                   int(state["updates"]))
+
+
+@dataclass
 class HeadGrads:
     """Where every forward leaves the head's gradient (bound engine outputs) and the head's arena views."""
 
@@ -87,6 +115,13 @@ class HeadGrads:
             bias_grad = np.zeros(head.bias_shape, np.float32)
             engine.bind_output(HEAD_GRAD_B, bias_grad)
         return cls(weights[head.weight], weights[head.bias] if head.bias else None, weight_grad, bias_grad)
+
+    @classmethod
+    def unbound(cls, weights: dict[str, np.ndarray], head: LinearHead) -> HeadGrads:
+        """The head's arena views with gradient arrays no engine writes: for replay, which runs no forward."""
+        bias = weights[head.bias] if head.bias else None
+        return cls(weights[head.weight], bias, np.zeros(head.weight_shape, np.float32),
+                   None if bias is None else np.zeros(head.bias_shape, np.float32))
 
     def pairs(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """(arena view, gradient array) of the weight and, when there is one, the bias."""
@@ -112,9 +147,22 @@ class ExactHead:
         self._sums = [np.zeros_like(g) for _, g in grads.pairs()]
         self._moments = [(np.zeros_like(g), np.zeros_like(g)) for _, g in grads.pairs()] if method == "adam" else []
         self._updates = 0  # Adam's bias correction counts the head's steps, resumed with the state
+        self.warm_until = 0  # steps before this update the head alone (--lr auto's warm-up: edgetune.loop)
+        self._before: HeadState | None = None  # the head before the step in progress (or the last one)
+        self._marks: dict[str, HeadState] = {}  # "start", "best": where a rollback may return
+
+    @classmethod
+    def replayer(cls, config, arena, weights: dict[str, np.ndarray], head: LinearHead) -> ExactHead:
+        """The optimizer ``edgetune replay`` redoes an exact-head run's records with (``config``: the run's)."""
+        below = WithoutHead(arena, head)
+        lower = None if below.empty else build_optimizer(config, arena.buffer(), subsets=below)
+        return cls(HeadGrads.unbound(weights, head), lower, config.head_lr, config.head_method, noise=config.noise)
 
     def step(self, t: int, loss_fn: Callable[[], float], chain: bool = False) -> StepRecord:
         """One ZO step of the layers below (or one forward at θ), then the head's step from the mean gradient."""
+        self._before = self._capture(t)
+        if t == 0:
+            self._marks["start"] = self._before
         for total in self._sums:
             total.fill(0.0)
         forwards = 0
@@ -127,45 +175,94 @@ class ExactHead:
             forwards += 1
             return loss
 
-        if self.lower is None:
+        if self.lower is None or t < self.warm_until:
             loss = measured()
             if not np.isfinite(loss):
                 raise TrainingError(f"non-finite loss at step {t} ({loss})")
             record = StepRecord(t, [], [], float(self.lr(t)), 0.0, 0.0, self.noise, float(loss), forwards=1)
         else:
             record = self.lower.step(t, measured, chain=chain)
-        self._update(t, [total / np.float32(forwards) for total in self._sums])
+        record.head_update = self._update(t, [total / np.float32(forwards) for total in self._sums])
         return record
 
-    def _update(self, t: int, means: list[np.ndarray]) -> None:
+    def _update(self, t: int, means: list[np.ndarray]) -> bytes:
+        """The head's step from the mean gradients; returns what it subtracted (float32 bytes, for replay)."""
         lr = np.float32(self.lr(t))
         self._updates += 1
         if self.method == "sgd":
-            for (view, _), grad in zip(self.grads.pairs(), means):
-                view -= lr * grad
-            return
-        beta1, beta2 = self.betas
-        correction1, correction2 = 1.0 - beta1 ** self._updates, 1.0 - beta2 ** self._updates
-        for (view, _), grad, (m, v) in zip(self.grads.pairs(), means, self._moments):
-            m *= np.float32(beta1)
-            m += np.float32(1.0 - beta1) * grad
-            v *= np.float32(beta2)
-            v += np.float32(1.0 - beta2) * grad * grad
-            denominator = np.sqrt(v / np.float32(correction2)) + np.float32(self.adam_eps)
-            view -= np.float32(lr / correction1) * m / denominator
+            deltas = [lr * grad for grad in means]
+        else:
+            beta1, beta2 = self.betas
+            correction1, correction2 = 1.0 - beta1 ** self._updates, 1.0 - beta2 ** self._updates
+            deltas = []
+            for grad, (m, v) in zip(means, self._moments):
+                m *= np.float32(beta1)
+                m += np.float32(1.0 - beta1) * grad
+                v *= np.float32(beta2)
+                v += np.float32(1.0 - beta2) * grad * grad
+                denominator = np.sqrt(v / np.float32(correction2)) + np.float32(self.adam_eps)
+                deltas.append(np.float32(lr / correction1) * m / denominator)
+        for (view, _), delta in zip(self.grads.pairs(), deltas):
+            view -= delta
+        return _pack(deltas)
 
     def settle(self) -> None:
         if self.lower is not None:
             self.lower.settle()
 
     def replay(self, record: StepRecord) -> None:
-        raise EdgetuneError(f"step {record.step} updated the head first-order (exact head); that update is not "
-                            "a function of the logged seeds, so this run cannot be replayed")
+        """Redo step ``record``: the layers below from its seeds, the head from its recorded update (a rollback
+        record's head values are set)."""
+        if self.lower is not None and record.seeds:
+            self.lower.replay(record)
+        if record.head_update is None:
+            if record.rollback is None:  # every exact-head step carries the head's update
+                raise EdgetuneError(f"step {record.step} has no head update (the log predates replayable "
+                                    "exact-head runs)")
+            return
+        floats = np.frombuffer(record.head_update, np.float32)
+        views = [view for view, _ in self.grads.pairs()]
+        if floats.size != sum(view.size for view in views):
+            raise EdgetuneError(f"step {record.step}: the head update holds {floats.size} floats, the head "
+                                f"{sum(view.size for view in views)}")
+        start = 0
+        for view in views:
+            part = floats[start:start + view.size].reshape(view.shape)
+            start += view.size
+            if record.rollback is None:
+                view -= part
+            else:
+                view[...] = part
+
+    def _capture(self, t: int) -> HeadState:
+        values = _pack([view for view, _ in self.grads.pairs()])
+        return HeadState(t, np.frombuffer(values, np.float32).copy(),
+                         [(m.copy(), v.copy()) for m, v in self._moments], self._updates)
+
+    def mark_best(self, step: int) -> None:
+        """The guard's best state is θ before ``step``, the step just taken: keep the head as it was then."""
+        if self._before is not None and self._before.step == step:
+            self._marks["best"] = self._before
+
+    def state_at(self, step: int) -> HeadState:
+        """The kept head before ``step`` (where the guard rolls back: its best, or the start)."""
+        for mark in self._marks.values():
+            if mark.step == step:
+                return mark
+        raise TrainingError(f"the exact head's state before step {step} was not kept; cannot roll back to it")
+
+    def restore(self, state: HeadState) -> None:
+        """The head's optimizer state back to ``state`` (its values come back by the rollback record's replay)."""
+        for (m, v), (saved_m, saved_v) in zip(self._moments, state.moments):
+            m[...] = saved_m.reshape(m.shape)
+            v[...] = saved_v.reshape(v.shape)
+        self._updates = state.updates
 
     def state_dict(self) -> dict[str, Any]:
         head: dict[str, Any] = {"method": self.method, "updates": self._updates}
         if self._moments:
             head["moments"] = [[m.ravel().tolist(), v.ravel().tolist()] for m, v in self._moments]
+        head["marks"] = {name: mark.to_json() for name, mark in self._marks.items()}
         return {"head": head, "lower": self.lower.state_dict() if self.lower is not None else {}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -176,9 +273,15 @@ class ExactHead:
         for (m, v), (saved_m, saved_v) in zip(self._moments, head.get("moments", [])):
             m.ravel()[:] = saved_m
             v.ravel()[:] = saved_v
+        self._marks = {name: HeadState.from_json(mark) for name, mark in head.get("marks", {}).items()}
         if self.lower is not None:
             self.lower.load_state_dict(state.get("lower", {}))
 
     def state_nbytes(self) -> int:
         lower = self.lower.state_nbytes() if self.lower is not None else 0
         return lower + sum(m.nbytes + v.nbytes for m, v in self._moments) + sum(s.nbytes for s in self._sums)
+
+
+def _pack(arrays: list[np.ndarray]) -> bytes:
+    """``arrays`` raveled one after another as little-endian float32 bytes (the trajectory's head segment)."""
+    return b"".join(np.ascontiguousarray(a, "<f4").tobytes() for a in arrays)
