@@ -30,7 +30,7 @@ from edgetune.data.resources import minilm_dir
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_tokenizer import build_tokenize_dump, export_smollm2_tokenizer  # noqa: E402
 
-MODES = ("special", "plain", "record:128", "max:1", "max:8")
+MODES = ("special", "plain", "record:128", "max:1", "max:8", "ends")  # ends: each token's end offset
 
 HARD = [
     "", " ", "   ", "\t\n\r", "\u3000", "\u00a0hello\u00a0", "a\u200bb", "\x00\x01\x7f", "\ufffd", "\u0085x",
@@ -99,6 +99,8 @@ def run_dump(exe: Path, tokenizer: Path, texts: list[str], modes=MODES) -> subpr
 
 
 def hf_ids(tokenizer: Tokenizer, texts: list[str], mode: str) -> list[list[int]]:
+    if mode == "ends":  # where each token of encode(text) ends, in characters: encode.py's spans read them
+        return [[end for _, end in e.offsets] for e in tokenizer.encode_batch(texts)]
     if mode in ("special", "plain"):
         return [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=mode == "special")]
     kind, n = mode.split(":")

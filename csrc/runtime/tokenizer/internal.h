@@ -39,18 +39,30 @@ private:
 };
 
 // BertNormalizer (the only normaliser edgetune's families use; absent or an empty Sequence is identity).
+// align (offsets only): in, the source position of each character of text; out, of each normalised one.
+// A character keeps the position of the one it came from (a decomposition, a lower-case expansion and the
+// spaces around a CJK character all take their source's), as Hugging Face's alignments do for an end offset.
 struct BertNormalizer {
     bool clean_text = true, handle_chinese_chars = true, strip_accents = true, lowercase = true;
-    void apply(std::u32string &text) const;
+    void apply(std::u32string &text, std::vector<uint32_t> *align = nullptr) const;
 };
 
 // BertPreTokenizer: split on whitespace (dropped), isolate each punctuation character.
-void bert_pre_tokenize(std::u32string_view text, std::vector<std::u32string> &words);
+// starts (offsets only): the position in text of each word's first character.
+void bert_pre_tokenize(std::u32string_view text, std::vector<std::u32string> &words,
+                       std::vector<size_t> *starts = nullptr);
 
 // ByteLevel: the GPT-2 regex split (use_regex), then every UTF-8 byte mapped to its printable character.
+// bytes (offsets only): per word, the position in text of the character each of its bytes encodes (the
+// prefix space takes the first character's, as Hugging Face aligns it) and whether that byte is a space.
+struct WordBytes {
+    std::vector<uint32_t> at;
+    std::vector<bool> space;
+};
 struct ByteLevel {
     bool add_prefix_space = false, use_regex = true;
-    void pre_tokenize(std::u32string_view text, std::vector<std::string> &words) const;
+    void pre_tokenize(std::u32string_view text, std::vector<std::string> &words,
+                      std::vector<WordBytes> *bytes = nullptr) const;
 };
 
 struct WordPiece {
@@ -58,7 +70,8 @@ struct WordPiece {
     std::string unk_token = "[UNK]", prefix = "##";
     size_t max_input_chars_per_word = 100;
     int64_t unk_id = -1;  // resolved at load; -1: the vocabulary lacks it (an error only when needed)
-    void tokenize(std::string_view word, std::vector<int64_t> &ids) const;
+    // chars (offsets only): per id, the characters of word it covers (an [UNK]: the whole word)
+    void tokenize(std::string_view word, std::vector<int64_t> &ids, std::vector<size_t> *chars = nullptr) const;
 };
 
 struct Bpe {
@@ -68,7 +81,9 @@ struct Bpe {
     bool fuse_unk = false, byte_fallback = false, ignore_merges = false;
     std::optional<int64_t> unk_id;
     static uint64_t pair_key(int64_t a, int64_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
-    void tokenize(std::string_view word, std::vector<int64_t> &ids) const;
+    // chars (offsets only): per id, the characters of word it covers (byte-fallback ids of one character:
+    // the first takes it, the others none, so each ends where the character does, as Hugging Face's do)
+    void tokenize(std::string_view word, std::vector<int64_t> &ids, std::vector<size_t> *chars = nullptr) const;
 };
 
 }  // namespace et::tok

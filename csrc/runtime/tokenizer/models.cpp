@@ -25,13 +25,14 @@ size_t last_char_start(std::string_view s) {
 
 }  // namespace
 
-void WordPiece::tokenize(std::string_view word, std::vector<int64_t> &ids) const {
+void WordPiece::tokenize(std::string_view word, std::vector<int64_t> &ids, std::vector<size_t> *chars) const {
+    const size_t first = ids.size(), first_chars = chars ? chars->size() : 0;
     auto unk = [&] {
         if (unk_id < 0) throw Error("WordPiece: unk_token '" + unk_token + "' is not in the vocabulary");
         ids.push_back(unk_id);
+        if (chars) chars->resize(first_chars), chars->push_back(count_chars(word));
     };
     if (count_chars(word) > max_input_chars_per_word) return unk();
-    const size_t first = ids.size();
     std::string candidate;
     for (size_t start = 0; start < word.size();) {
         // greedy longest match, shortened one character at a time from the end
@@ -51,6 +52,7 @@ void WordPiece::tokenize(std::string_view word, std::vector<int64_t> &ids) const
             return unk();
         }
         ids.push_back(*found);
+        if (chars) chars->push_back(count_chars(word.substr(start, end - start)));
         start = end;
     }
 }
@@ -61,6 +63,7 @@ struct Symbol {
     int64_t id;
     long prev, next;
     size_t len;  // bytes of the word it covers; 0 marks a symbol merged into its left neighbour
+    size_t chars;  // characters of the word it covers (offsets)
 };
 
 struct Merge {
@@ -73,23 +76,27 @@ struct Merge {
 
 }  // namespace
 
-void Bpe::tokenize(std::string_view word, std::vector<int64_t> &ids) const {
+void Bpe::tokenize(std::string_view word, std::vector<int64_t> &ids, std::vector<size_t> *chars) const {
     if (word.empty()) return;
-    if (ignore_merges)
-        if (auto id = vocab.find(word)) return ids.push_back(*id);
+    if (ignore_merges) {
+        if (auto id = vocab.find(word)) {
+            if (chars) chars->push_back(count_chars(word));
+            return ids.push_back(*id);
+        }
+    }
 
     // Characters to ids (BPE::merge_word): unknown characters become byte tokens or a (fused) unk.
     std::vector<Symbol> symbols;
     symbols.reserve(word.size());
-    auto add = [&](int64_t id, size_t len) {
+    auto add = [&](int64_t id, size_t len, size_t n_chars) {
         const long at = long(symbols.size());
         if (at > 0) symbols.back().next = at;
-        symbols.push_back({id, at - 1, -1, len});
+        symbols.push_back({id, at - 1, -1, len, n_chars});
     };
-    // the pending unk: bytes it covers (0: none); flushed when a known character follows
-    size_t unk_len = 0;
+    // the pending unk: bytes and characters it covers (0: none); flushed when a known character follows
+    size_t unk_len = 0, unk_chars = 0;
     auto flush_unk = [&] {
-        if (unk_len) add(*unk_id, unk_len), unk_len = 0;
+        if (unk_len) add(*unk_id, unk_len, unk_chars), unk_len = 0, unk_chars = 0;
     };
     std::string piece;
     for (size_t i = 0; i < word.size();) {
@@ -101,7 +108,7 @@ void Bpe::tokenize(std::string_view word, std::vector<int64_t> &ids) const {
         i += len;
         if (auto id = vocab.find(piece)) {
             flush_unk();
-            add(*id, len);
+            add(*id, len, 1);
             continue;
         }
         if (byte_fallback) {
@@ -114,7 +121,7 @@ void Bpe::tokenize(std::string_view word, std::vector<int64_t> &ids) const {
                 bytes.push_back(*id);
             }
             if (bytes.size() == piece.size()) {  // Hugging Face leaves a pending unk pending here
-                for (int64_t id : bytes) add(id, 1);
+                for (size_t k = 0; k < bytes.size(); ++k) add(bytes[k], 1, k == 0);
                 continue;
             }
         }
@@ -122,6 +129,7 @@ void Bpe::tokenize(std::string_view word, std::vector<int64_t> &ids) const {
             if (!unk_id) throw Error("BPE: unk_token '" + *unk_token + "' is not in the vocabulary");
             if (!fuse_unk) flush_unk();
             unk_len += len;
+            ++unk_chars;
         }  // no unk_token: the character is dropped
     }
     flush_unk();
@@ -143,14 +151,18 @@ void Bpe::tokenize(std::string_view word, std::vector<int64_t> &ids) const {
         if (it == merges.end() || it->second.second != top.new_id) continue;  // expired entry
         cur.id = top.new_id;
         cur.len += right.len;
+        cur.chars += right.chars;
         symbols[size_t(cur.next)].len = 0;
         cur.next = right.next;
         if (right.next >= 0) symbols[size_t(right.next)].prev = long(top.pos);
         if (cur.prev >= 0) candidate(size_t(cur.prev), symbols[size_t(cur.prev)].id, cur.id);
         if (cur.next >= 0) candidate(top.pos, cur.id, symbols[size_t(cur.next)].id);
     }
-    for (const Symbol &s : symbols)
-        if (s.len != 0) ids.push_back(s.id);
+    for (const Symbol &s : symbols) {
+        if (s.len == 0) continue;
+        ids.push_back(s.id);
+        if (chars) chars->push_back(s.chars);
+    }
 }
 
 }  // namespace et::tok

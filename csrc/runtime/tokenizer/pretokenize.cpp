@@ -8,10 +8,12 @@ namespace et::tok {
 
 using uni::Flag;
 
-void BertNormalizer::apply(std::u32string &text) const {
+void BertNormalizer::apply(std::u32string &text, std::vector<uint32_t> *align) const {
     std::u32string out;
+    std::vector<uint32_t> at;  // align's entries for out
     out.reserve(text.size());
-    for (char32_t cp : text) {
+    for (size_t i = 0; i < text.size(); ++i) {
+        char32_t cp = text[i];
         const uint16_t f = uni::flags(cp);
         if (clean_text && (f & Flag::CLEAN_REMOVE)) continue;  // removal is tested before the whitespace map
         if (clean_text && (f & Flag::CLEAN_SPACE)) cp = U' ';
@@ -22,38 +24,65 @@ void BertNormalizer::apply(std::u32string &text) const {
         } else {
             out.push_back(cp);
         }
+        if (align) at.resize(out.size(), (*align)[i]);
     }
     if (strip_accents) {
         // NFD of the whole text (marks reorder across characters), then every Mn dropped
         std::u32string decomposed;
         uni::nfd(out, decomposed);
+        std::vector<uint32_t> decomposed_at;
+        if (align) {  // each character's decomposition takes its position (reordering moves marks only)
+            std::u32string one;
+            for (size_t i = 0; i < out.size(); ++i) {
+                one.clear();
+                uni::nfd(std::u32string_view(&out[i], 1), one);
+                decomposed_at.insert(decomposed_at.end(), one.size(), at[i]);
+            }
+        }
         out.clear();
-        for (char32_t cp : decomposed)
-            if (!uni::has(cp, Flag::MARK_NONSPACING)) out.push_back(cp);
+        at.clear();
+        for (size_t i = 0; i < decomposed.size(); ++i) {
+            if (uni::has(decomposed[i], Flag::MARK_NONSPACING)) continue;
+            out.push_back(decomposed[i]);
+            if (align) at.push_back(decomposed_at[i]);
+        }
     }
     if (lowercase) {
         // per character (Rust's char::to_lowercase): no final-sigma rule, unlike str::to_lowercase
         text.clear();
-        for (char32_t cp : out) uni::lowercase(cp, text);
+        std::vector<uint32_t> lowered_at;
+        for (size_t i = 0; i < out.size(); ++i) {
+            uni::lowercase(out[i], text);
+            if (align) lowered_at.resize(text.size(), at[i]);
+        }
+        at.swap(lowered_at);
     } else {
         text.swap(out);
     }
+    if (align) align->swap(at);
 }
 
-void bert_pre_tokenize(std::u32string_view text, std::vector<std::u32string> &words) {
+void bert_pre_tokenize(std::u32string_view text, std::vector<std::u32string> &words, std::vector<size_t> *starts) {
     std::u32string word;
+    size_t start = 0;
     auto flush = [&] {
-        if (!word.empty()) words.push_back(std::move(word));
+        if (!word.empty()) {
+            words.push_back(std::move(word));
+            if (starts) starts->push_back(start);
+        }
         word.clear();
     };
-    for (char32_t cp : text) {
+    for (size_t i = 0; i < text.size(); ++i) {
+        const char32_t cp = text[i];
         const uint16_t f = uni::flags(cp);
         if (f & Flag::WHITESPACE) {
             flush();
         } else if (f & Flag::BERT_PUNCT) {
             flush();
             words.emplace_back(1, cp);
+            if (starts) starts->push_back(i);
         } else {
+            if (word.empty()) start = i;
             word.push_back(cp);
         }
     }
@@ -117,9 +146,11 @@ size_t match_at(std::u32string_view s, size_t i) {
 
 }  // namespace
 
-void ByteLevel::pre_tokenize(std::u32string_view text, std::vector<std::string> &words) const {
+void ByteLevel::pre_tokenize(std::u32string_view text, std::vector<std::string> &words,
+                             std::vector<WordBytes> *bytes) const {
     std::u32string prefixed;
-    if (add_prefix_space && (text.empty() || text[0] != U' ')) {
+    const bool prefix = add_prefix_space && (text.empty() || text[0] != U' ');
+    if (prefix) {
         prefixed.reserve(text.size() + 1);
         prefixed.push_back(U' ');
         prefixed.append(text);
@@ -127,20 +158,28 @@ void ByteLevel::pre_tokenize(std::u32string_view text, std::vector<std::string> 
     }
     const auto &chars = byte_chars();
     std::string utf8;
-    auto emit = [&](std::u32string_view piece) {
+    auto emit = [&](size_t from, size_t to) {
         utf8.clear();
-        for (char32_t cp : piece) uni::append_utf8(cp, utf8);
+        WordBytes wb;
+        for (size_t k = from; k < to; ++k) {
+            uni::append_utf8(text[k], utf8);
+            if (bytes) {  // positions in the caller's text: the prefix space takes its first character's
+                wb.at.resize(utf8.size(), uint32_t(prefix ? (k > 0 ? k - 1 : 0) : k));
+                wb.space.resize(utf8.size(), text[k] == U' ');
+            }
+        }
         std::string word;
         for (unsigned char b : utf8) word += chars[b];
         words.push_back(std::move(word));
+        if (bytes) bytes->push_back(std::move(wb));
     };
     if (!use_regex) {
-        if (!text.empty()) emit(text);
+        if (!text.empty()) emit(0, text.size());
         return;
     }
     for (size_t i = 0; i < text.size();) {
         const size_t j = match_at(text, i);
-        emit(text.substr(i, j - i));
+        emit(i, j);
         i = j;
     }
 }

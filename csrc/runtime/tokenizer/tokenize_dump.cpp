@@ -3,7 +3,8 @@
 //   tokenize_dump TOKENIZER_JSON [--mode MODE]... [--repeat K] < texts.jsonl > ids.txt
 //
 // Input: one JSON string per line. MODE: special (encode(text), the default), plain (no special tokens),
-// max:N (encode(text, true, N)), record:N (encode_record(text, N): what edgetune trains on).
+// max:N (encode(text, true, N)), record:N (encode_record(text, N): what edgetune trains on), ends (the end
+// offset of each id of encode(text), in code points, as Hugging Face's Encoding.offsets[i][1]).
 // Output: for each mode in order, per text one line of space-separated ids, or "error: MESSAGE".
 // --repeat K encodes the texts K more times in the first mode and prints "texts_per_second=X" (CPU time)
 // on stderr. A tokenizer that cannot be loaded: "tokenize_dump: error: MESSAGE" on stderr, exit 2.
@@ -20,7 +21,7 @@
 namespace {
 
 struct Mode {
-    enum { Special, Plain, Max, Record } what;
+    enum { Special, Plain, Max, Record, Ends } what;
     size_t n;
 };
 
@@ -30,9 +31,10 @@ Mode parse_mode(const std::string &m) {
     const size_t n = colon == std::string::npos ? 0 : std::strtoul(m.c_str() + colon + 1, nullptr, 10);
     if (name == "special") return {Mode::Special, 0};
     if (name == "plain") return {Mode::Plain, 0};
+    if (name == "ends") return {Mode::Ends, 0};
     if (name == "max" && colon != std::string::npos) return {Mode::Max, n};
     if (name == "record" && colon != std::string::npos) return {Mode::Record, n};
-    throw std::invalid_argument("unknown mode '" + m + "' (special, plain, max:N, record:N)");
+    throw std::invalid_argument("unknown mode '" + m + "' (special, plain, max:N, record:N, ends)");
 }
 
 std::vector<int64_t> encode(const et::tok::Tokenizer &tok, const Mode &m, const std::string &text) {
@@ -40,6 +42,11 @@ std::vector<int64_t> encode(const et::tok::Tokenizer &tok, const Mode &m, const 
         case Mode::Plain: return tok.encode(text, false);
         case Mode::Max: return tok.encode(text, true, m.n);
         case Mode::Record: return tok.encode_record(text, m.n);
+        case Mode::Ends: {
+            std::vector<size_t> ends;
+            tok.encode(text, true, std::nullopt, ends);
+            return std::vector<int64_t>(ends.begin(), ends.end());
+        }
         default: return tok.encode(text, true);
     }
 }

@@ -60,7 +60,14 @@ private:
 
 struct Piece {
     std::u32string text;
-    int64_t id;  // an added token's id, or -1: text still to tokenise
+    int64_t id;                // an added token's id, or -1: text still to tokenise
+    std::vector<uint32_t> at;  // offsets only: the input position of each character of text
+    uint32_t end = 0;          // offsets only: where an added token's match ends in the input
+};
+
+// Offsets being tracked: the input position of each character of a text, and the ends found so far.
+struct Offsets {
+    std::vector<size_t> ends;  // per id: Hugging Face's Encoding.offsets[i][1], in code points of the input
 };
 
 // One template of a post-processor for a single sequence: ids before and after it.
@@ -93,6 +100,8 @@ struct Tokenizer::Impl {
     Vocab added_vocab;
     std::vector<Template> post;
     size_t n_special = 0;  // ids the post-processor adds to one sequence
+    // a ByteLevel post-processor's trim_offsets (and its add_prefix_space): offsets only, ids never change
+    bool trim_offsets = false, trim_keeps_prefix_space = false;
 
     // --- loading ---
     const json &field(const json &obj, const char *key, const std::string &where) const;
@@ -103,13 +112,17 @@ struct Tokenizer::Impl {
     void load_added_tokens(const json &tokens);
 
     // --- encoding ---
-    void normalize(std::u32string &text) const {
-        if (normalizer) normalizer->apply(text);
+    void normalize(std::u32string &text, std::vector<uint32_t> *align = nullptr) const {
+        if (normalizer) normalizer->apply(text, align);
     }
-    void split_added(std::u32string_view text, const Matcher &m, std::vector<Piece> &out) const;
-    void tokenize_piece(std::u32string_view text, std::vector<int64_t> &ids) const;
-    std::vector<int64_t> tokens(std::string_view utf8) const;
-    std::vector<int64_t> finish(std::vector<int64_t> ids, bool add_special, std::optional<size_t> max_length) const;
+    // at (offsets only): the input position of each character of text, passed on to the pieces
+    void split_added(std::u32string_view text, const Matcher &m, std::vector<Piece> &out,
+                     const std::vector<uint32_t> *at = nullptr) const;
+    void tokenize_piece(const Piece &piece, std::vector<int64_t> &ids, Offsets *offsets) const;
+    size_t trimmed_end(const WordBytes &bytes, size_t from, size_t to, bool first) const;
+    std::vector<int64_t> tokens(std::string_view utf8, Offsets *offsets = nullptr) const;
+    std::vector<int64_t> finish(std::vector<int64_t> ids, bool add_special, std::optional<size_t> max_length,
+                                Offsets *offsets = nullptr) const;
 };
 
 const json &Tokenizer::Impl::field(const json &obj, const char *key, const std::string &where) const {
@@ -245,7 +258,11 @@ void Tokenizer::Impl::load_post_processor(const json &p) {
         for (const json &one : field(p, "processors", "post_processor Sequence")) load_post_processor(one);
         return;
     }
-    if (type == "ByteLevel") return;  // it trims offsets only: the ids stay as they are
+    if (type == "ByteLevel") {  // it trims offsets only: the ids stay as they are
+        trim_offsets = flag(p, "trim_offsets", true);
+        trim_keeps_prefix_space = flag(p, "add_prefix_space", true);
+        return;
+    }
     Template t;
     if (type == "BertProcessing" || type == "RobertaProcessing") {
         t.before.push_back(field(p, "cls", type).at(1).get<int64_t>());
@@ -298,9 +315,15 @@ void Tokenizer::Impl::load_added_tokens(const json &tokens) {
 }
 
 // AddedVocabulary::find_matches: the text cut into added tokens and the runs between them; empty runs go.
-void Tokenizer::Impl::split_added(std::u32string_view text, const Matcher &m, std::vector<Piece> &out) const {
+void Tokenizer::Impl::split_added(std::u32string_view text, const Matcher &m, std::vector<Piece> &out,
+                                  const std::vector<uint32_t> *at) const {
+    auto run = [&](size_t from, size_t to) {
+        Piece p{std::u32string(text.substr(from, to - from)), -1, {}, 0};
+        if (at) p.at.assign(at->begin() + long(from), at->begin() + long(to));
+        out.push_back(std::move(p));
+    };
     if (m.empty()) {
-        if (!text.empty()) out.push_back({std::u32string(text), -1});
+        if (!text.empty()) run(0, text.size());
         return;
     }
     size_t done = 0;  // end of the last piece emitted
@@ -319,58 +342,98 @@ void Tokenizer::Impl::split_added(std::u32string_view text, const Matcher &m, st
         }
         if (a.rstrip)
             while (stop < text.size() && uni::has(text[stop], uni::Flag::WHITESPACE)) ++stop;
-        if (done < start) out.push_back({std::u32string(text.substr(done, start - done)), -1});
-        out.push_back({std::u32string(), a.id});
+        if (done < start) run(done, start);
+        out.push_back({std::u32string(), a.id, {}, at ? (*at)[stop - 1] + 1 : 0});
         done = stop;
         i += len;  // the automaton resumes after the match itself, not after the stripped spaces
     }
-    if (done < text.size()) out.push_back({std::u32string(text.substr(done)), -1});
+    if (done < text.size()) run(done, text.size());
 }
 
-void Tokenizer::Impl::tokenize_piece(std::u32string_view text, std::vector<int64_t> &ids) const {
+// A byte-level token's end after trim_offsets (ByteLevel's process_offsets, on byte offsets): leading and
+// trailing spaces leave its offsets, except a lone leading space the processor's add_prefix_space added.
+size_t Tokenizer::Impl::trimmed_end(const WordBytes &bytes, size_t from, size_t to, bool first) const {
+    size_t leading = 0, trailing = 0;
+    while (from + leading < to && bytes.space[from + leading]) ++leading;
+    while (to - trailing > from && bytes.space[to - trailing - 1]) ++trailing;
+    if (first && trim_keeps_prefix_space && leading == 1) leading = 0;
+    const size_t start = std::min(from + leading, to);
+    return trailing ? std::max(to - trailing, start) : to;
+}
+
+void Tokenizer::Impl::tokenize_piece(const Piece &piece, std::vector<int64_t> &ids, Offsets *offsets) const {
+    const std::u32string_view text = piece.text;
+    std::vector<size_t> chars;  // offsets only: characters (byte-level: bytes) of the word per id
+    std::vector<size_t> *counts = offsets ? &chars : nullptr;
+    auto model = [&](std::string_view word) {
+        chars.clear();
+        wordpiece ? wordpiece->tokenize(word, ids, counts) : bpe->tokenize(word, ids, counts);
+    };
     if (pre == Pre::ByteLevel) {
         std::vector<std::string> words;
-        byte_level.pre_tokenize(text, words);
-        for (const std::string &w : words) wordpiece ? wordpiece->tokenize(w, ids) : bpe->tokenize(w, ids);
+        std::vector<WordBytes> bytes;
+        byte_level.pre_tokenize(text, words, offsets ? &bytes : nullptr);
+        for (size_t w = 0; w < words.size(); ++w) {
+            const size_t first_id = ids.size();
+            model(words[w]);
+            if (!offsets) continue;
+            for (size_t k = 0, pos = 0; k < chars.size(); ++k) {
+                const size_t from = pos, to = pos += chars[k];
+                const bool first = first_id + k == 0 || piece.at[bytes[w].at[from < to ? from : to - 1]] == 0;
+                const size_t end = trim_offsets ? trimmed_end(bytes[w], from, to, first) : to;
+                // trimmed to nothing at the word's start: the end is where the word starts
+                offsets->ends.push_back(end ? piece.at[bytes[w].at[end - 1]] + 1 : piece.at[bytes[w].at[0]]);
+            }
+        }
         return;
     }
     std::vector<std::u32string> words;
+    std::vector<size_t> starts;
     if (pre == Pre::Bert) {
-        bert_pre_tokenize(text, words);
+        bert_pre_tokenize(text, words, offsets ? &starts : nullptr);
     } else {
         words.emplace_back(text);
+        starts.push_back(0);
     }
-    for (const std::u32string &w : words) {
-        const std::string utf8 = uni::to_utf8(w);
-        wordpiece ? wordpiece->tokenize(utf8, ids) : bpe->tokenize(utf8, ids);
+    for (size_t w = 0; w < words.size(); ++w) {
+        model(uni::to_utf8(words[w]));
+        if (!offsets) continue;
+        size_t pos = starts[w];
+        for (size_t c : chars) offsets->ends.push_back(piece.at[(pos += c) - 1] + 1);
     }
 }
 
-std::vector<int64_t> Tokenizer::Impl::tokens(std::string_view utf8) const {
+std::vector<int64_t> Tokenizer::Impl::tokens(std::string_view utf8, Offsets *offsets) const {
     const std::u32string text = decode(utf8, "text");
+    std::vector<uint32_t> identity;
+    if (offsets) {
+        identity.resize(text.size());
+        for (size_t i = 0; i < text.size(); ++i) identity[i] = uint32_t(i);
+    }
     std::vector<Piece> raw, pieces;
-    split_added(text, raw_matcher, raw);
+    split_added(text, raw_matcher, raw, offsets ? &identity : nullptr);
     for (Piece &p : raw) {
         if (p.id >= 0) {
             pieces.push_back(std::move(p));
             continue;
         }
-        normalize(p.text);
-        split_added(p.text, normalized_matcher, pieces);
+        normalize(p.text, offsets ? &p.at : nullptr);
+        split_added(p.text, normalized_matcher, pieces, offsets ? &p.at : nullptr);
     }
     std::vector<int64_t> ids;
     for (const Piece &p : pieces) {
         if (p.id >= 0) {
             ids.push_back(p.id);
+            if (offsets) offsets->ends.push_back(p.end);
         } else {
-            tokenize_piece(p.text, ids);
+            tokenize_piece(p, ids, offsets);
         }
     }
     return ids;
 }
 
 std::vector<int64_t> Tokenizer::Impl::finish(std::vector<int64_t> ids, bool add_special,
-                                             std::optional<size_t> max_length) const {
+                                             std::optional<size_t> max_length, Offsets *offsets) const {
     if (max_length) {
         size_t limit = *max_length;
         if (add_special && n_special > 0) {
@@ -379,6 +442,7 @@ std::vector<int64_t> Tokenizer::Impl::finish(std::vector<int64_t> ids, bool add_
             limit = *max_length < n_special ? ids.size() : *max_length - n_special;
         }
         if (ids.size() > limit) ids.resize(limit);
+        if (offsets && offsets->ends.size() > limit) offsets->ends.resize(limit);
     }
     if (!add_special) return ids;
     for (const Template &t : post) {
@@ -388,6 +452,10 @@ std::vector<int64_t> Tokenizer::Impl::finish(std::vector<int64_t> ids, bool add_
         out.insert(out.end(), ids.begin(), ids.end());
         out.insert(out.end(), t.after.begin(), t.after.end());
         ids.swap(out);
+        if (offsets) {  // the special tokens' offsets are (0, 0)
+            offsets->ends.insert(offsets->ends.begin(), t.before.size(), 0);
+            offsets->ends.insert(offsets->ends.end(), t.after.size(), 0);
+        }
     }
     return ids;
 }
@@ -439,6 +507,14 @@ std::vector<int64_t> Tokenizer::encode(std::string_view utf8, bool add_special) 
 
 std::vector<int64_t> Tokenizer::encode(std::string_view utf8, bool add_special, size_t max_length) const {
     return impl_->finish(impl_->tokens(utf8), add_special, max_length);
+}
+
+std::vector<int64_t> Tokenizer::encode(std::string_view utf8, bool add_special, std::optional<size_t> max_length,
+                                       std::vector<size_t> &ends) const {
+    Offsets offsets;
+    std::vector<int64_t> ids = impl_->finish(impl_->tokens(utf8, &offsets), add_special, max_length, &offsets);
+    ends.swap(offsets.ends);
+    return ids;
 }
 
 std::vector<int64_t> Tokenizer::encode_record(std::string_view utf8, size_t max_length) const {

@@ -54,6 +54,12 @@ public:
     // The same with `enable_truncation(max_length)`: the tokens of the text are cut at the end so that,
     // with the special tokens, at most max_length remain (Hugging Face's arithmetic, quirks included).
     std::vector<int64_t> encode(std::string_view utf8, bool add_special, size_t max_length) const;
+    // encode(utf8, add_special[, max_length]) and, per id, where the text it covers ends: Hugging Face's
+    // Encoding.offsets[i][1] in code points of utf8 (0 for the post-processor's special tokens; a ByteLevel
+    // post-processor's trim_offsets applied). edgetune decides which tokens a prompt's completion or a
+    // verbaliser's word holds by these ends (edgetune/data/encode.py).
+    std::vector<int64_t> encode(std::string_view utf8, bool add_special, std::optional<size_t> max_length,
+                                std::vector<size_t> &ends) const;
     // What edgetune feeds the model for a classification or {"text"} record: the text cut to
     // max(1, max_length) * CHARS_PER_TOKEN code points, then encode(text, true, max_length).
     std::vector<int64_t> encode_record(std::string_view utf8, size_t max_length) const;
