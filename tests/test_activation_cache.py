@@ -1,6 +1,7 @@
 """The frozen-prefix activation cache (engine/activation_cache.py): exact, within its budget, resumable."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,8 +28,9 @@ class CountingPrefix:
         return getattr(self.session, name)
 
 
-def fit(classifier, **options):
-    tuner = Tuner.from_onnx(classifier["model"], trainable=TRAINABLE)
+def fit(classifier, trainable=TRAINABLE, **options):
+    head = {"head": "exact"} if options.get("head") == "exact" else {}  # its gradient is prepared in the graph
+    tuner = Tuner.from_onnx(classifier["model"], trainable=trainable, **head)
     counter = tuner.engine.prefix = CountingPrefix(tuner.engine.prefix)
     records = []
 
@@ -67,6 +69,47 @@ def test_cached_run_is_bit_identical_and_skips_the_prefix_after_the_first_epoch(
     runs_after_first_epoch = on[2][-1][1] - on[2][epoch][1]
     assert runs_after_first_epoch == 0
     assert off[2][-1][1] - off[2][epoch][1] == STEPS - epoch - 1
+
+
+@pytest.mark.parametrize("head", ["zo", "exact"])
+def test_the_head_slice_keeps_the_token_rows_its_pooled_input_is_made_from(classifier, head):
+    """The head's input is pooled, [batch, width]: the cache keeps the token rows under it (the pooling reads
+    them in the batch's own shape, as the run without the cache does) and a step after the first epoch runs
+    only the pooling and the head. ``auto``: in the file."""
+    off = fit(classifier, "head", activation_cache="off", head=head)
+    on = fit(classifier, "head", activation_cache="auto", head=head)
+    assert_same_run(off, on)
+    engine = on[0].engine
+    assert engine.cached and not set(engine.cached) & set(engine.boundary)  # token rows, not the pooled vector
+    assert on[1].activation_cache["where"] == "file" and on[1].activation_cache["examples_cached"] == 256
+    epoch = 256 // BATCH
+    assert on[2][-1][1] - on[2][epoch][1] == 0
+
+
+def test_a_pooling_that_reads_the_padding_turns_the_cache_off(classifier, tmp_path):
+    """A mean over every position, padding included (no mask): the cache's zeros at the padded positions
+    are not what the prefix pooled there, and the first batch's check says so."""
+    import shutil
+
+    import onnx
+    from onnx import helper
+
+    folder = tmp_path / "unmasked"
+    shutil.copytree(classifier["dir"], folder)
+    model = onnx.load(str(classifier["model"]))
+    at, gather = next((i, n) for i, n in enumerate(model.graph.node) if n.output[0] == "/bert/pooler/Gather_output_0")
+    model.graph.node.remove(gather)
+    model.graph.node.insert(at, helper.make_node("ReduceMean", [gather.input[0]], [gather.output[0]], axes=[1],
+                                                 keepdims=0))
+    path = folder / Path(classifier["model"]).name
+    onnx.save(model, str(path))
+    tuner = Tuner.from_onnx(path, trainable="head")
+    data = tuner.load_data(classifier["train"])
+    batch = data.batch(range(BATCH), tuner.info.data_inputs)
+    batch.examples = np.arange(BATCH)
+    cache = ActivationCache(tuner.engine.cached, [len(ids) for ids in data.ids], budget=2**20)
+    assert tuner.engine.attach_cache(cache, batch) == "the loss from cached rows differs from the prefix's in the last bit"
+    assert tuner.engine.activation_cache is None
 
 
 def test_a_tiny_budget_goes_to_a_file_that_is_gone_at_the_end(classifier, tmp_path):
@@ -109,10 +152,11 @@ def test_fp16_is_close_and_half_the_size(classifier):
     np.testing.assert_allclose(losses(fp16), losses(fp32), rtol=1e-2)
 
 
-def test_resume_refills_the_cache_and_continues_bit_for_bit(classifier, tmp_path, kill_and_resume):
-    whole = fit(classifier, activation_cache="off")
+@pytest.mark.parametrize("trainable", [TRAINABLE, "head"])
+def test_resume_refills_the_cache_and_continues_bit_for_bit(classifier, tmp_path, kill_and_resume, trainable):
+    whole = fit(classifier, trainable, activation_cache="off")
     resumed, result = kill_and_resume(classifier["model"], classifier["train"], tmp_path / "run",
-                                      trainable=TRAINABLE, kill_at=25, save_every=20, steps=STEPS,
+                                      trainable=trainable, kill_at=25, save_every=20, steps=STEPS,
                                       batch_size=BATCH, lr=1e-2, activation_cache="1MB")
     assert result.activation_cache["examples_cached"] > 0
     for name, value in whole[0].weights.items():
@@ -226,3 +270,34 @@ def test_no_cache_where_the_batch_dependent_rest_needs_a_layer():
     cached, rest = prefix("ids")  # the mask from the ids: a rest graph of two small nodes, no weights
     assert cached == ["hidden"] and [n.op_type for n in rest.graph.node] == ["Shape", "ConstantOfShape"]
     assert not rest.graph.initializer
+
+
+def test_a_pooled_boundary_is_kept_as_the_token_rows_it_is_pooled_from():
+    """[batch, width] from [batch, tokens, width] through a sum: the rows are kept and rest sums them; a dense
+    layer between the rows and the pooled vector (a pooler the slice leaves frozen) leaves no cache."""
+    from onnx import TensorProto, helper
+
+    from edgetune.graph.split import cache_cut
+
+    table = helper.make_tensor("E", TensorProto.FLOAT, [10, 4], np.arange(40, dtype=np.float32))
+    weight = helper.make_tensor("W", TensorProto.FLOAT, [4, 4], np.eye(4, dtype=np.float32).ravel())
+    axis = helper.make_tensor("axis", TensorProto.INT64, [1], [1])
+
+    def prefix(dense: bool):
+        nodes = [helper.make_node("Gather", ["E", "ids"], ["hidden"]),
+                 helper.make_node("ReduceSum", ["hidden", "axis"], ["summed"], keepdims=0)]
+        nodes += [helper.make_node("MatMul", ["summed", "W"], ["pooled"])] if dense else \
+            [helper.make_node("Relu", ["summed"], ["pooled"])]
+        graph = helper.make_graph(nodes, "prefix", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 3])],
+                                  [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, [2, 4])],
+                                  [table, weight, axis])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        types = {"hidden": helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [2, 3, 4]),
+                 "summed": helper.make_tensor_value_info("summed", TensorProto.FLOAT, [2, 4]),
+                 "pooled": helper.make_tensor_value_info("pooled", TensorProto.FLOAT, [2, 4])}
+        return cache_cut(model, list(model.graph.node), ["pooled"], types)
+
+    cached, rest = prefix(dense=False)
+    assert cached == ["hidden"] and [n.op_type for n in rest.graph.node] == ["ReduceSum", "Relu"]
+    assert [i.name for i in rest.graph.input] == ["hidden"] and not {i.name for i in rest.graph.initializer} - {"axis"}
+    assert prefix(dense=True) == ([], None)

@@ -4,7 +4,10 @@ While the prefix is frozen (``last:K``, LoRA on late layers) its output for an e
 cache keeps, for each example, the rows of the boundary tensors that a layer computes (the hidden states:
 ``graph/split.cache_cut``) at the example's own length, ``[tokens, width]``; a batch whose examples are all
 cached is assembled from them (padded positions zero) and the prefix does not run. The batch-dependent rest
-of the boundary (the attention mask, shapes) is recomputed by a small graph.
+of the boundary (the attention mask, shapes) is recomputed by a small graph, and so is a boundary pooled to
+one vector per example (a classifier head's input, ``head``): the cache keeps the token rows the pooling
+reads, since a pooled vector's bits depend on the batch's shape (a masked mean's sum order), and pooling the
+cached rows in the batch's own shape is the arithmetic of the run without the cache.
 
 Exact: a row at its real positions is the same bits whichever batch and padding computed it, and the
 suffix's loss does not read the padded positions; :meth:`LossEngine.check_cache` verifies both on the first

@@ -42,6 +42,8 @@ class LossEngine:
         self._binding.bind_output(LOSS_OUTPUT, "cpu")
         self._batch_arrays: dict[str, np.ndarray] = {}
         self.cached = list(prepared.cached)  # what an activation cache may keep per example
+        # the token rows a pooled boundary is made from: the prefix outputs them while a cache is attached
+        self._pooled_sources = [n for n in self.cached if n not in self.boundary]
         self._rest_graph, self._rest = prepared.rest, None  # its session is made when a cache attaches
         self._session_args = (threads, providers)
         self.activation_cache: ActivationCache | None = None  # attach_cache: a training run's, while it runs
@@ -84,12 +86,19 @@ class LossEngine:
     def data_feeds(self, batch: Batch) -> dict[str, np.ndarray]:
         """The suffix's inputs other than the trainable tensors, as C-contiguous numpy: the batch's own and the
         frozen prefix's outputs on it. The one place the prefix runs, for the training binding and evaluation."""
-        feeds = {name: np.ascontiguousarray(array, self._input_types.get(name, np.int64))
-                 for name, array in batch.inputs.items()}
-        feeds[LABELS_INPUT] = np.ascontiguousarray(batch.labels)
+        feeds = self._input_feeds(batch)
         if self.prefix is not None:
             feeds.update(self._boundary(batch, feeds))
         return {k: v for k, v in feeds.items() if k in self._suffix_inputs}
+
+    def _input_feeds(self, batch: Batch) -> dict[str, np.ndarray]:
+        feeds = {name: np.ascontiguousarray(array, self._input_types.get(name, np.int64))
+                 for name, array in batch.inputs.items()}
+        feeds[LABELS_INPUT] = np.ascontiguousarray(batch.labels)
+        return feeds
+
+    def _run_prefix(self, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        return dict(zip(names, self.prefix.run(names, {k: v for k, v in feeds.items() if k in self._prefix_inputs})))
 
     def _boundary(self, batch: Batch, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The prefix's outputs on ``batch``: from the activation cache when it holds all of a training batch's
@@ -103,8 +112,7 @@ class LossEngine:
                 names = [o.name for o in self._rest.get_outputs()]
                 out.update(zip(names, self._rest.run(names, rest_feeds)))
             return out
-        prefix_feeds = {k: v for k, v in feeds.items() if k in self._prefix_inputs}
-        out = dict(zip(self.boundary, self.prefix.run(self.boundary, prefix_feeds)))
+        out = self._run_prefix(feeds, self.boundary + (self._pooled_sources if cache is not None else []))
         if cache is not None:
             try:
                 cache.put(batch.examples, out, length)
@@ -139,12 +147,14 @@ class LossEngine:
     def _check_cache(self, cache: ActivationCache, batch: Batch) -> str | None:
         assert batch.examples is not None
         uncached = replace(batch, examples=None)
-        feeds = {**self.data_feeds(uncached), **self._tensors}
+        inputs = self._input_feeds(uncached)
+        rows = self._run_prefix(inputs, self.boundary + self._pooled_sources)
+        feeds = {**{k: v for k, v in {**inputs, **rows}.items() if k in self._suffix_inputs}, **self._tensors}
         r = int(np.argmin(cache.lengths[batch.examples]))  # the shortest: the most padding in the batch
         n = int(cache.lengths[batch.examples[r]])
-        alone = self.data_feeds(_unpadded(uncached.select([r]), n))
+        alone = self._run_prefix(self._input_feeds(_unpadded(uncached.select([r]), n)), self.cached)
         for name in self.cached:
-            if not np.array_equal(alone[name][0, :n], feeds[name][r, :n]):
+            if not np.array_equal(alone[name][0, :n], rows[name][r, :n]):
                 return f"the prefix's output '{name}' for an example depends on the batch it is in"
         self.data_feeds(batch)  # fills the cache
         from_cache = {**self.data_feeds(batch), **self._tensors}

@@ -35,7 +35,7 @@ class PreparedModel:
     boundary: list[str]
     total_params: int  # every weight of the model, for reporting
     head: LinearHead | None = None  # the last linear layer whose exact gradient the suffix outputs (head_grad)
-    cached: list[str] = field(default_factory=list)  # the boundary an activation cache keeps (graph/split.cache_cut)
+    cached: list[str] = field(default_factory=list)  # what an activation cache keeps (graph/split.cache_cut)
     rest: onnx.ModelProto | str | None = None  # the rest of the boundary from the batch and ``cached``
 
 

@@ -28,7 +28,8 @@ class SplitGraph:
     prefix: onnx.ModelProto | None
     suffix: onnx.ModelProto
     boundary: list[str]  # prefix outputs fed to the suffix
-    cached: list[str] = field(default_factory=list)  # the boundary an activation cache keeps per example
+    # what an activation cache keeps per example: boundary tensors, or the token rows a pooled one is made from
+    cached: list[str] = field(default_factory=list)
     rest: onnx.ModelProto | None = None  # the rest of the boundary from the batch and ``cached`` (cheap)
 
 
@@ -83,11 +84,13 @@ def split_graph(model: onnx.ModelProto, trainable: Iterable[str], outputs: list[
     if untyped:
         raise ModelError(f"cannot infer the type of '{untyped[0]}' where the graph is split; use --no-split")
 
-    prefix = _subgraph(model, "prefix", _producers(prefix_nodes, boundary), [types[n] for n in boundary])
+    cached, rest = cache_cut(model, prefix_nodes, boundary, types)
+    # the prefix also outputs the token rows a pooled boundary is computed from, for the cache to keep
+    prefix_outputs = boundary + [n for n in cached if n not in boundary]
+    prefix = _subgraph(model, "prefix", _producers(prefix_nodes, prefix_outputs), [types[n] for n in prefix_outputs])
     suffix_outputs = [o for o in graph.output if o.name in outputs]
     suffix = _subgraph(model, "suffix", moved + suffix_nodes, suffix_outputs,
                        extra_inputs=[types[n] for n in boundary], extra_initializers=folded)
-    cached, rest = cache_cut(model, prefix_nodes, boundary, types)
     return SplitGraph(prefix=prefix, suffix=suffix, boundary=boundary, cached=cached, rest=rest)
 
 
@@ -102,7 +105,9 @@ def cache_cut(model: onnx.ModelProto, prefix_nodes: list[onnx.NodeProto], bounda
     """The boundary tensors an activation cache keeps per example, and a graph computing the others.
 
     Kept: the float tensors that a layer (a matrix product, an embedding lookup) computes, such as the
-    hidden states; their row for an example does not change while the prefix is frozen. The others (an
+    hidden states; their row for an example does not change while the prefix is frozen. A boundary tensor
+    pooled to [batch, width] (a classifier head's input) is not kept itself: the token rows it is pooled
+    from are, and ``rest`` pools them (:func:`_pooled_from`). The others (an
     attention mask, a shape) depend on the batch's padding, and are cheap: ``rest`` recomputes them from the
     batch's inputs and the kept tensors, so a batch whose rows are all cached never runs the prefix. Where
     one of the others needs a layer itself, there is no cache (``[], None``): ``rest`` would hold its weights.
@@ -118,6 +123,12 @@ def cache_cut(model: onnx.ModelProto, prefix_nodes: list[onnx.NodeProto], bounda
         heavy.update((o, value) for o in node.output)
     cached = [n for n in boundary if heavy.get(n) and n in types
               and types[n].type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
+    pooled = [n for n in cached if _rank(types[n]) == 2]
+    if pooled:  # [batch, width]: kept as the token rows it is pooled from; rest pools them again (see _pooled_from)
+        sources = _pooled_from(prefix_nodes, pooled, heavy, types, is_layer)
+        if sources is None:
+            return [], None
+        cached = [n for n in cached if n not in pooled] + [n for n in sources if n not in cached]
     others = [n for n in boundary if n not in cached]
     if not cached or not others:
         return cached, None
@@ -131,6 +142,40 @@ def cache_cut(model: onnx.ModelProto, prefix_nodes: list[onnx.NodeProto], bounda
     kept.reverse()
     rest = _subgraph(model, "rest", kept, [types[n] for n in others], extra_inputs=[types[n] for n in cached])
     return cached, rest
+
+
+def _rank(value: onnx.ValueInfoProto) -> int | None:
+    tensor = value.type.tensor_type
+    return len(tensor.shape.dim) if tensor.HasField("shape") else None
+
+
+def _pooled_from(prefix_nodes: list[onnx.NodeProto], pooled: list[str], heavy: dict[str, bool],
+                 types: dict[str, onnx.ValueInfoProto], is_layer) -> list[str] | None:
+    """The per-token tensors (heavy, of rank 3 or more) that the ``pooled`` vectors are computed from, through
+    nodes that are not layers (a masked mean, a token Gather); None where a layer stands between them.
+
+    Why not keep the pooled vector itself: a masked mean's ReduceSum adds in an order set by the batch's shape
+    (MiniLM's mean of an example alone is not the bits of the same example in a batch of 16, even at the same
+    padding), so a pooled row is not the same bits whichever batch computed it; a token row is, and pooling
+    the cached rows (zeros at the padded positions, which the mask zeroes anyway) in the batch's own shape
+    redoes the default run's arithmetic."""
+    want, sources = set(pooled), []
+    for node in reversed(prefix_nodes):
+        outputs = want.intersection(node.output)
+        if not outputs:
+            continue
+        for name in sorted(outputs):
+            want.discard(name)
+            rank = _rank(types[name]) if name in types else None
+            if heavy.get(name) and name not in pooled and rank is not None and rank >= 3:
+                sources.append(name)
+                outputs.discard(name)
+        if not outputs:
+            continue
+        if is_layer(node):
+            return None
+        want.update(node_inputs(node))
+    return sources or None
 
 
 def _producers(nodes: list[onnx.NodeProto], names: Iterable[str]) -> list[onnx.NodeProto]:
