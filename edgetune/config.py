@@ -157,8 +157,8 @@ class _CommonOptions:
     optimizer: str = option("zo-sgd", "the zeroth-order optimizer", choices=OPTIMIZER_NAMES, trajectory=True)
     batch_size: int = option(16, "training examples per step; more than the training set has is capped to its "
                              "size (each step then sees all of it)", bound=Bound(1), trajectory=True)
-    lr: float | str = option("auto", "learning rate, or auto: 0.025/zᵀHz, with the curvature along the noise measured "
-                             "before step 0 (a few forwards, counted in the budget)", bound=Bound(positive=True),
+    lr: float | str = option("auto", "learning rate, or auto: 0.05/zᵀHz, the curvature along the noise bounded from "
+                             "8-32 probes before step 0 (their forwards count in the budget)", bound=Bound(positive=True),
                              keywords=("auto",), trajectory=True)
     eps: float | str = option(1e-3, "perturbation size ε, or auto: from the loss's float32 rounding and the curvature "
                               "(measured with --lr auto's probes)", bound=Bound(positive=True), keywords=("auto",),

@@ -45,7 +45,7 @@ from edgetune.process.interrupt import Interrupted, StopRequest
 from edgetune.process.rss import peak_rss_mb
 from edgetune.artifacts.trajectory import MAX_QUERIES
 from edgetune.zo import Anchors, StepRecord, build_optimizer
-from edgetune.zo.calibrate import BATCHES, Calibration, calibrate
+from edgetune.zo.calibrate import BATCHES, Calibration, calibrate, probe_cap
 from edgetune.zo.exact_head import ExactHead, HeadGrads, WithoutHead
 from edgetune.zo.guard import MAX_ROLLBACKS, SHRINK, Guard, undo_record, update_terms
 from edgetune.zo.prge import ParallelZO, parallel_strategy
@@ -344,7 +344,8 @@ class TrainingRun:
         stream = BatchStream(len(self.train), config.batch_size, _core.derive_seed(config.seed, 2**32, 2**16))
         batches = [self._batch(i, stream) for i in range(BATCHES)]
         binders = [lambda b=b: tuner.engine.set_batch(b) for b in batches]
-        measured = calibrate(tuner.arena.buffer(), seed, config.noise, binders, tuner.engine.mean_loss, eps=eps)
+        measured = calibrate(tuner.arena.buffer(), seed, config.noise, binders, tuner.engine.mean_loss, eps=eps,
+                             max_probes=probe_cap(config.forward_budget))
         self.spent += measured.forwards
         return measured
 

@@ -14,7 +14,8 @@ from edgetune.artifacts.trajectory import Trajectory
 from edgetune.config import TrainConfig
 from edgetune.errors import EdgetuneError
 from edgetune.loop import TrainingRun
-from edgetune.zo.calibrate import C_LR, FORWARDS, choose
+from edgetune.zo.calibrate import (BATCHES, C_LR, CONFIDENCE, FALLBACK_FRACTION, FORWARDS, LR_BOUNDS, MAX_PROBES, PROBES,
+                                    calibrate, choose, probe_cap)
 from edgetune.zo.schedules import Schedule, StepSize
 
 HUGE = dict(lr=1.0, eps=1e-3, steps=60, seed=3)  # 6x the tiny classifier's calibrated lr: its loss climbs at once
@@ -35,7 +36,7 @@ class Notes:
 
 
 def fit(bundle, trainable="last:1", **options):
-    tuner = Tuner.from_onnx(bundle["model"], trainable=trainable)
+    tuner = Tuner.from_onnx(bundle["model"], trainable=trainable, head="zo")  # ZO's calibration and guard
     notes = Notes()
     return tuner, tuner.fit(bundle["train"], progress=notes, **options), notes.lines
 
@@ -47,7 +48,7 @@ def test_calibration_gives_a_finite_positive_lr_counted_in_the_forwards(bundle, 
     assert 0 < cal["lr"] < 1 and math.isfinite(cal["lr"]) and cal["curvature"] > 0 and not cal["fallback"]
     assert cal["forwards"] == 4 + 2 * cal["probes"]  # a base loss per batch, a ± pair per probe
     assert result.forward_passes == cal["forwards"] + 2 * 2
-    assert notes[0].startswith(f"lr auto: {cal['lr']:.4g} from zᵀHz") and "(8 probes)" in notes[0]
+    assert notes[0].startswith(f"lr auto: {cal['lr']:.4g} from zᵀHz") and f"({cal['probes']} probes)" in notes[0]
 
 
 def test_given_lr_and_eps_skip_the_calibration(classifier):
@@ -63,9 +64,58 @@ def test_eps_auto_is_measured_with_the_lr(classifier):
 def test_the_fallback_lr_when_the_curvature_is_lost_in_rounding():
     # a loss linear along the noise: no curvature, lr from the gradient scale (moves the loss by about 1 %)
     cal = choose(curvatures=[0.0, -1e-9, 1e-9], grads=[2.0, -2.0, 2.0], base=[0.7, 0.7], eps=1e-3, c=1.0, forwards=8)
-    assert cal.fallback and cal.lr == pytest.approx(0.01 * 0.7 / 4.0)
-    negative = choose(curvatures=[-5.0, -3.0, -4.0], grads=[1.0], base=[0.7], eps=None, c=1.0, forwards=8)
-    assert negative.fallback and negative.lr > 0 and 1e-5 <= negative.eps <= 1e-1
+    assert cal.fallback and cal.lr == pytest.approx(FALLBACK_FRACTION * 0.7 / 4.0)
+
+
+def test_at_a_saddle_lr_comes_from_the_scale_of_the_curvature_not_the_clamp():
+    # negative along every probe: no step minimises along z, but the loss bends at rate |zᵀHz| either way
+    saddle = choose(curvatures=[-5.0, -3.0, -4.0], grads=[1e-6], base=[0.7], eps=None, c=1.0, forwards=8)
+    assert not saddle.fallback and saddle.lr == pytest.approx(1 / np.sqrt((25 + 9 + 16) / 3))
+    assert saddle.lr < LR_BOUNDS[1] and 1e-5 <= saddle.eps <= 1e-1
+
+
+def test_probes_that_disagree_bound_the_mean_curvature_from_above():
+    spread = [-100.0, 120.0, 30.0, -50.0, 80.0, 10.0, -20.0, 60.0]  # an indefinite Hessian: median 20, mean 16
+    cal = choose(curvatures=spread, grads=[1.0], base=[0.7], eps=1e-3, c=1.0, forwards=20)
+    se = np.std(spread, ddof=1) / np.sqrt(len(spread))
+    assert cal.curvature == pytest.approx(np.mean(spread) + 2 * se) and cal.curvature_se == pytest.approx(se)
+    assert cal.lr == pytest.approx(1 / cal.curvature) and cal.lr < 1 / np.median(spread) / 3
+
+
+def quadratic(weights: np.ndarray, curvatures: list[float], seed: int = 0):
+    """L(θ) = 0.7 + ½ Σₖ sₖ (uₖᵀθ)² + 0.01 u₀ᵀθ over a few random directions uₖ: zᵀHz = Σₖ sₖ (uₖᵀz)², spread
+    wide over z when the sₖ are few, and of either sign when they are."""
+    u = np.random.default_rng(seed).normal(size=(len(curvatures), weights.size)) / np.sqrt(weights.size)
+
+    def loss() -> float:
+        t = u @ weights.astype(np.float64)
+        return 0.7 + 0.5 * float(np.dot(curvatures, t**2)) + 0.01 * float(t[0])
+    return loss
+
+
+def test_probes_that_disagree_take_more_rounds_up_to_the_cap_and_leave_theta_as_it_was():
+    weights = np.zeros(1000, np.float32)
+    loss = quadratic(weights, [100.0, -100.0, 80.0, -50.0])
+    binds = [lambda: None] * BATCHES
+    first = calibrate(weights, 3, "rademacher", binds, loss, eps=1e-3, max_probes=16)
+    assert first.probes == 16 and first.forwards == BATCHES + 2 * 16
+    widest = calibrate(weights, 3, "rademacher", binds, loss, eps=1e-3)
+    assert widest.probes == MAX_PROBES and widest.forwards == BATCHES + 2 * MAX_PROBES
+    assert widest.curvature_se < first.curvature_se and not widest.fallback
+    assert calibrate(weights, 3, "rademacher", binds, loss, eps=1e-3) == widest  # the same seed, the same rounds
+    assert not weights.any()
+
+
+def test_probes_that_agree_stop_after_the_first_round():
+    weights = np.zeros(1000, np.float32)
+    loss = quadratic(weights, [1.0] * 200)  # many equal directions: zᵀHz within a few % of its mean for every z
+    cal = calibrate(weights, 3, "rademacher", [lambda: None] * BATCHES, loss, eps=1e-3)
+    assert cal.probes == PROBES and cal.forwards == FORWARDS and cal.curvature_se < CONFIDENCE * cal.curvature
+
+
+def test_a_forward_budget_caps_the_probes_at_a_fifth_of_it():
+    assert probe_cap(0) == MAX_PROBES and probe_cap(60) == PROBES  # no budget; a small one keeps the first round
+    assert probe_cap(300) == 24 and BATCHES + 2 * probe_cap(300) <= 300 / 5
 
 
 def test_the_same_seed_gives_the_same_run(classifier):
@@ -124,7 +174,7 @@ def test_without_the_guard_a_non_finite_loss_ends_the_run_in_one_line(classifier
 
 def test_under_lr_auto_a_rollback_measures_the_curvature_again_where_it_returns(classifier):
     # the calibrated lr is c/zᵀHz at the start; a slice that sharpens as it trains needs a smaller one later
-    tuner = Tuner.from_onnx(classifier["model"], trainable="last:1")
+    tuner = Tuner.from_onnx(classifier["model"], trainable="last:1", head="zo")
     run = TrainingRun(tuner, TrainConfig(steps=100, seed=3), classifier["train"])
     notes = Notes()
     run.note = notes.on_note
@@ -176,7 +226,7 @@ def test_replay_of_an_auto_lr_run_reproduces_the_weights(classifier, tmp_path, c
 
 
 def test_resume_across_a_rollback_continues_bit_for_bit(classifier, tmp_path, kill_and_resume):
-    options = {**HUGE, "lr_adapt": "meazo"}
+    options = {**HUGE, "lr_adapt": "meazo", "head": "zo"}
     straight, whole, _ = fit(classifier, output_dir=tmp_path / "straight", save_every=25, **options)
     assert whole.guard and any(r.rollback is not None and r.step < 25
                                for r in Trajectory.read(tmp_path / "straight" / "run.etlog").records)
