@@ -84,6 +84,8 @@ def test_the_head_slice_keeps_the_token_rows_its_pooled_input_is_made_from(class
     assert on[1].activation_cache["where"] == "file" and on[1].activation_cache["examples_cached"] == 256
     epoch = 256 // BATCH
     assert on[2][-1][1] - on[2][epoch][1] == 0
+    runs = np.diff([r[1] for r in on[2][:epoch]])  # per first-epoch step: 1 (the padded batch) or one per example
+    assert {1, BATCH} <= set(runs.tolist())  # both ways of filling the cache gave these bits
 
 
 def test_a_pooling_that_reads_the_padding_turns_the_cache_off(classifier, tmp_path):

@@ -105,6 +105,9 @@ class LossEngine:
         examples (``batch.examples``), else by running the prefix (and keeping what the cache lacks)."""
         cache = self.activation_cache if batch.examples is not None else None
         length = next(iter(batch.inputs.values())).shape[1]  # the batch's padding, which every input shares
+        if cache is not None and not cache.has_all(batch.examples) and _mostly_padding(cache, batch, length):
+            self._fill_alone(cache, batch)
+            cache = self.activation_cache  # None if its file could not take the rows
         if cache is not None and cache.has_all(batch.examples):
             out = cache.get(batch.examples, length)
             if self._rest is not None:
@@ -116,11 +119,29 @@ class LossEngine:
         if cache is not None:
             try:
                 cache.put(batch.examples, out, length)
-            except CacheFileError as exc:  # a speed-up, not a result: the run goes on, exactly as without it
-                logger.info("activation cache off: %s", exc)
-                self.activation_cache = None
-                cache.close()
+            except CacheFileError as exc:
+                self._cache_failed(cache, exc)
         return out
+
+    def _fill_alone(self, cache: ActivationCache, batch: Batch) -> None:
+        """Run the prefix on each example the cache lacks alone, at its own length: its rows are the bits the
+        padded batch computes at its real positions (what :meth:`attach_cache` checks), without the padding's
+        work (MiniLM on Rotten Tomatoes: 0.71x the CPU of the batch of 8 or 16 padded to its longest)."""
+        plain = replace(batch, examples=None)
+        try:
+            for r, i in enumerate(batch.examples):
+                if not cache.present[i]:
+                    n = int(cache.lengths[i])
+                    rows = self._run_prefix(self._input_feeds(_unpadded(plain.select([r]), n)), self.cached)
+                    cache.put(np.asarray([i]), rows, n)
+        except CacheFileError as exc:
+            self._cache_failed(cache, exc)
+
+    def _cache_failed(self, cache: ActivationCache, exc: CacheFileError) -> None:
+        """A speed-up, not a result: the run goes on, exactly as without the cache."""
+        logger.info("activation cache off: %s", exc)
+        self.activation_cache = None
+        cache.close()
 
     def attach_cache(self, cache: ActivationCache | None, batch: Batch | None = None) -> str | None:
         """Serve training batches from ``cache`` from now on (None detaches), if it is exact on ``batch``; the
@@ -163,6 +184,18 @@ class LossEngine:
                                   self.suffix.run([LOSS_OUTPUT], from_cache)[0]):
                 return "the loss from cached rows differs from the prefix's in the last bit"
         return None
+
+
+# Fill the cache one example at a time when the batch's real tokens are under this share of its padded ones:
+# MiniLM's prefix alone on each example of a Rotten Tomatoes batch (real/padded ~0.6) took 0.71x the CPU of
+# the padded batch, so batching's efficiency is worth ~0.85 of the tokens; with little padding the batch wins.
+ALONE_BELOW = 0.8
+
+
+def _mostly_padding(cache: ActivationCache, batch: Batch, length: int) -> bool:
+    assert batch.examples is not None
+    real = int(cache.lengths[np.unique(batch.examples)].sum())
+    return real < ALONE_BELOW * len(batch.examples) * length
 
 
 def _unpadded(batch: Batch, length: int) -> Batch:
