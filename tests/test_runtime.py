@@ -4,6 +4,7 @@ Built once per session with CMake into a temp dir (the runtime and examples/c on
 through the onnxruntime wheel's own libonnxruntime.so.1.32.0, the library the Python tuner runs. Same bundle,
 ids, seed and flags must give the same per-step losses and projected gradients and a bit-identical tuned slice.
 """
+import ctypes
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import onnxruntime as ort
 import pytest
 from safetensors.numpy import load_file
 
-from models.tiny import make_classifier_bundle, make_lm_bundle
+from models.tiny import LM_PHRASES, make_classifier_bundle, make_lm_bundle, make_sentiment_task, write_jsonl
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,15 +117,12 @@ def _dev_batch(tiny) -> dict[str, np.ndarray]:
             if k in names}
 
 
-def _wordpiece_bundle(tiny, bundle: Path) -> Path:
-    """The tiny bundle with its WordLevel tokenizer.json swapped for a WordPiece one of the same vocabulary (the
-    C++ tokenizer reads WordPiece and byte-level BPE), the manifest's entry updated to match."""
-    import hashlib
-
+def _to_wordpiece(path: Path) -> None:
+    """Rewrite the suite's WordLevel tokenizer.json at path as a WordPiece one of the same vocabulary (the C++
+    tokenizer reads WordPiece and byte-level BPE)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-    shutil.copytree(tiny["bundle"], bundle)
-    vocab = json.loads((bundle / "tokenizer.json").read_text())["model"]["vocab"]
+    vocab = json.loads(path.read_text())["model"]["vocab"]
     tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -132,7 +130,15 @@ def _wordpiece_bundle(tiny, bundle: Path) -> Path:
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-    tok.save(str(bundle / "tokenizer.json"))
+    tok.save(str(path))
+
+
+def _wordpiece_bundle(tiny, bundle: Path) -> Path:
+    """The tiny bundle with its tokenizer.json made WordPiece (_to_wordpiece), the manifest's entry updated to match."""
+    import hashlib
+
+    shutil.copytree(tiny["bundle"], bundle)
+    _to_wordpiece(bundle / "tokenizer.json")
     manifest = json.loads((bundle / "manifest.json").read_text())
     data = (bundle / "tokenizer.json").read_bytes()
     manifest["files"]["tokenizer.json"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -291,3 +297,116 @@ def test_peak_memory_peer_runs(runtime_build, tiny):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "(8 rows x" in proc.stdout
+
+
+# -- text for causal-LM bundles: verbaliser classification and prompt/completion, tokenised in C++ ---------------
+
+
+def _prompt_records() -> list[dict]:
+    """Prompt/completion records cut from the LM phrases at varied characters (mid-word too: a token then holds
+    both sides and is a target), and one whose prompt alone fills max_length (left out by both runtimes)."""
+    rows = []
+    for k, phrase in enumerate(LM_PHRASES * 4):
+        cut = 3 + (5 * k) % (len(phrase) - 4)
+        rows.append({"prompt": phrase[:cut], "completion": phrase[cut:]})
+    return rows + [{"prompt": "one two three " * 60, "completion": "four"}]
+
+
+@pytest.fixture(scope="module")
+def lm_text(tmp_path_factory):
+    """The suite's tiny LM with a WordPiece tokenizer.json and an eos token ([SEP]), bundled with a verbaliser
+    (for sentiment text) and without (for prompt/completion and {"text"} records)."""
+    from edgetune.bundle.build import BundleOptions, bundle
+    from edgetune.config import ModelOptions
+
+    d = tmp_path_factory.mktemp("runtime-lm")
+    paths = make_lm_bundle(d / "src", n_train=16, n_dev=8)
+    _to_wordpiece(paths["tokenizer"])
+    (d / "src" / "tokenizer_config.json").write_text(json.dumps({"eos_token": "[SEP]"}))
+    out = {"sentiment": write_jsonl(d / "sentiment.jsonl", make_sentiment_task(24, 3)),
+           "sentiment_dev": write_jsonl(d / "sentiment_dev.jsonl", make_sentiment_task(16, 4)),
+           "prompts": write_jsonl(d / "prompts.jsonl", _prompt_records()), "text": paths["train"]}
+    for name, extra in (("verbal", {"verbalizer": "negative=bad,positive=good", "template": "{text} it was"}),
+                        ("plain", {})):
+        bundle(BundleOptions(onnx=str(paths["model"]), trainable="last:1", output=d / name,
+                             model=ModelOptions(threads=1, **extra)))
+        out[name] = d / name
+    return out
+
+
+def _c_examples(build: Path, bundle: Path, data: Path) -> tuple[list[tuple[list, list, int]], str]:
+    """(ids, token labels, class) of each example et_runtime_load_jsonl made of data, and its warning ("" if none)."""
+    lib = ctypes.CDLL(str(build / "libedgetune.so"))
+    handle, i64p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
+    lib.et_runtime_open.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.POINTER(handle)]
+    lib.et_runtime_last_error.argtypes, lib.et_runtime_last_error.restype = [handle], ctypes.c_char_p
+    lib.et_runtime_load_jsonl.argtypes = [handle, ctypes.c_int, ctypes.c_char_p]
+    lib.et_runtime_num_examples.argtypes = [handle, ctypes.c_int, ctypes.POINTER(ctypes.c_uint64)]
+    lib.et_runtime_example.argtypes = [handle, ctypes.c_int, ctypes.c_uint64, ctypes.POINTER(i64p), ctypes.POINTER(i64p),
+                                       ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_int64)]
+    lib.et_runtime_free.argtypes = [handle]
+    os.environ["EDGETUNE_ORT_LIBRARY"] = str(ORT_LIBRARY)
+    rt = handle()
+    assert lib.et_runtime_open(str(bundle).encode(), None, ctypes.byref(rt)) == 0, lib.et_runtime_last_error(None)
+    try:
+        assert lib.et_runtime_load_jsonl(rt, 0, str(data).encode()) == 0, lib.et_runtime_last_error(rt)
+        warning = lib.et_runtime_last_error(rt).decode()
+        count, ids, labels, n, cls = ctypes.c_uint64(), i64p(), i64p(), ctypes.c_size_t(), ctypes.c_int64()
+        lib.et_runtime_num_examples(rt, 0, ctypes.byref(count))
+        rows = []
+        for i in range(count.value):
+            assert lib.et_runtime_example(rt, 0, i, ctypes.byref(ids), ctypes.byref(labels), ctypes.byref(n),
+                                          ctypes.byref(cls)) == 0
+            rows.append((ids[:n.value], labels[:n.value] if labels else ids[:n.value], cls.value))
+    finally:
+        lib.et_runtime_free(rt)
+    return rows, warning
+
+
+@pytest.mark.parametrize("bundle,data", [("verbal", "sentiment"), ("plain", "prompts"), ("plain", "text")])
+def test_lm_text_is_encoded_as_python_encodes_it(runtime_build, lm_text, bundle, data):
+    """Token ids, token labels (the verbaliser's word, a completion's tokens by the tokenizer's offsets, eos
+    appended; every token of a {"text"}) and classes from the C++ encoding equal edgetune's; the record whose
+    completion lies beyond max_length is left out by both, the C runtime saying so as tune does."""
+    from edgetune.tuner import Tuner
+
+    rows, warning = _c_examples(runtime_build, lm_text[bundle], lm_text[data])
+    expected = Tuner.from_bundle(lm_text[bundle], threads=1).load_data(lm_text[data])
+    classes = expected.classes if expected.classes is not None else [0] * len(expected)
+    assert rows == [(list(map(int, i)), list(map(int, lab)), int(c))
+                    for i, lab, c in zip(expected.ids, expected.token_labels, classes)]
+    if data == "prompts":
+        assert any(lab[0] == -100 and lab[-1] == 3 for _, lab, _ in rows)  # masked prompts, eos [SEP] a target
+        max_length = json.loads((lm_text[bundle] / "manifest.json").read_text())["tokenizer"]["max_length"]
+        assert warning == (f"warning: {lm_text['prompts']}:{len(_prompt_records())}: completion entirely beyond "
+                           f"max_length {max_length}; 1 example(s) skipped")
+    else:
+        assert warning == ""
+
+
+@pytest.mark.parametrize("bundle,data", [("verbal", "sentiment"), ("plain", "prompts")])
+def test_lm_text_tunes_and_evaluates_as_python(runtime_build, lm_text, tmp_path, bundle, data):
+    """Text JSONL into an LM bundle: the C runtime's curve and tuned slice are tune --bundle's bit for bit, and its
+    evaluation is eval's (a verbaliser's accuracy: argmax over its words' tokens)."""
+    dev = lm_text["sentiment_dev" if bundle == "verbal" else "prompts"]
+    py = run_cli("tune", "--bundle", lm_text[bundle], "--data", lm_text[data], "--eval-data", dev, "--output-dir",
+                 tmp_path / "py", "--steps", 4, "--guard", "off", "--schedule", "constant",
+                 *[x for kv in FLAGS.items() for x in kv])
+    assert py.returncode == 0, py.stderr
+    c = tune_c(runtime_build, lm_text[bundle], lm_text[data], "--eval", dev, "--steps", 4, "--out", tmp_path / "c")
+    assert c.returncode == 0, c.stderr
+    assert_same_run(c.stdout, tmp_path / "py", tmp_path / "c")
+    after = next(line.split() for line in c.stdout.splitlines() if line.startswith("eval after"))
+    metrics = json.loads((tmp_path / "py" / "summary.json").read_text())["result"]["after"]
+    assert float(after[3]) == pytest.approx(metrics["loss"], rel=1e-6)
+    if bundle == "verbal":
+        assert float(after[5]) == metrics["accuracy"]
+
+
+def test_chat_records_are_refused_in_one_line(runtime_build, lm_text, tmp_path):
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                             {"role": "assistant", "content": "the cat"}]}) + "\n")
+    proc = tune_c(runtime_build, lm_text["plain"], data, "--steps", 1)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert f"{data}:1: {{\"messages\"}} records are rendered by the model's Jinja chat template" in proc.stderr

@@ -142,7 +142,9 @@ typedef struct et_metrics {
     uint32_t struct_size;        /* = sizeof(et_metrics); the runtime sets it */
     uint64_t examples;           /* rows evaluated */
     double loss;                 /* mean per-example loss */
-    double accuracy;             /* classify: argmax(logits) == label; lm: NaN */
+    double accuracy;             /* classify: argmax(logits) == label; a verbaliser (lm) bundle: argmax over its
+                                    words' tokens before the word == label; other lm: NaN */
+
 } et_metrics;
 
 /* Defaults; o/p: caller-owned, fully overwritten. */
@@ -166,15 +168,37 @@ ET_API uint32_t et_runtime_num_labels(const et_runtime *rt);
 ET_API const char *et_runtime_label_name(const et_runtime *rt, uint32_t i);
 
 /* Data. ids: borrowed, n token ids as the bundle's tokenizer makes them (special tokens included; cut to
- * the bundle's max_length); label: class index (classify). The runtime copies them. */
+ * the bundle's max_length); label: class index (classify; a verbaliser bundle: the ids end with the class's
+ * word token, the one target, and keep their end). An lm bundle trains on every token. The runtime copies them. */
 ET_API et_status et_runtime_add_example(et_runtime *rt, et_split split, const int64_t *ids, size_t n, int64_t label);
 /* Text through the bundle's tokenizer.json (the C++ tokenizer: WordPiece or byte-level BPE, the ids Hugging
- * Face tokenizers gives), encoded as `edgetune tune` encodes a {"text", "label"} record: special tokens added,
- * cut to the bundle's max_length. classify bundles only. text: borrowed, NUL-terminated UTF-8. */
+ * Face tokenizers gives), encoded as `edgetune tune` encodes the record (edgetune/data/encode.py):
+ *   classify            {"text", "label"}: special tokens added, cut to max_length;
+ *   lm with verbaliser  {"text", "label"}: the template around the text, then the class's word, the one target
+ *                       (the prompt keeps its end within max_length);
+ *   lm                  {"text"}: every token a target (label ignored).
+ * text: borrowed, NUL-terminated UTF-8. */
 ET_API et_status et_runtime_add_text(et_runtime *rt, et_split split, const char *text, int64_t label);
-/* A JSONL file of {"ids": [...], "label": 0 | "name"} or {"text": "...", "label": ...} lines (label by index or
- * by class name). An error names the file and line; examples of lines before it stay added. */
+/* A {"prompt", "completion"} record (lm bundles without a verbaliser): the completion, ended with the bundle's
+ * eos_token, is the target; the tokens that hold any of its characters (by the tokenizer's offsets) and all after
+ * them. ET_ERR_DATA when the completion lies wholly beyond max_length (tune leaves such an example out). */
+ET_API et_status et_runtime_add_prompt(et_runtime *rt, et_split split, const char *prompt, const char *completion);
+/* Token ids with per-token labels (lm bundles; token_labels[i] is ids[i] where the loss counts it, -100 where not),
+ * e.g. a chat conversation as edgetune in Python encodes it (the runtime does not render Jinja chat templates).
+ * token_labels NULL: et_runtime_add_example. Both borrowed, n values each. */
+ET_API et_status et_runtime_add_labelled(et_runtime *rt, et_split split, const int64_t *ids,
+                                         const int64_t *token_labels, size_t n, int64_t label);
+/* A JSONL file, one record a line, of one shape: {"ids": [...]} (with "labels": [...] token labels for an lm
+ * bundle), {"text": "..."} or {"prompt": "...", "completion": "..."}, each with "label": index | "class name" where
+ * the bundle has classes; encoded as above. {"messages"} lines are refused (chat templates are Jinja: give ids and
+ * labels). An error names the file and line; examples of lines before it stay added. On ET_OK,
+ * et_runtime_last_error(rt) is "" or tune's warning naming the prompt/completion lines left out. */
 ET_API et_status et_runtime_load_jsonl(et_runtime *rt, et_split split, const char *path);
+/* Example i of a split as the runtime holds it, encoded and cut: *ids and *token_labels (NULL where the loss takes
+ * every token, or the bundle classifies) borrowed, *n values each, valid until the split changes; *label its class
+ * (0 for a plain lm bundle). ET_ERR_INVALID_ARGUMENT past the end. */
+ET_API et_status et_runtime_example(const et_runtime *rt, et_split split, uint64_t i, const int64_t **ids,
+                                    const int64_t **token_labels, size_t *n, int64_t *label);
 ET_API et_status et_runtime_num_examples(const et_runtime *rt, et_split split, uint64_t *n);
 ET_API et_status et_runtime_clear(et_runtime *rt, et_split split);
 

@@ -106,6 +106,25 @@ void read_arena_layout(const Manifest &m, const json &arena, Bundle &b) {
     }
 }
 
+// What text needs beyond the tokenizer: the verbaliser (its words by class name), the eos token, a chat template.
+void read_text_keys(const Manifest &m, const json &j, Bundle &b) {
+    b.eos_token = m.str_or_empty(j, "eos_token");
+    b.chat_template = !m.str_or_empty(j, "chat_template").empty();
+    if (!j.contains("verbalizer") || j["verbalizer"].is_null()) return;
+    const json &v = j["verbalizer"];
+    const json &words = m.at(v, "words", "an object of class name -> word");
+    const json &ids = m.at(v, "token_ids", "a list of token ids");
+    b.verbalizer_template = m.str(v, "template");
+    if (!words.is_object() || !ids.is_array() || ids.size() != b.labels.size() || b.labels.empty())
+        m.bad("verbalizer", "does not give a word and a token id for each of the bundle's labels");
+    for (size_t c = 0; c < b.labels.size(); ++c) {
+        if (!words.contains(b.labels[c]) || !words[b.labels[c]].is_string() || !ids[c].is_number_integer())
+            m.bad("verbalizer", "has no word or token id for label '" + b.labels[c] + "'");
+        b.verbalizer_words.push_back(words[b.labels[c]].get<std::string>());
+        b.verbalizer_ids.push_back(ids[c].get<int64_t>());
+    }
+}
+
 void read_defaults(const Manifest &m, const json &d, Bundle &b) {
     b.defaults.lr = m.number(d, "lr");
     b.defaults.eps = m.number(d, "eps");
@@ -181,6 +200,7 @@ Bundle read_bundle(const std::string &dir, bool verify) {
             b.labels.push_back(l.get<std::string>());
         }
     }
+    read_text_keys(m, j, b);
     b.trainable = m.str_or_empty(j, "trainable");
     const json &graphs = m.at(j, "graphs", "an object");
     std::string prefix = m.str_or_empty(graphs, "prefix");

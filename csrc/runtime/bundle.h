@@ -30,7 +30,14 @@ struct Defaults {
 struct Bundle {
     std::string dir;
     std::string task;                 // "classify" | "lm"
-    std::vector<std::string> labels;  // class names (empty for lm)
+    std::vector<std::string> labels;  // class names (empty for an lm bundle without a verbaliser)
+    // classification through a causal LM (manifest "verbalizer"): per class (labels' order) its word and the
+    // word's token id (with a leading space), and the prompt template with {text}; empty words: none
+    std::vector<std::string> verbalizer_words;
+    std::vector<int64_t> verbalizer_ids;
+    std::string verbalizer_template;
+    std::string eos_token;       // appended to a completion that does not end with it ("" : none)
+    bool chat_template = false;  // the tokenizer has one: {"messages"} records need it (Python only)
     std::string trainable;
     std::string prefix, suffix, model;  // absolute paths; prefix "" when nothing is frozen before the slice
     std::vector<InputSpec> inputs;      // data inputs in the Python batcher's order

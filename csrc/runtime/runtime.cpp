@@ -51,10 +51,8 @@ struct et_runtime {
     std::unique_ptr<et::tok::Tokenizer> tokenizer;  // loaded at the first text
     std::string error;
 
-    // `text` as `tune` encodes a {"text", "label"} record (edgetune/data/encode.py encode_classification)
-    std::vector<int64_t> encode(const std::string &text, const std::string &where) {
-        if (bundle.task != "classify")
-            fail(ET_ERR_UNSUPPORTED, where + ": text examples need a classify bundle; give an lm bundle token ids");
+    // the bundle's tokenizer.json, loaded at the first text
+    const et::tok::Tokenizer &text_tokenizer() {
         if (bundle.tokenizer_file.empty()) fail(ET_ERR_BUNDLE, bundle.dir + ": the bundle holds no tokenizer.json");
         if (!tokenizer) {
             try {
@@ -63,12 +61,14 @@ struct et_runtime {
                 fail(ET_ERR_BUNDLE, e.what());
             }
         }
-        try {
-            return tokenizer->encode_record(text, (size_t)bundle.max_length);
-        } catch (const et::tok::Error &e) {
-            fail(ET_ERR_DATA, where + ": " + e.what());
-        }
+        return *tokenizer;
     }
+    // text records as `tune` encodes them for this bundle (edgetune/data/encode.py)
+    et::rt::TextEncoder encoder() {
+        return et::rt::TextEncoder(bundle, [this]() -> const et::tok::Tokenizer & { return text_tokenizer(); });
+    }
+    // e (checked and cut as tune cuts) appended to split
+    void add(et_split split, et::rt::Example e, const char *fn);
 };
 
 namespace {
@@ -112,6 +112,29 @@ json params_json(const et_train_params &p) {
             {"warmup", p.warmup}, {"noise", p.noise}};
 }
 
+// Row r's predicted class: argmax of its logits (classify), or, for a verbaliser, argmax over the words' tokens of
+// the logits at the position before the word (Tuner._verbalizer_predictions): its row of token_logits (one row per
+// labelled position, one per example in order) or of logits [rows, length, vocabulary]. Ties: the first.
+int64_t predicted(const et::rt::Bundle &b, const et::rt::Batch &batch, size_t r, const std::vector<float> &logits,
+                  size_t width) {
+    const float *row = logits.data() + r * width;
+    std::vector<int64_t> candidates;
+    if (b.verbalizer_ids.empty()) {
+        for (size_t c = 0; c < width; ++c) candidates.push_back((int64_t)c);
+    } else {
+        candidates = b.verbalizer_ids;
+        if (b.logits_output != "token_logits") {
+            size_t word = 0;  // the one target of row r
+            while (batch.labels[r * batch.length + word] == et::rt::IGNORE_INDEX) ++word;
+            row = logits.data() + (r * batch.length + word - 1) * width;
+        }
+    }
+    size_t best = 0;
+    for (size_t c = 1; c < candidates.size(); ++c)
+        if (row[candidates[c]] > row[candidates[best]]) best = c;
+    return (int64_t)best;
+}
+
 void evaluate(et_runtime *rt, et_split split, et_metrics *m) {
     const et::rt::Examples &set = rt->sets[split];
     if (set.rows.empty()) fail(ET_ERR_DATA, std::string("no ") + (split == ET_SPLIT_TRAIN ? "training" : "evaluation") + " examples to evaluate");
@@ -134,20 +157,15 @@ void evaluate(et_runtime *rt, et_split split, et_metrics *m) {
                 fail(ET_ERR_NONFINITE_LOSS, "the loss on " + set.where[rows[r]] + " is not finite; the model computes "
                                             "non-finite logits (broken weights, or a tuning run that diverged)");
             loss_sum += losses[r];
-            if (classes) {
-                const float *row = logits.data() + r * classes;
-                size_t best = 0;
-                for (size_t c = 1; c < classes; ++c)
-                    if (row[c] > row[best]) best = c;
-                correct += (int64_t)best == set.rows[rows[r]].label;
-            }
+            if (classes) correct += predicted(rt->bundle, batch, r, logits, classes) == set.rows[rows[r]].label;
         }
     }
     et_metrics out{};
     out.struct_size = sizeof(et_metrics);
     out.examples = set.rows.size();
     out.loss = loss_sum / (double)set.rows.size();
-    out.accuracy = rt->bundle.task == "classify" ? (double)correct / (double)set.rows.size() : NAN;
+    const bool classes = rt->bundle.task == "classify" || !rt->bundle.verbalizer_ids.empty();
+    out.accuracy = classes ? (double)correct / (double)set.rows.size() : NAN;
     *m = out;
 }
 
@@ -208,37 +226,60 @@ const char *et_runtime_label_name(const et_runtime *rt, uint32_t i) {
     return rt && i < rt->bundle.labels.size() ? rt->bundle.labels[i].c_str() : nullptr;
 }
 
+void et_runtime::add(et_split split, et::rt::Example e, const char *fn) {
+    if (!valid_split(split)) fail(ET_ERR_INVALID_ARGUMENT, std::string(fn) + ": split is not an et_split");
+    if (split == ET_SPLIT_TRAIN && trainer->done() > 0)
+        fail(ET_ERR_STATE, std::string(fn) + ": the run has taken steps on the training examples; they cannot change now");
+    auto &set = sets[split];
+    const std::string where = "example " + std::to_string(set.rows.size());
+    et::rt::check_example(bundle, e, std::string(fn) + ": " + where);
+    set.where.push_back(where);
+    set.rows.push_back(std::move(e));
+}
+
 et_status et_runtime_add_text(et_runtime *rt, et_split split, const char *text, int64_t label) {
     if (!rt) return ET_ERR_INVALID_ARGUMENT;
-    std::vector<int64_t> ids;
-    et_status s = guarded(rt->error, [&] {
+    return guarded(rt->error, [&] {
         if (!text) fail(ET_ERR_INVALID_ARGUMENT, "et_runtime_add_text: NULL text");
-        ids = rt->encode(text, "example " + std::to_string(valid_split(split) ? rt->sets[split].rows.size() : 0));
-        if (ids.empty()) fail(ET_ERR_DATA, "et_runtime_add_text: the text has no tokens");
+        const size_t classes = rt->bundle.labels.size();
+        if (classes && (label < 0 || (size_t)label >= classes))
+            fail(ET_ERR_DATA, "et_runtime_add_text: label " + std::to_string(label) + " is not below the " +
+                                  std::to_string(classes) + " classes");
+        et::rt::Example e;
+        rt->encoder().text(text, label, "et_runtime_add_text", e);
+        rt->add(split, std::move(e), "et_runtime_add_text");
         return ET_OK;
     });
-    return s != ET_OK ? s : et_runtime_add_example(rt, split, ids.data(), ids.size(), label);
+}
+
+et_status et_runtime_add_prompt(et_runtime *rt, et_split split, const char *prompt, const char *completion) {
+    if (!rt) return ET_ERR_INVALID_ARGUMENT;
+    return guarded(rt->error, [&] {
+        if (!prompt || !completion) fail(ET_ERR_INVALID_ARGUMENT, "et_runtime_add_prompt: NULL prompt or completion");
+        et::rt::Example e;
+        if (!rt->encoder().prompt(prompt, completion, "et_runtime_add_prompt", e))
+            fail(ET_ERR_DATA, "et_runtime_add_prompt: the completion lies entirely beyond max_length " +
+                                  std::to_string(rt->bundle.max_length) + "; nothing of it to train on");
+        rt->add(split, std::move(e), "et_runtime_add_prompt");
+        return ET_OK;
+    });
 }
 
 et_status et_runtime_add_example(et_runtime *rt, et_split split, const int64_t *ids, size_t n, int64_t label) {
+    return et_runtime_add_labelled(rt, split, ids, nullptr, n, label);
+}
+
+et_status et_runtime_add_labelled(et_runtime *rt, et_split split, const int64_t *ids, const int64_t *token_labels,
+                                  size_t n, int64_t label) {
     if (!rt) return ET_ERR_INVALID_ARGUMENT;
     return guarded(rt->error, [&] {
-        if (!valid_split(split)) fail(ET_ERR_INVALID_ARGUMENT, "et_runtime_add_example: split is not an et_split");
         if (!ids || !n) fail(ET_ERR_DATA, "et_runtime_add_example: no token ids");
-        if (split == ET_SPLIT_TRAIN && rt->trainer->done() > 0)
-            fail(ET_ERR_STATE, "et_runtime_add_example: the run has taken steps on the training examples; they cannot change now");
-        const size_t labels = rt->bundle.labels.size();
-        if (labels && (label < 0 || (size_t)label >= labels))
-            fail(ET_ERR_DATA, "et_runtime_add_example: label " + std::to_string(label) + " is not below the " +
-                                  std::to_string(labels) + " classes");
+        if (token_labels && rt->bundle.task != "lm") fail(ET_ERR_DATA, "et_runtime_add_labelled: token labels are for an lm bundle");
         et::rt::Example e;
-        e.ids.assign(ids, ids + std::min<size_t>(n, (size_t)rt->bundle.max_length));
-        for (int64_t id : e.ids)
-            if (id < 0) fail(ET_ERR_DATA, "et_runtime_add_example: negative token id");
+        e.ids.assign(ids, ids + n);
+        if (token_labels) e.token_labels.assign(token_labels, token_labels + n);
         e.label = label;
-        auto &set = rt->sets[split];
-        set.where.push_back("example " + std::to_string(set.rows.size()));
-        set.rows.push_back(std::move(e));
+        rt->add(split, std::move(e), "et_runtime_add_example");
         return ET_OK;
     });
 }
@@ -249,11 +290,29 @@ et_status et_runtime_load_jsonl(et_runtime *rt, et_split split, const char *path
         if (!valid_split(split) || !path) fail(ET_ERR_INVALID_ARGUMENT, "et_runtime_load_jsonl: bad split or NULL path");
         if (split == ET_SPLIT_TRAIN && rt->trainer->done() > 0)
             fail(ET_ERR_STATE, "et_runtime_load_jsonl: the run has taken steps on the training examples; they cannot change now");
-        et::rt::load_jsonl(path, rt->bundle.labels, rt->bundle.max_length,
-                           [rt](const std::string &text, const std::string &where) { return rt->encode(text, where); },
-                           rt->sets[split]);
+        std::vector<std::string> skipped;
+        et::rt::load_jsonl(path, rt->bundle, rt->encoder(), rt->sets[split], skipped);
+        if (!skipped.empty()) {  // left out as tune leaves them out; the warning is tune's, in last_error
+            std::string shown;
+            for (size_t i = 0; i < std::min<size_t>(3, skipped.size()); ++i) shown += (i ? ", " : "") + skipped[i];
+            if (skipped.size() > 3) shown += " and " + std::to_string(skipped.size() - 3) + " more";
+            rt->error = "warning: " + shown + ": completion entirely beyond max_length " +
+                        std::to_string(rt->bundle.max_length) + "; " + std::to_string(skipped.size()) + " example(s) skipped";
+        }
         return ET_OK;
     });
+}
+
+et_status et_runtime_example(const et_runtime *rt, et_split split, uint64_t i, const int64_t **ids,
+                             const int64_t **token_labels, size_t *n, int64_t *label) {
+    if (!rt || !valid_split(split) || !ids || !token_labels || !n || !label || i >= rt->sets[split].rows.size())
+        return ET_ERR_INVALID_ARGUMENT;
+    const et::rt::Example &e = rt->sets[split].rows[i];
+    *ids = e.ids.data();
+    *token_labels = e.token_labels.empty() ? nullptr : e.token_labels.data();
+    *n = e.ids.size();
+    *label = e.label;
+    return ET_OK;
 }
 
 et_status et_runtime_num_examples(const et_runtime *rt, et_split split, uint64_t *n) {

@@ -184,7 +184,9 @@ void Engine::evaluate(const Batch &batch, std::vector<float> &losses, std::vecto
         in_values.push_back(arena_values_[i].get());
     }
     std::vector<const char *> out_names = {b_.loss_output.c_str()};
-    const bool with_logits = !b_.logits_output.empty() && b_.task == "classify";
+    // the logits give the class: a classifier's, or a verbaliser's words' at the position before the word
+    const bool with_logits = !b_.logits_output.empty() && (b_.task == "classify" || !b_.verbalizer_ids.empty());
+
     if (with_logits) out_names.push_back(b_.logits_output.c_str());
     std::vector<OrtValue *> outs(out_names.size(), nullptr);
     ort_.check(api->Run(suffix_, nullptr, in_names.data(), in_values.data(), in_names.size(), out_names.data(),
