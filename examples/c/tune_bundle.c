@@ -5,8 +5,8 @@
  *               [--weight-decay X] [--threads N]
  *               [--ort LIBONNXRUNTIME] [--resume FILE] [--checkpoint FILE] [--stop-after N]
  *
- * JSONL lines: {"text": "...", "label": "name" | 0} (tokenised from the bundle's tokenizer.json) or
- * {"ids": [101, ...], "label": ...}. Prints one "step T loss L" line per step (the
+ * JSONL lines: {"text": "...", "label": "name" | 0} (tokenised from the bundle's tokenizer.json; a causal-LM
+ * bundle also takes {"text"} and {"prompt", "completion"}, docs/runtime.md) or {"ids": [101, ...], "label": ...}. Prints one "step T loss L" line per step (the
  * curve), the evaluation before and after, and saves DIR/model.onnx + DIR/trainable.safetensors.
  * Exit status: 0 done, 1 an error (one "tune_bundle: error: ..." line on stderr), 2 bad arguments. */
 #include <stdio.h>
@@ -106,6 +106,7 @@ int main(int argc, char **argv) {
         }
     }
     if (et_runtime_load_jsonl(rt, ET_SPLIT_TRAIN, argv[2]) != ET_OK) return fail(rt, "training data");
+    if (*et_runtime_last_error(rt)) fprintf(stderr, "tune_bundle: %s\n", et_runtime_last_error(rt));  /* lines left out */
     if (eval && et_runtime_load_jsonl(rt, ET_SPLIT_EVAL, eval) != ET_OK) return fail(rt, "evaluation data");
     if (resume && et_runtime_resume(rt, resume) != ET_OK) return fail(rt, "resume");
     if (eval && evaluate(rt, "before") != 0) return fail(rt, "evaluation");
