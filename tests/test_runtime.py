@@ -20,7 +20,7 @@ from models.tiny import LM_PHRASES, make_classifier_bundle, make_lm_bundle, make
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS = {"--lr": "1e-3", "--eps": "1e-3", "--seed": "0", "--batch-size": "8", "--threads": "1"}
+FLAGS = {"--lr": "1e-3", "--eps": "1e-3", "--seed": "0", "--batch-size": "8", "--threads": "1", "--guard": "off"}
 ORT_LIBRARY = Path(ort.__file__).parent / "capi" / f"libonnxruntime.so.{ort.__version__}"
 
 
@@ -82,7 +82,7 @@ def assert_same_run(c_stdout: str, py_dir: Path, c_dir: Path) -> None:
     is the Python one, bit for bit."""
     records = [json.loads(line) for line in (py_dir / "steps.jsonl").read_text().splitlines()]
     assert curve(c_stdout) == [(r["step"], float(np.float32(r["loss"])), float(np.float32(r["grads"][0])))
-                               for r in records]
+                               for r in records if "rollback" not in r]  # the guard's undo records: no step line
     assert same_bits(load_file(c_dir / "trainable.safetensors"), load_file(py_dir / "trainable.safetensors"))
 
 
@@ -92,7 +92,7 @@ def test_c_runtime_reproduces_python_tune_on_a_bundle(runtime_build, tiny, tmp_p
     """examples/c vs `edgetune tune --bundle`: the same curve, bit for bit, and the same tuned slice."""
     steps = 6
     py = run_cli("tune", "--bundle", tiny["bundle"], "--data", tiny["train"], "--output-dir", tmp_path / "py",
-                 "--steps", steps, "--guard", "off", "--schedule", schedule, "--queries", queries, *extra,
+                 "--steps", steps, "--schedule", schedule, "--queries", queries, *extra,
                  *[x for kv in FLAGS.items() for x in kv])
     assert py.returncode == 0, py.stderr
     c = tune_c(runtime_build, tiny["bundle"], tiny["train_ids"], "--steps", steps, "--schedule", schedule,
@@ -152,7 +152,7 @@ def test_text_examples_through_the_cpp_tokenizer_reproduce_python(runtime_build,
     Hugging Face tokenizer reads the same file."""
     bundle = _wordpiece_bundle(tiny, tmp_path / "bundle")
     py = run_cli("tune", "--bundle", bundle, "--data", tiny["train"], "--output-dir", tmp_path / "py", "--steps", 4,
-                 "--guard", "off", "--schedule", "constant", *[x for kv in FLAGS.items() for x in kv])
+                 "--schedule", "constant", *[x for kv in FLAGS.items() for x in kv])
     assert py.returncode == 0, py.stderr
     c = tune_c(runtime_build, bundle, tiny["train"], "--steps", 4, "--out", tmp_path / "c")
     assert c.returncode == 0, c.stderr
@@ -173,7 +173,7 @@ def test_a_language_model_bundle_from_token_ids_reproduces_python(runtime_build,
     ids = tmp_path / "train_ids.jsonl"
     ids.write_text("".join(json.dumps({"ids": [int(i) for i in row]}) + "\n" for row in data.ids))
     py = run_cli("tune", "--bundle", tmp_path / "bundle", "--data", paths["train"], "--output-dir", tmp_path / "py",
-                 "--steps", 4, "--guard", "off", "--schedule", "constant", *[x for kv in FLAGS.items() for x in kv])
+                 "--steps", 4, "--schedule", "constant", *[x for kv in FLAGS.items() for x in kv])
     assert py.returncode == 0, py.stderr
     c = tune_c(runtime_build, tmp_path / "bundle", ids, "--steps", 4, "--out", tmp_path / "c")
     assert c.returncode == 0, c.stderr
@@ -189,7 +189,7 @@ def test_a_static_shape_bundle_reproduces_python(runtime_build, tiny, tmp_path):
     bundle(BundleOptions(onnx=str(tiny["model"]), trainable="last:1", output=tmp_path / "bundle", batch_size=8,
                          model=ModelOptions(threads=1, max_length=32)))
     py = run_cli("tune", "--bundle", tmp_path / "bundle", "--data", tiny["train"], "--eval-data", tiny["dev"],
-                 "--output-dir", tmp_path / "py", "--steps", 4, "--guard", "off", "--schedule", "constant",
+                 "--output-dir", tmp_path / "py", "--steps", 4, "--schedule", "constant",
                  *[x for kv in FLAGS.items() for x in kv])
     assert py.returncode == 0, py.stderr
     c = tune_c(runtime_build, tmp_path / "bundle", tiny["train_ids"], "--eval", tiny["dev_ids"], "--steps", 4,
@@ -277,7 +277,7 @@ def test_a_bad_jsonl_line_names_the_file_and_line(runtime_build, tiny, tmp_path)
 def test_a_non_finite_loss_stops_as_the_python_tuner_does(runtime_build, tiny, tmp_path):
     """lr 1e30 blows the head up: both runtimes stop at the same step with the same examples named."""
     py = run_cli("tune", "--bundle", tiny["bundle"], "--data", tiny["train"], "--output-dir", tmp_path / "py",
-                 "--steps", 50, "--guard", "off", "--schedule", "constant",
+                 "--steps", 50, "--schedule", "constant",
                  *[x for kv in {**FLAGS, "--lr": "1e30"}.items() for x in kv])
     c = tune_c(runtime_build, tiny["bundle"], tiny["train_ids"], "--steps", 50, "--lr", "1e30",
                "--checkpoint", tmp_path / "unused")
@@ -297,6 +297,146 @@ def test_peak_memory_peer_runs(runtime_build, tiny):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "(8 rows x" in proc.stdout
+
+
+# -- lr auto, the guard and keep-best: the C runtime decides as the Python tuner does -------------------------------
+
+NOTES = ("lr auto:", "guard:", "kept best:")
+
+
+@pytest.mark.parametrize("lr,steps,extra,expect", [
+    ("auto", 30, (), "calibrated"),  # lr auto, the guard watching
+    ("auto", 300, ("--batch-size", 2, "--seed", 5, "--schedule", "linear"), "remeasured"),  # rollbacks under lr auto
+    ("3", 30, (), "rolled back"),  # a huge lr: the guard rolls back and halves it
+    ("30", 60, (), "kept best"),  # past its 8 rollbacks the run ends worse than it began
+])
+def test_lr_auto_guard_and_keep_best_reproduce_python(runtime_build, tiny, tmp_path, lr, steps, extra, expect):
+    """Guard on: the same calibrated lr, the same rollbacks (lines included), the same kept state, bit for bit."""
+    flags = {**FLAGS, "--lr": lr, "--guard": "on"}
+    py = run_cli("tune", "--bundle", tiny["bundle"], "--data", tiny["train"], "--output-dir", tmp_path / "py",
+                 "--steps", steps, *[x for kv in flags.items() for x in kv], *extra)
+    assert py.returncode == 0, py.stderr
+    c = tune_c(runtime_build, tiny["bundle"], tiny["train_ids"], "--steps", steps, "--lr", lr, "--guard", "on", *extra,
+               "--out", tmp_path / "c")
+    assert c.returncode == 0, c.stderr
+    assert_same_run(c.stdout, tmp_path / "py", tmp_path / "c")
+    result = json.loads((tmp_path / "py" / "summary.json").read_text())["result"]
+    notes = [line for line in c.stdout.splitlines() if line.startswith(NOTES)]
+    summary = next(line.split() for line in c.stdout.splitlines() if line.startswith("summary "))
+    assert [n for n in notes if n.startswith("guard:")] == result["guard"]
+    calibration = result["calibration"]
+    assert (notes[0] == f"lr auto: {calibration['lr']:.4g} from zᵀHz {calibration['curvature']:.3g} "
+                        f"({calibration['probes']} probes), eps 0.001") if calibration else not notes[0].startswith("lr")
+    assert float(summary[2]) == (calibration["lr"] if calibration else float(lr))  # %.17g: the double itself
+    kept = [n for n in notes if n.startswith("kept best:")]
+    assert summary[-1] == result["kept"] and len(kept) == (result["kept"] == "best")
+    if kept:
+        assert f"kept θ before step {result['best_step']} " in kept[0]
+    # the calibration's forwards count: the run's forwards are Python's (its undo records take none)
+    assert f"trained {result['steps']} steps" in c.stdout or result["kept"] == "best"
+    assert f", {result['forward_passes']} forwards" in c.stdout
+    checks = {"calibrated": calibration and not result["guard"], "remeasured": "(zᵀHz here " in " ".join(result["guard"]),
+              "rolled back": result["guard"] and not calibration, "kept best": kept}
+    assert checks[expect]
+
+
+def test_a_guarded_run_resumes_bit_identically(runtime_build, tiny, tmp_path):
+    """A checkpoint between rollbacks holds the guard, the lr scale and the undo terms: the run goes on as if whole."""
+    run = lambda *args: tune_c(runtime_build, tiny["bundle"], tiny["train_ids"], "--steps", 30, "--lr", "3",  # noqa: E731
+                               "--guard", "on", *args)
+    whole, first = run("--out", tmp_path / "whole"), run("--stop-after", 12, "--checkpoint", tmp_path / "ck")
+    rest = run("--resume", tmp_path / "ck", "--out", tmp_path / "resumed")
+    for proc in (whole, first, rest):
+        assert proc.returncode == 0, proc.stderr
+    guard = lambda out: [line for line in out.splitlines() if line.startswith("guard:")]  # noqa: E731
+    assert guard(first.stdout) and guard(rest.stdout) and guard(first.stdout) + guard(rest.stdout) == guard(whole.stdout)
+    assert curve(first.stdout) + curve(rest.stdout) == curve(whole.stdout)
+    assert same_bits(load_file(tmp_path / "whole" / "trainable.safetensors"),
+                     load_file(tmp_path / "resumed" / "trainable.safetensors"))
+
+
+class _Options(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint32), ("threads", ctypes.c_int32), ("ort_library", ctypes.c_char_p),
+                ("verify_sha256", ctypes.c_int32)]
+
+
+class _TrainParams(ctypes.Structure):  # edgetune_runtime.h's et_train_params
+    _fields_ = [("struct_size", ctypes.c_uint32), ("steps", ctypes.c_uint64), ("seed", ctypes.c_uint64),
+                ("batch_size", ctypes.c_uint32), ("queries", ctypes.c_uint32), ("lr", ctypes.c_double),
+                ("eps", ctypes.c_double), ("weight_decay", ctypes.c_double), ("schedule", ctypes.c_int32),
+                ("warmup", ctypes.c_uint32), ("noise", ctypes.c_int32), ("progress", ctypes.c_void_p),
+                ("user", ctypes.c_void_p), ("cancel", ctypes.c_void_p), ("lr_auto", ctypes.c_int32),
+                ("eps_auto", ctypes.c_int32), ("guard", ctypes.c_int32), ("note", ctypes.c_void_p),
+                ("note_user", ctypes.c_void_p)]
+
+
+class _Summary(ctypes.Structure):  # et_run_summary
+    _fields_ = [("struct_size", ctypes.c_uint32), ("lr", ctypes.c_double), ("eps", ctypes.c_double),
+                ("calibrated", ctypes.c_int32), ("fallback", ctypes.c_int32), ("curvature", ctypes.c_double),
+                ("calibration_loss", ctypes.c_double), ("loss_noise", ctypes.c_double), ("grad_rms", ctypes.c_double),
+                ("probes", ctypes.c_uint32), ("calibration_forwards", ctypes.c_uint64), ("rollbacks", ctypes.c_uint32),
+                ("lr_scale", ctypes.c_double), ("kept_best", ctypes.c_int32), ("best_step", ctypes.c_uint64),
+                ("notes", ctypes.c_uint32)]
+
+
+INVALID_ARGUMENT = -1
+
+
+def test_misuse_of_the_c_api_returns_the_documented_status(runtime_build, tiny):
+    """NULL handles and pointers, and a struct_size too small or too large, are ET_ERR_INVALID_ARGUMENT with a
+    message; a caller of the struct before lr auto (ET_TRAIN_PARAMS_V1_SIZE) still trains, with a numeric lr and
+    no guard; the defaults carry the bundle's lr "auto" and the guard."""
+    lib = ctypes.CDLL(str(runtime_build / "libedgetune.so"))
+    handle, ref = ctypes.c_void_p, ctypes.byref
+    lib.et_runtime_open.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.POINTER(handle)]
+    lib.et_runtime_last_error.argtypes, lib.et_runtime_last_error.restype = [handle], ctypes.c_char_p
+    lib.et_runtime_notes.argtypes, lib.et_runtime_notes.restype = [handle], ctypes.c_char_p
+    for name in ("et_runtime_train", "et_runtime_set_train_params", "et_runtime_summary", "et_runtime_step",
+                 "et_runtime_default_train_params", "et_runtime_free", "et_runtime_load_jsonl", "et_runtime_evaluate"):
+        getattr(lib, name).argtypes = [handle, ctypes.c_void_p, ctypes.c_void_p][:{"et_runtime_free": 1,
+                                        "et_runtime_step": 2, "et_runtime_summary": 2,
+                                        "et_runtime_default_train_params": 2, "et_runtime_set_train_params": 2}.get(name, 3)]
+    lib.et_runtime_load_jsonl.argtypes = [handle, ctypes.c_int, ctypes.c_char_p]
+    lib.et_runtime_evaluate.argtypes = [handle, ctypes.c_int, ctypes.c_void_p]
+    options = _Options()
+    lib.et_runtime_default_options(ref(options))
+    options.ort_library = str(ORT_LIBRARY).encode()
+    rt = handle()
+    assert lib.et_runtime_open(None, ref(options), ref(rt)) == INVALID_ARGUMENT and not rt.value
+    assert b"must not be NULL" in lib.et_runtime_last_error(None)
+    assert lib.et_runtime_open(str(tiny["bundle"]).encode(), ref(options), None) == INVALID_ARGUMENT
+    for size in (4, ctypes.sizeof(_Options) + 8):
+        bad = _Options.from_buffer_copy(options)
+        bad.struct_size = size
+        assert lib.et_runtime_open(str(tiny["bundle"]).encode(), ref(bad), ref(rt)) == INVALID_ARGUMENT
+    assert lib.et_runtime_open(str(tiny["bundle"]).encode(), ref(options), ref(rt)) == 0, lib.et_runtime_last_error(None)
+    try:
+        params, summary = _TrainParams(), _Summary()
+        lib.et_runtime_default_train_params(rt, ref(params))
+        assert params.struct_size == ctypes.sizeof(_TrainParams)  # the layout above is the header's
+        assert (params.lr_auto, params.eps_auto, params.guard) == (1, 0, 1)  # the bundle says lr "auto"
+        for call in (lambda: lib.et_runtime_train(None, ref(params), None), lambda: lib.et_runtime_step(None, None),
+                     lambda: lib.et_runtime_summary(None, ref(summary)), lambda: lib.et_runtime_set_train_params(rt, None),
+                     lambda: lib.et_runtime_train(rt, None, None), lambda: lib.et_runtime_evaluate(rt, 0, None),
+                     lambda: lib.et_runtime_summary(rt, None), lambda: lib.et_runtime_summary(rt, ref(summary))):
+            assert call() == INVALID_ARGUMENT  # the summary's struct_size is the caller's to set: 0 here
+        assert lib.et_runtime_notes(None) == b""
+        assert lib.et_runtime_load_jsonl(rt, 0, str(tiny["train_ids"]).encode()) == 0
+        params.steps, params.batch_size = 3, 8
+        for size in (8, _TrainParams.lr_auto.offset - 8, ctypes.sizeof(_TrainParams) + 8):
+            params.struct_size = size
+            assert lib.et_runtime_train(rt, ref(params), None) == INVALID_ARGUMENT
+            assert b"struct_size" in lib.et_runtime_last_error(rt)
+        params.struct_size = _TrainParams.lr_auto.offset  # ET_TRAIN_PARAMS_V1_SIZE: its fields only
+        params.lr, params.eps = 1e-3, 1e-3
+        assert lib.et_runtime_train(rt, ref(params), None) == 0, lib.et_runtime_last_error(rt)
+        summary.struct_size = ctypes.sizeof(_Summary)
+        assert lib.et_runtime_summary(rt, ref(summary)) == 0
+        assert summary.lr == 1e-3 and not summary.calibrated and summary.lr_scale == 1.0 and not summary.kept_best
+        assert lib.et_runtime_notes(rt) == b""
+    finally:
+        lib.et_runtime_free(rt)
+    lib.et_runtime_free(None)  # a no-op
 
 
 # -- text for causal-LM bundles: verbaliser classification and prompt/completion, tokenised in C++ ---------------
@@ -390,7 +530,7 @@ def test_lm_text_tunes_and_evaluates_as_python(runtime_build, lm_text, tmp_path,
     evaluation is eval's (a verbaliser's accuracy: argmax over its words' tokens)."""
     dev = lm_text["sentiment_dev" if bundle == "verbal" else "prompts"]
     py = run_cli("tune", "--bundle", lm_text[bundle], "--data", lm_text[data], "--eval-data", dev, "--output-dir",
-                 tmp_path / "py", "--steps", 4, "--guard", "off", "--schedule", "constant",
+                 tmp_path / "py", "--steps", 4, "--schedule", "constant",
                  *[x for kv in FLAGS.items() for x in kv])
     assert py.returncode == 0, py.stderr
     c = tune_c(runtime_build, lm_text[bundle], lm_text[data], "--eval", dev, "--steps", 4, "--out", tmp_path / "c")

@@ -202,6 +202,8 @@ def test_java_binding_tunes_like_the_c_example(bundle, host_build, host_ort, x86
     # the run: cancelled at 10 from another thread, stopped at 20 by the listener, thrown at 30, finished
     assert line["cancelled"] == "true 10" and line["stopped"] == "true 20" and line["thrown"] == "30"
     assert line["finished"] == f"false {STEPS} {2 * STEPS}" and line["next"] == "none" and "closed" in text
+    # the bundle's defaults are tune's (lr auto, the guard on); this run's numeric lr, which the guard never cut
+    assert line["defaults"] == "lrAuto true guard true" and line["summary"] == f"{float(JAVA_LR)} 0 false 0"
 
     c_out, c_losses, c_evals = x86_java_run
     steps = re.findall(r"^step (\d+) ([0-9a-f]+) ([0-9a-f]+) ([0-9a-f]+) 1 1$", text, re.M)

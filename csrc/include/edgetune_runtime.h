@@ -52,9 +52,28 @@
  *   - A batch's loss: double acc = 0; for each row acc += (double)loss[row]; (float)(acc / n).
  *   - Schedules: constant, linear (to 0 at `steps`, after `warmup`), spall (Spall's gains), exactly as
  *     edgetune/zo/schedules.py evaluates them, in double, cast to float once per step.
- *   - A non-finite loss stops the run with ET_ERR_NONFINITE_LOSS (as the Python tuner, which stops
- *     with an error): the weights are restored to the clean ones of that step, the message names the
+ *   - A non-finite loss with the guard off stops the run with ET_ERR_NONFINITE_LOSS (as the Python tuner
+ *     with --guard off): the weights are restored to the clean ones of that step, the message names the
  *     step and the examples of its batch, and the run may go on (et_runtime_step retries that step).
+ *
+ * lr auto (et_train_params.lr_auto, edgetune/zo/calibrate.py)
+ *   - Before step 0: curvature probes zᵀHz = (L(θ+hz) + L(θ−hz) − 2L(θ))/h² on 4 batches of a stream of
+ *     their own (seeds from the run's seed), in rounds of 8 while the mean is uncertain (at most 32);
+ *     lr = 0.05 / (mean + 2 standard errors), clamped, with the same fallbacks as Python. eps_auto picks
+ *     eps from the same probes. θ is restored bit for bit. The probes' forwards count in the run's.
+ *
+ * The guard (et_train_params.guard, edgetune/zo/guard.py and loop.py)
+ *   - An EMA of the step losses against its best; a rise past a noise-based threshold for 10 steps (2 when
+ *     far above) rolls θ back to the best state by undo passes (the negated coefficients of each step since,
+ *     no weight copy; each undo takes a step index, so steps_done may grow past the steps reported) and
+ *     halves lr (under lr auto, no larger than the curvature measured again there). A non-finite loss is
+ *     answered the same way; once the 8 rollbacks are spent, ET_ERR_NONFINITE_LOSS as above. Weight decay
+ *     has no undo: lr halves only.
+ *   - Keep-best: a run that took all its steps and ended worse than it began (smoothed training loss above
+ *     the first by more than the threshold) goes back to its best state; the status stays ET_OK and the
+ *     note "kept best: ..." and et_run_summary.kept_best say so.
+ *   - Every such line ("lr auto: ...", "guard: ...", "kept best: ...", the Python tuner's words) goes to
+ *     et_train_params.note and et_runtime_notes.
  */
 #ifndef EDGETUNE_RUNTIME_H
 #define EDGETUNE_RUNTIME_H
@@ -111,6 +130,10 @@ typedef struct et_step_record {
 
 /* Called after every step on the training thread; return non-zero to stop the run (ET_CANCELLED). */
 typedef int32_t (*et_progress_fn)(const et_step_record *record, void *user);
+/* Called on the training thread with each line the run has to say, as `edgetune tune` prints them: the
+ * calibrated lr ("lr auto: ..."), a guard's rollback ("guard: ..."), the best state kept ("kept best: ...").
+ * line: valid during the call only. */
+typedef void (*et_note_fn)(const char *line, void *user);
 
 typedef struct et_train_params {
     uint32_t struct_size;        /* = sizeof(et_train_params); set by et_runtime_default_train_params */
@@ -118,9 +141,9 @@ typedef struct et_train_params {
     uint64_t seed;               /* noise and batch order; manifest default */
     uint32_t batch_size;         /* rows per step (capped to the training examples); manifest default */
     uint32_t queries;            /* q, 1..ET_RUNTIME_MAX_QUERIES; manifest default */
-    double lr;                   /* base learning rate; manifest default (a number: no "auto" here). double, as
+    double lr;                   /* base learning rate (ignored under lr_auto); manifest default. double, as
                                     Python's: a schedule computes in double and rounds to float once per step */
-    double eps;                  /* perturbation scale, > 0; manifest default */
+    double eps;                  /* perturbation scale, > 0 (ignored under eps_auto); manifest default */
     double weight_decay;         /* decoupled, once per step (default 0) */
     int32_t schedule;            /* et_schedule (default ET_SCHEDULE_CONSTANT) */
     uint32_t warmup;             /* linear warm-up steps of the lr (default 0) */
@@ -128,12 +151,24 @@ typedef struct et_train_params {
     et_progress_fn progress;     /* may be NULL */
     void *user;                  /* handed to progress as is */
     const volatile int32_t *cancel;  /* may be NULL; read before each step (any thread may set it) */
+    /* Since the guard (struct_size = sizeof(et_train_params)). A caller built against the older struct passes
+     * struct_size = ET_TRAIN_PARAMS_V1_SIZE and gets lr_auto = eps_auto = guard = 0, note = NULL: its run is
+     * the one it had. */
+    int32_t lr_auto;             /* 1: lr measured before step 0 by curvature probes (`--lr auto`, see "lr auto"
+                                    above); `lr` is then ignored. Default: the manifest's ("auto" -> 1) */
+    int32_t eps_auto;            /* 1: eps measured by the same probes (`--eps auto`); default: the manifest's */
+    int32_t guard;               /* 1: the guard and keep-best (`--guard on`, see "The guard" above); default 1 */
+    et_note_fn note;             /* may be NULL */
+    void *note_user;             /* handed to note as is */
 } et_train_params;
+
+/* struct_size of et_train_params before lr_auto/eps_auto/guard/note (still accepted, see above) */
+#define ET_TRAIN_PARAMS_V1_SIZE offsetof(et_train_params, lr_auto)
 
 typedef struct et_train_result {
     uint32_t struct_size;        /* = sizeof(et_train_result); the runtime sets it */
     uint64_t steps_done;         /* completed steps of the run (resumed ones included) */
-    uint64_t forwards;           /* suffix forwards of the run */
+    uint64_t forwards;           /* suffix forwards of the run (lr auto's probes included) */
     float last_loss;             /* the last step's record.loss (NaN before any step) */
     int32_t cancelled;           /* 1 when the cancel flag or the callback stopped it */
 } et_train_result;
@@ -144,8 +179,28 @@ typedef struct et_metrics {
     double loss;                 /* mean per-example loss */
     double accuracy;             /* classify: argmax(logits) == label; a verbaliser (lm) bundle: argmax over its
                                     words' tokens before the word == label; other lm: NaN */
-
 } et_metrics;
+
+/* What the run measured and did (summary.json's calibration / guard / kept of `edgetune tune`). */
+typedef struct et_run_summary {
+    uint32_t struct_size;        /* the CALLER sets it: = sizeof(et_run_summary) */
+    double lr;                   /* the run's base lr and eps: the calibrated ones under lr/eps auto */
+    double eps;
+    int32_t calibrated;          /* 1: lr/eps auto measured them; the calibration fields are set */
+    int32_t fallback;            /* 1: zᵀHz was not usable: lr from the gradient scale (calibrate.py) */
+    double curvature;            /* median zᵀHz over the probes */
+    double calibration_loss;     /* mean loss and its spread across the calibration batches */
+    double loss_noise;
+    double grad_rms;             /* RMS of the probes' projected gradients */
+    uint32_t probes;
+    uint64_t calibration_forwards;  /* the probes' suffix forwards (in et_train_result.forwards too), the
+                                       re-measures after rollbacks under lr auto included */
+    uint32_t rollbacks;          /* the guard's actions (rollbacks, lr halvings, non-finite recoveries) */
+    double lr_scale;             /* the guard's factor on lr now (1, 0.5, ...) */
+    int32_t kept_best;           /* 1: the run ended worse than it began; θ went back to before best_step */
+    uint64_t best_step;
+    uint32_t notes;              /* lines in et_runtime_notes */
+} et_run_summary;
 
 /* Defaults; o/p: caller-owned, fully overwritten. */
 ET_API void et_runtime_default_options(et_runtime_options *o);
@@ -212,6 +267,11 @@ ET_API et_status et_runtime_set_train_params(et_runtime *rt, const et_train_para
 ET_API et_status et_runtime_step(et_runtime *rt, et_step_record *record);
 ET_API et_status et_runtime_train(et_runtime *rt, const et_train_params *p, et_train_result *result);
 ET_API et_status et_runtime_steps_done(const et_runtime *rt, uint64_t *steps);
+/* The run's summary (s->struct_size set by the caller; ET_ERR_INVALID_ARGUMENT when it is not
+ * sizeof(et_run_summary)), and its note lines so far, '\n'-separated ("" when none; valid until the next
+ * call on rt, never free). */
+ET_API et_status et_runtime_summary(const et_runtime *rt, et_run_summary *s);
+ET_API const char *et_runtime_notes(const et_runtime *rt);
 
 /* Mean per-example loss (and accuracy) of a split at the current weights, in example order, in batches of 64
  * rows as Tuner.evaluate (a static-shape bundle: its batch, the last one filled and the filler not counted).

@@ -32,8 +32,9 @@ struct Handle {
 struct Ids {
     jclass exception, step_record, train_result, metrics, train_params, string;
     jmethodID exception_ctor, step_record_ctor, train_result_ctor, metrics_ctor, train_params_ctor;
-    jmethodID on_step, ordinal;
+    jmethodID on_step, on_note, ordinal;
     jfieldID p_steps, p_seed, p_batch, p_queries, p_lr, p_eps, p_wd, p_schedule, p_warmup, p_noise;
+    jfieldID p_lr_auto, p_eps_auto, p_guard;
 } ids;
 
 Handle *handle_of(jlong h) { return reinterpret_cast<Handle *>(static_cast<intptr_t>(h)); }
@@ -179,6 +180,9 @@ bool read_params(JNIEnv *env, jlong h, jobject jp, et_train_params &p) {
     p.eps = env->GetDoubleField(jp, ids.p_eps);
     p.weight_decay = env->GetDoubleField(jp, ids.p_wd);
     p.warmup = static_cast<uint32_t>(env->GetIntField(jp, ids.p_warmup));
+    p.lr_auto = env->GetBooleanField(jp, ids.p_lr_auto) ? 1 : 0;
+    p.eps_auto = env->GetBooleanField(jp, ids.p_eps_auto) ? 1 : 0;
+    p.guard = env->GetBooleanField(jp, ids.p_guard) ? 1 : 0;
     p.schedule = ordinal(env, jp, ids.p_schedule);
     if (env->ExceptionCheck()) return false;
     p.noise = ordinal(env, jp, ids.p_noise);
@@ -194,12 +198,25 @@ struct Progress {
 int32_t on_step(const et_step_record *r, void *user) {
     auto *p = static_cast<Progress *>(user);
     JNIEnv *env = p->env;
+    if (env->ExceptionCheck()) return 1;  // onNote threw: stop, the exception comes out of train()
     jobject rec = make_record(env, *r);
     if (!rec) return 1;  // OutOfMemoryError pending: stop
     const jboolean go = env->CallBooleanMethod(p->listener, ids.on_step, rec);
     env->DeleteLocalRef(rec);
     if (env->ExceptionCheck()) return 1;  // the listener threw: stop; nativeTrain lets it propagate
     return go ? 0 : 1;
+}
+
+// The C note callback: the listener's onNote on the training thread (an exception in it stays pending and
+// stops the run at the next step's progress call).
+void on_note(const char *line, void *user) {
+    auto *p = static_cast<Progress *>(user);
+    JNIEnv *env = p->env;
+    if (env->ExceptionCheck()) return;
+    jstring s = env->NewStringUTF(line);
+    if (!s) return;
+    env->CallVoidMethod(p->listener, ids.on_note, s);
+    env->DeleteLocalRef(s);
 }
 
 // checkpoint, resume and save: one path argument each.
@@ -241,10 +258,11 @@ JNIEXPORT jint JNICALL JNI_OnLoad(JavaVM *vm, void *) {
         return JNI_ERR;
     ids.exception_ctor = env->GetMethodID(ids.exception, "<init>", "(ILjava/lang/String;)V");
     ids.step_record_ctor = env->GetMethodID(ids.step_record, "<init>", "(JFFF[F[JJ)V");
-    ids.train_result_ctor = env->GetMethodID(ids.train_result, "<init>", "(JJFZ)V");
+    ids.train_result_ctor = env->GetMethodID(ids.train_result, "<init>", "(JJFZDDIZJLjava/lang/String;)V");
     ids.metrics_ctor = env->GetMethodID(ids.metrics, "<init>", "(JDD)V");
-    ids.train_params_ctor = env->GetMethodID(ids.train_params, "<init>", "(JJIIDDDIII)V");
+    ids.train_params_ctor = env->GetMethodID(ids.train_params, "<init>", "(JJIIDDDIIIZZZ)V");
     ids.on_step = env->GetMethodID(listener, "onStep", "(Lai/edgetune/EdgeTune$StepRecord;)Z");
+    ids.on_note = env->GetMethodID(listener, "onNote", "(Ljava/lang/String;)V");
     ids.ordinal = env->GetMethodID(enum_class, "ordinal", "()I");
     jclass tp = ids.train_params;
     ids.p_steps = env->GetFieldID(tp, "steps", "J");
@@ -257,6 +275,9 @@ JNIEXPORT jint JNICALL JNI_OnLoad(JavaVM *vm, void *) {
     ids.p_warmup = env->GetFieldID(tp, "warmup", "I");
     ids.p_schedule = env->GetFieldID(tp, "schedule", "Lai/edgetune/EdgeTune$Schedule;");
     ids.p_noise = env->GetFieldID(tp, "noise", "Lai/edgetune/EdgeTune$Noise;");
+    ids.p_lr_auto = env->GetFieldID(tp, "lrAuto", "Z");
+    ids.p_eps_auto = env->GetFieldID(tp, "epsAuto", "Z");
+    ids.p_guard = env->GetFieldID(tp, "guard", "Z");
     env->DeleteLocalRef(listener);
     env->DeleteLocalRef(enum_class);
     if (env->ExceptionCheck()) return JNI_ERR;  // a missing member: the Java and native sides disagree
@@ -366,7 +387,8 @@ JNIEXPORT jobject JNICALL Java_ai_edgetune_EdgeTune_nativeDefaultTrainParams(JNI
     return env->NewObject(ids.train_params, ids.train_params_ctor, static_cast<jlong>(p.steps),
                           static_cast<jlong>(p.seed), static_cast<jint>(p.batch_size), static_cast<jint>(p.queries),
                           p.lr, p.eps, p.weight_decay, static_cast<jint>(p.schedule), static_cast<jint>(p.warmup),
-                          static_cast<jint>(p.noise));
+                          static_cast<jint>(p.noise), static_cast<jboolean>(p.lr_auto != 0),
+                          static_cast<jboolean>(p.eps_auto != 0), static_cast<jboolean>(p.guard != 0));
 }
 
 JNIEXPORT void JNICALL Java_ai_edgetune_EdgeTune_nativeSetTrainParams(JNIEnv *env, jclass, jlong h, jobject jp) {
@@ -393,14 +415,24 @@ JNIEXPORT jobject JNICALL Java_ai_edgetune_EdgeTune_nativeTrain(JNIEnv *env, jcl
     p.cancel = &handle->cancel;
     p.progress = listener ? on_step : nullptr;
     p.user = &progress;
+    p.note = listener ? on_note : nullptr;
+    p.note_user = &progress;
     et_train_result r;
     std::memset(&r, 0, sizeof r);
     r.struct_size = sizeof r;
     const et_status s = et_runtime_train(handle->rt, &p, &r);
     if (env->ExceptionCheck()) return nullptr;  // the listener's exception comes out of train() unchanged
     if (!ok(env, handle->rt, s)) return nullptr;
+    et_run_summary sum;
+    std::memset(&sum, 0, sizeof sum);
+    sum.struct_size = sizeof sum;
+    et_runtime_summary(handle->rt, &sum);
+    jstring notes = env->NewStringUTF(et_runtime_notes(handle->rt));
+    if (!notes) return nullptr;
     return env->NewObject(ids.train_result, ids.train_result_ctor, static_cast<jlong>(r.steps_done),
-                          static_cast<jlong>(r.forwards), r.last_loss, static_cast<jboolean>(r.cancelled != 0));
+                          static_cast<jlong>(r.forwards), r.last_loss, static_cast<jboolean>(r.cancelled != 0), sum.lr,
+                          sum.eps, static_cast<jint>(sum.rollbacks), static_cast<jboolean>(sum.kept_best != 0),
+                          static_cast<jlong>(sum.best_step), notes);
 }
 
 JNIEXPORT jlong JNICALL Java_ai_edgetune_EdgeTune_nativeStepsDone(JNIEnv *env, jclass, jlong h) {

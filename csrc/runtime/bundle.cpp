@@ -126,8 +126,14 @@ void read_text_keys(const Manifest &m, const json &j, Bundle &b) {
 }
 
 void read_defaults(const Manifest &m, const json &d, Bundle &b) {
-    b.defaults.lr = m.number(d, "lr");
-    b.defaults.eps = m.number(d, "eps");
+    // "auto": measured before step 0 (lr auto); a number in bundles written before the runtime had it
+    auto auto_or_number = [&](const std::string &key, double &value, bool &is_auto) {
+        const json &v = m.at(d, key, "a number or \"auto\"");
+        is_auto = v.is_string() && v.get<std::string>() == "auto";
+        if (!is_auto) value = m.number(d, key);
+    };
+    auto_or_number("lr", b.defaults.lr, b.defaults.lr_auto);
+    auto_or_number("eps", b.defaults.eps, b.defaults.eps_auto);
     b.defaults.queries = (uint32_t)m.count(d, "queries");
     b.defaults.batch_size = (uint32_t)m.count(d, "batch_size");
     b.defaults.seed = m.count(d, "seed");

@@ -23,6 +23,7 @@ struct InputSpec {
 
 struct Defaults {
     double lr = 1e-3, eps = 1e-3;
+    bool lr_auto = false, eps_auto = false;  // the manifest says "auto" (older bundles: a number)
     uint32_t queries = 1, batch_size = 8;
     uint64_t seed = 0, steps = 200;
 };

@@ -50,6 +50,7 @@ struct et_runtime {
     std::unique_ptr<et::rt::Trainer> trainer;
     std::unique_ptr<et::tok::Tokenizer> tokenizer;  // loaded at the first text
     std::string error;
+    std::string notes_text;  // et_runtime_notes' buffer
 
     // the bundle's tokenizer.json, loaded at the first text
     const et::tok::Tokenizer &text_tokenizer() {
@@ -109,7 +110,23 @@ std::string digest_hex(uint64_t v) {
 json params_json(const et_train_params &p) {
     return {{"steps", p.steps}, {"seed", p.seed}, {"batch_size", p.batch_size}, {"queries", p.queries},
             {"lr", p.lr}, {"eps", p.eps}, {"weight_decay", p.weight_decay}, {"schedule", p.schedule},
-            {"warmup", p.warmup}, {"noise", p.noise}};
+            {"warmup", p.warmup}, {"noise", p.noise}, {"lr_auto", p.lr_auto}, {"eps_auto", p.eps_auto},
+            {"guard", p.guard}};
+}
+
+// p as a full-size struct: a caller built before lr_auto/eps_auto/guard/note passes the older size and gets
+// them off (its run is the one it had); any other size is refused
+et_train_params full_params(const et_train_params *p, const char *where) {
+    if (!p) fail(ET_ERR_INVALID_ARGUMENT, std::string(where) + ": NULL params");
+    if (p->struct_size != sizeof(et_train_params) && p->struct_size != ET_TRAIN_PARAMS_V1_SIZE)
+        fail(ET_ERR_INVALID_ARGUMENT, std::string(where) + ": params.struct_size " + std::to_string(p->struct_size) +
+                                          " is neither sizeof(et_train_params) (" + std::to_string(sizeof(et_train_params)) +
+                                          ") nor ET_TRAIN_PARAMS_V1_SIZE (" + std::to_string(ET_TRAIN_PARAMS_V1_SIZE) + ")");
+    et_train_params full;
+    std::memset(&full, 0, sizeof full);
+    std::memcpy(&full, p, p->struct_size);
+    full.struct_size = sizeof(et_train_params);
+    return full;
 }
 
 // Row r's predicted class: argmax of its logits (classify), or, for a verbaliser, argmax over the words' tokens of
@@ -341,8 +358,13 @@ void et_runtime_default_train_params(const et_runtime *rt, et_train_params *p) {
     p->seed = d.seed;
     p->batch_size = rt && rt->bundle.static_batch ? (uint32_t)rt->bundle.static_batch : d.batch_size;
     p->queries = d.queries;
-    p->lr = d.lr;
-    p->eps = d.eps;
+    p->lr = d.lr_auto ? 0.0 : d.lr;
+    p->eps = d.eps_auto ? 0.0 : d.eps;
+    p->lr_auto = d.lr_auto;
+    p->eps_auto = d.eps_auto;
+    p->guard = 1;
+    p->note = nullptr;
+    p->note_user = nullptr;
     p->weight_decay = 0.0;
     p->schedule = ET_SCHEDULE_CONSTANT;
     p->warmup = 0;
@@ -352,8 +374,7 @@ void et_runtime_default_train_params(const et_runtime *rt, et_train_params *p) {
 et_status et_runtime_set_train_params(et_runtime *rt, const et_train_params *p) {
     if (!rt) return ET_ERR_INVALID_ARGUMENT;
     return guarded(rt->error, [&] {
-        if (!p) fail(ET_ERR_INVALID_ARGUMENT, "et_runtime_set_train_params: NULL params");
-        rt->trainer->configure(*p);
+        rt->trainer->configure(full_params(p, "et_runtime_set_train_params"));
         return ET_OK;
     });
 }
@@ -362,7 +383,10 @@ et_status et_runtime_step(et_runtime *rt, et_step_record *out) {
     if (!rt) return ET_ERR_INVALID_ARGUMENT;
     return guarded(rt->error, [&] {
         et_step_record r;
-        if (!rt->trainer->step(r)) return ET_DONE;
+        if (!rt->trainer->step(r)) {
+            rt->trainer->finish();  // keep-best, once, when the run has all its steps
+            return ET_DONE;
+        }
         if (out) *out = r;
         return ET_OK;
     });
@@ -374,15 +398,17 @@ et_status et_runtime_train(et_runtime *rt, const et_train_params *p, et_train_re
     res.struct_size = sizeof(et_train_result);
     res.last_loss = NAN;
     et_status s = guarded(rt->error, [&] {
-        if (!p) fail(ET_ERR_INVALID_ARGUMENT, "et_runtime_train: NULL params");
-        rt->trainer->configure(*p);
+        rt->trainer->configure(full_params(p, "et_runtime_train"));
         et_step_record r;
         while (true) {
             if (p->cancel && *p->cancel) {
                 res.cancelled = 1;
                 return ET_CANCELLED;
             }
-            if (!rt->trainer->step(r)) return ET_OK;
+            if (!rt->trainer->step(r)) {
+                rt->trainer->finish();  // a run that ended worse than it began keeps its best state, says so
+                return ET_OK;
+            }
             res.last_loss = r.loss;
             if (p->progress && p->progress(&r, p->user) != 0) {
                 res.cancelled = 1;
@@ -400,6 +426,20 @@ et_status et_runtime_steps_done(const et_runtime *rt, uint64_t *steps) {
     if (!rt || !steps) return ET_ERR_INVALID_ARGUMENT;
     *steps = rt->trainer->done();
     return ET_OK;
+}
+
+et_status et_runtime_summary(const et_runtime *rt, et_run_summary *s) {
+    if (!rt || !s || s->struct_size != sizeof(et_run_summary)) return ET_ERR_INVALID_ARGUMENT;
+    rt->trainer->summary(*s);
+    return ET_OK;
+}
+
+const char *et_runtime_notes(const et_runtime *rt) {
+    if (!rt) return "";
+    std::string &text = const_cast<et_runtime *>(rt)->notes_text;
+    text.clear();
+    for (const std::string &line : rt->trainer->notes()) text += (text.empty() ? "" : "\n") + line;
+    return text.c_str();
 }
 
 et_status et_runtime_evaluate(et_runtime *rt, et_split split, et_metrics *metrics) {
@@ -423,10 +463,10 @@ et_status et_runtime_checkpoint(et_runtime *rt, const char *path) {
     return guarded(rt->error, [&] {
         if (!path) fail(ET_ERR_INVALID_ARGUMENT, "et_runtime_checkpoint: NULL path");
         if (!rt->trainer->configured()) fail(ET_ERR_STATE, "et_runtime_checkpoint: no run to checkpoint (set train params first)");
-        json state = {{"step", rt->trainer->done()}, {"forwards", rt->trainer->forwards()},
-                      {"runtime", {{"bundle", rt->bundle.manifest_sha256},
+        json state = rt->trainer->state();
+        state["runtime"] = {{"bundle", rt->bundle.manifest_sha256},
                                    {"data", digest_hex(rt->sets[ET_SPLIT_TRAIN].digest())},
-                                   {"params", params_json(rt->trainer->params())}}}};
+                            {"params", params_json(rt->trainer->params())}};
         et::rt::write_checkpoint_file(path, rt->bundle, rt->arena.get(), state.dump());
         return ET_OK;
     });
@@ -451,15 +491,14 @@ et_status et_runtime_resume(et_runtime *rt, const char *path) {
             fail(ET_ERR_STATE, where + ": was taken on other training examples than the ones added now");
         et_train_params p;
         et_runtime_default_train_params(rt, &p);
-        uint64_t step = 0, forwards = 0;
         try {
             const json &pj = r.at("params");
             p.steps = pj.at("steps"); p.seed = pj.at("seed"); p.batch_size = pj.at("batch_size");
             p.queries = pj.at("queries"); p.lr = pj.at("lr"); p.eps = pj.at("eps");
             p.weight_decay = pj.at("weight_decay"); p.schedule = pj.at("schedule"); p.warmup = pj.at("warmup");
             p.noise = pj.at("noise");
-            step = state.at("step").get<uint64_t>();
-            forwards = state.value("forwards", (uint64_t)0);
+            // checkpoints from before the guard: neither lr auto nor the guard ran
+            p.lr_auto = pj.value("lr_auto", 0); p.eps_auto = pj.value("eps_auto", 0); p.guard = pj.value("guard", 0);
         } catch (const json::exception &) {
             fail(ET_ERR_DATA, where + ": the checkpoint's run state is not readable");
         }
@@ -467,7 +506,11 @@ et_status et_runtime_resume(et_runtime *rt, const char *path) {
         std::unique_ptr<et::rt::Trainer> trainer(new et::rt::Trainer(
             *rt->engine, rt->bundle, rt->arena.get(), rt->bundle.arena_count, rt->sets[ET_SPLIT_TRAIN]));
         trainer->configure(p);
-        trainer->restore(step, forwards);
+        try {
+            trainer->load_state(state);
+        } catch (const json::exception &) {
+            fail(ET_ERR_DATA, where + ": the checkpoint's run state is not readable");
+        }
         rt->trainer = std::move(trainer);
         std::memcpy(rt->arena.get(), scratch.get(), bytes);
         return ET_OK;

@@ -143,7 +143,11 @@ void Engine::set_batch(const Batch &batch) {
     narrowed_ = std::move(narrowed);
 }
 
-float Engine::mean_loss() {
+// out of line: inlined, GCC 12 at -O3 kept the double where trainer.cpp widens the float again (the step's
+// record loss was then not Python's float(np.mean) of the two float32 losses)
+float Engine::mean_loss() { return (float)mean_loss_exact(); }
+
+double Engine::mean_loss_exact() {
     const OrtApi *api = ort_.api;
     ort_.check(api->RunWithBinding(suffix_, nullptr, binding_), "running the trainable suffix " + b_.suffix);
     OrtValue **outs = nullptr;
@@ -164,7 +168,7 @@ float Engine::mean_loss() {
     // the contract's defined order: sequential double accumulation in row order, divided by n in double
     double acc = 0.0;
     for (size_t i = 0; i < count; ++i) acc += (double)data[i];
-    return (float)(acc / (double)count);
+    return acc / (double)count;
 }
 
 void Engine::evaluate(const Batch &batch, std::vector<float> &losses, std::vector<float> &logits, size_t &classes) {
@@ -186,7 +190,6 @@ void Engine::evaluate(const Batch &batch, std::vector<float> &losses, std::vecto
     std::vector<const char *> out_names = {b_.loss_output.c_str()};
     // the logits give the class: a classifier's, or a verbaliser's words' at the position before the word
     const bool with_logits = !b_.logits_output.empty() && (b_.task == "classify" || !b_.verbalizer_ids.empty());
-
     if (with_logits) out_names.push_back(b_.logits_output.c_str());
     std::vector<OrtValue *> outs(out_names.size(), nullptr);
     ort_.check(api->Run(suffix_, nullptr, in_names.data(), in_values.data(), in_names.size(), out_names.data(),

@@ -32,6 +32,8 @@ public:
     // The bound batch's mean loss at the arena's current weights: sequential double sum of the
     // per-example float32 losses in row order, / rows, as LossEngine.mean_loss.
     float mean_loss();
+    // the same in double before the cast: LossEngine.mean_loss's float, what lr auto's probes compute with
+    double mean_loss_exact();
     // Evaluation path (plain Run, numpy-style feeds): per-example losses and the logits [rows, classes].
     void evaluate(const Batch &batch, std::vector<float> &losses, std::vector<float> &logits, size_t &classes);
 

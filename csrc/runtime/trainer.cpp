@@ -6,15 +6,23 @@
 #include <sstream>
 
 #include "core.h"
+#include "edgetune_runtime.h"
 #include "error.h"
 
 namespace et::rt {
 
+using json = nlohmann::json;
+
 namespace {
+constexpr size_t UNDO_CHUNK = 65535;  // trajectory.MAX_QUERIES: the most undo terms one rollback record holds
+constexpr uint64_t RECALIBRATE_STEP = (1ull << 32) + 1;  // loop._shrink's probes: derive_seed(seed, 2^32 + 1, k)
+constexpr uint64_t CAL_STREAM_INDEX = 1ull << 16;  // the calibration batches' stream: derive_seed(seed, 2^32, 2^16)
+
 // Spall's gains (schedules.py): a_k = a/(k+1+A)^0.602, c_k = c/(k+1)^0.101, A = 10 % of the steps
 constexpr double SPALL_ALPHA = 0.602, SPALL_GAMMA = 0.101, SPALL_A = 0.1;
 
-std::string fmt(float v) {
+std::string fmt(float v) {  // as numpy prints a float32 (nan unsigned)
+    if (std::isnan(v)) return "nan";
     char buf[32];
     std::snprintf(buf, sizeof buf, "%.9g", (double)v);
     return buf;
@@ -42,8 +50,10 @@ void Trainer::configure(const et_train_params &p) {
     if (p.batch_size == 0) bad("batch_size", "must be at least 1");
     if (p.queries == 0 || p.queries > ET_RUNTIME_MAX_QUERIES)
         bad("queries", "must be 1.." + std::to_string(ET_RUNTIME_MAX_QUERIES));
-    if (!std::isfinite(p.lr) || p.lr < 0) bad("lr", "must be a finite number >= 0");
-    if (!std::isfinite(p.eps) || !(p.eps > 0)) bad("eps", "must be a finite number > 0");
+    if (!p.lr_auto && (!std::isfinite(p.lr) || p.lr < 0)) bad("lr", "must be a finite number >= 0 (or lr_auto 1)");
+    if (!p.eps_auto && (!std::isfinite(p.eps) || !(p.eps > 0))) bad("eps", "must be a finite number > 0 (or eps_auto 1)");
+    if ((p.lr_auto != 0 && p.lr_auto != 1) || (p.eps_auto != 0 && p.eps_auto != 1) || (p.guard != 0 && p.guard != 1))
+        bad("lr_auto/eps_auto/guard", "must be 0 or 1");
     if (!std::isfinite(p.weight_decay) || p.weight_decay < 0) bad("weight_decay", "must be a finite number >= 0");
     if (p.schedule != ET_SCHEDULE_CONSTANT && p.schedule != ET_SCHEDULE_LINEAR && p.schedule != ET_SCHEDULE_SPALL)
         bad("schedule", "is not an et_schedule");
@@ -57,7 +67,8 @@ void Trainer::configure(const et_train_params &p) {
         const bool same = old.seed == p.seed && old.batch_size == p.batch_size && old.queries == p.queries &&
                           old.lr == p.lr && old.eps == p.eps && old.weight_decay == p.weight_decay &&
                           old.schedule == p.schedule && old.warmup == p.warmup && old.noise == p.noise &&
-                          old.steps == p.steps;
+                          old.steps == p.steps && old.lr_auto == p.lr_auto && old.eps_auto == p.eps_auto &&
+                          old.guard == p.guard;
         if (!same) fail(ET_ERR_STATE, "train params differ from the run's after step " + std::to_string(done_) +
                                           " (" + describe() + "); free the runtime or resume a checkpoint to start another run");
     }
@@ -65,6 +76,11 @@ void Trainer::configure(const et_train_params &p) {
     const uint64_t batch = std::min<uint64_t>(p.batch_size, train_.rows.size());
     if (!stream_ || !configured_ || stream_->batch_size() != batch || p.seed != p_.seed)
         stream_.reset(new BatchStream(train_.rows.size(), batch, p.seed));
+    if (!configured_ || done_ == 0) {  // a new run: measured and watched afresh
+        guard_ = Guard();
+        calibrated_ = false;
+        start_ = done_;
+    }
     p_ = p;
     configured_ = true;
 }
@@ -73,7 +89,8 @@ std::string Trainer::describe() const {
     std::ostringstream s;
     s << "seed " << p_.seed << ", batch_size " << p_.batch_size << ", queries " << p_.queries << ", lr " << p_.lr
       << ", eps " << p_.eps << ", weight_decay " << p_.weight_decay << ", schedule " << p_.schedule
-      << ", warmup " << p_.warmup << ", noise " << p_.noise << ", steps " << p_.steps;
+      << ", warmup " << p_.warmup << ", noise " << p_.noise << ", steps " << p_.steps << ", lr_auto " << p_.lr_auto
+      << ", eps_auto " << p_.eps_auto << ", guard " << p_.guard;
     return s.str();
 }
 
@@ -83,19 +100,16 @@ void Trainer::combine(float decay, const uint64_t *seeds, const float *coefs, ui
     et::combine(arena_, count_, decay, seeds, coefs, k, p_.noise, 0);
 }
 
-bool Trainer::step(et_step_record &record) {
-    if (!configured_) fail(ET_ERR_STATE, "no train params set (et_runtime_set_train_params or et_runtime_train)");
-    if (done_ >= p_.steps) return false;
+void Trainer::raw_step(et_step_record &record) {
     const uint64_t t = done_;
-    engine_.set_batch((BatchBuilder(b_).build(train_, stream_->indices(t), batch_), batch_));
-    const float lr = (float)schedule_value(p_.schedule, p_.lr, p_.steps, p_.warmup, t, false);
-    // eps decays only under spall (Spall's c_k); linear and constant schedules keep it (ZOBase.settings)
-    const float eps = (float)schedule_value(ET_SCHEDULE_CONSTANT, p_.eps, p_.steps, 0, t, p_.schedule == ET_SCHEDULE_SPALL);
+    bind(*stream_, t, batch_);
+    const float lr = (float)lr_at(t);
+    const float eps = (float)eps_at(t);
     const float wd = (float)p_.weight_decay;
     const uint32_t q = p_.queries;
     uint64_t seeds[ET_RUNTIME_MAX_QUERIES];
     float grads[ET_RUNTIME_MAX_QUERIES];
-    double loss_sum = 0.0;
+    double losses[2 * ET_RUNTIME_MAX_QUERIES];
     seeds[0] = et::derive_seed(p_.seed, t, 0);
     perturb(seeds[0], eps);
     for (uint32_t i = 0; i < q; ++i) {
@@ -114,8 +128,8 @@ bool Trainer::step(et_step_record &record) {
                                             ", L-=" + fmt(minus) + ") on examples " + rows);
         }
         grads[i] = (plus - minus) / (2.0f * eps);
-        loss_sum += (double)plus;
-        loss_sum += (double)minus;
+        losses[2 * i] = (double)plus;
+        losses[2 * i + 1] = (double)minus;
         // zosgd.fused_update with divisor q: restore θ and apply -(lr/q)·g·z in one pass, with the next
         // query's perturbation folded in; the last pass also applies the weight decay
         const bool last = i + 1 == q;
@@ -131,10 +145,18 @@ bool Trainer::step(et_step_record &record) {
         }
     }
     done_ = t + 1;
+    // the record's loss as ZOSGD.step's float(np.mean(losses)): the guard watches it in double
+    last_loss_ = np_sum(losses, 2 * q) / (double)(2 * q);
+    if (can_roll_back()) {  // guard.update_terms: θ ← θ + c·z with c = −(lr/q)·g, what a rollback undoes
+        Terms terms;
+        const float per = lr / (float)q;
+        for (uint32_t i = 0; i < q; ++i) terms.emplace_back(seeds[i], -(per * grads[i]));
+        applied_.emplace_back(t, std::move(terms));
+    }
     record = et_step_record{};
     record.struct_size = sizeof(et_step_record);
     record.step = t;
-    record.loss = (float)(loss_sum / (double)(2 * q));
+    record.loss = (float)last_loss_;
     record.lr = lr;
     record.eps = eps;
     record.queries = q;
@@ -143,7 +165,237 @@ bool Trainer::step(et_step_record &record) {
         record.seeds[i] = seeds[i];
     }
     record.forwards = forwards_;
+}
+
+
+double Trainer::lr_at(uint64_t t) const {  // StepSize: the schedule × the guard's scale
+    return schedule_value(p_.schedule, base_lr(), p_.steps, p_.warmup, t, false) * scale_;
+}
+
+double Trainer::eps_at(uint64_t t) const {  // eps decays only under spall (Spall's c_k, ZOBase.settings)
+    return schedule_value(ET_SCHEDULE_CONSTANT, base_eps(), p_.steps, 0, t, p_.schedule == ET_SCHEDULE_SPALL);
+}
+
+void Trainer::bind(const BatchStream &stream, uint64_t t, Batch &batch) {
+    engine_.set_batch((BatchBuilder(b_).build(train_, const_cast<BatchStream &>(stream).indices(t), batch), batch));
+}
+
+void Trainer::say(const std::string &line) {
+    notes_.push_back(line);
+    if (p_.note) p_.note(line.c_str(), p_.note_user);
+}
+
+// TrainingRun._probe: calibrate.py's probes at θ on the first batches of a stream of their own
+Calibration Trainer::probe(uint64_t seed, bool eps_auto, double eps) {
+    const uint64_t batch = std::min<uint64_t>(p_.batch_size, train_.rows.size());
+    BatchStream stream(train_.rows.size(), batch, et::derive_seed(p_.seed, CAL_PROBE_STEP, CAL_STREAM_INDEX));
+    Batch bound;
+    std::vector<std::function<void()>> binders;
+    for (uint64_t i = 0; i < CAL_BATCHES; ++i) binders.push_back([this, &stream, &bound, i] { bind(stream, i, bound); });
+    Calibration c = calibrate(arena_, count_, seed, p_.noise, binders, [this] { return engine_.mean_loss_exact(); },
+                              eps_auto, eps);
+    forwards_ += c.forwards;
+    probe_forwards_ += c.forwards;
+    return c;
+}
+
+bool Trainer::step(et_step_record &record) {
+    if (!configured_) fail(ET_ERR_STATE, "no train params set (et_runtime_set_train_params or et_runtime_train)");
+    while (done_ < p_.steps) {
+        if (!calibrated_ && (p_.lr_auto || p_.eps_auto)) {  // TrainingRun._calibrate, before the run's first step
+            cal_ = probe(p_.seed, p_.eps_auto != 0, p_.eps);
+            calibrated_ = true;
+            if (p_.guard) guard_ = Guard(cal_.loss_noise);
+            say(cal_.line());
+        }
+        try {
+            raw_step(record);
+        } catch (const Error &e) {
+            if (e.status == ET_ERR_NONFINITE_LOSS && recover()) continue;  // the failed step left no record
+            throw;
+        }
+        if (p_.guard && guard_.observe(record.step, last_loss_)) guard_acts();
+        return true;
+    }
+    return false;
+}
+
+void Trainer::replay_undo(const Terms &chunk, float eps) {
+    // guard.undo_record replayed as ZOSGD.replay does it: q = the terms (latest first), lr = q, g = c, no decay
+    const uint32_t q = (uint32_t)chunk.size();
+    const float lr = (float)q, per = lr / (float)q;
+    perturb(chunk[0].first, eps);
+    for (uint32_t i = 0; i < q; ++i) {
+        perturb(chunk[i].first, -2.0f * eps);
+        const bool last = i + 1 == q;
+        const float decay = 1.0f - lr * 0.0f;
+        const float c = (last ? decay * eps : eps) - per * chunk[i].second;
+        if (!last) {
+            const uint64_t s2[2] = {chunk[i].first, chunk[i + 1].first};
+            const float c2[2] = {c, eps};
+            combine(decay, s2, c2, 2);
+        } else {
+            combine(decay, &chunk[i].first, &c, 1);
+        }
+    }
+}
+
+// TrainingRun.roll_back: θ back to before step to_step by the undo of every step since (no copy of the
+// weights), in records of at most UNDO_CHUNK terms, each taking a step index as it does in the trajectory
+void Trainer::roll_back(uint64_t to_step) {
+    std::vector<Terms> undone;
+    while (!applied_.empty() && applied_.back().first >= to_step) {
+        undone.insert(undone.begin(), std::move(applied_.back().second));
+        applied_.pop_back();
+    }
+    Terms terms;
+    for (const Terms &t : undone) terms.insert(terms.end(), t.begin(), t.end());
+    const float eps = (float)eps_at(done_);
+    for (size_t end = terms.size(); end > 0; end = end > UNDO_CHUNK ? end - UNDO_CHUNK : 0) {
+        Terms chunk(terms.rbegin() + (ptrdiff_t)(terms.size() - end),
+                    terms.rbegin() + (ptrdiff_t)(terms.size() - (end > UNDO_CHUNK ? end - UNDO_CHUNK : 0)));
+        replay_undo(chunk, eps);
+        ++done_;
+    }
+}
+
+// loop._shrink: lr halved, and under lr auto no larger than the calibration's rule gives where θ returned
+std::string Trainer::shrink() {
+    scale_ *= GUARD_SHRINK;
+    if (!calibrated_ || !p_.lr_auto) return "";
+    const Calibration again = probe(et::derive_seed(p_.seed, RECALIBRATE_STEP, guard_.rollbacks), false, base_eps());
+    scale_ = std::min(scale_, again.lr / cal_.lr);
+    return " (zᵀHz here " + fmt_g(again.curvature, 3) + ", was " + fmt_g(cal_.curvature, 3) + ")";
+}
+
+void Trainer::guard_acts() {
+    const double lr_before = lr_at(done_);
+    const uint64_t done = done_;
+    const bool rolled = can_roll_back();
+    std::string added;
+    if (rolled) {
+        roll_back(guard_.best_step);
+        added = shrink();
+    } else {  // weight decay scales θ: no undo, lr halved only
+        scale_ *= GUARD_SHRINK;
+    }
+    const std::string line = guard_.line(done, lr_before, lr_at(done_), rolled) + added;
+    guard_.rolled_back();
+    say(line);
+}
+
+bool Trainer::recover() {
+    if (!p_.guard || !can_roll_back() || guard_.rollbacks >= GUARD_MAX_ROLLBACKS || guard_.best_step >= done_)
+        return false;
+    const uint64_t failed = done_;
+    const double lr_before = lr_at(done_);
+    roll_back(guard_.best_step);
+    for (size_t i = 0; i < count_; ++i)
+        if (!std::isfinite(arena_[i])) return false;  // an update overflowed: undoing inf leaves NaN
+    const std::string added = shrink();
+    const std::string line = guard_.nonfinite_line(failed, lr_before, lr_at(done_)) + added;
+    guard_.rolled_back();
+    say(line);
     return true;
+}
+
+void Trainer::finish() {
+    // loop._end without evaluation data: the guard's smoothed training loss at the end against the first
+    if (!p_.guard || !can_roll_back() || done_ == start_ || kept_best_ >= 0) return;
+    const double start = guard_.start, end = guard_.ema;
+    const uint64_t best = guard_.best_step;
+    if (!guard_.worse_than_start() || !guard_.has_start || best >= done_) return;
+    roll_back(best);
+    kept_best_ = (int64_t)best;
+    say("kept best: the run ended worse than it began (loss " + fmt_g(start, 4) + " → " + fmt_g(end, 4) +
+        "); kept θ before step " + std::to_string(best) + " (smoothed training loss " + fmt_g(guard_.best, 4) + ")");
+}
+
+json Trainer::state() const {
+    json applied = json::array();
+    for (const auto &[step, terms] : applied_) {
+        json t = json::array();
+        for (const auto &[seed, c] : terms) t.push_back({seed, (double)c});
+        applied.push_back({step, t});
+    }
+    const Guard &g = guard_;
+    auto maybe = [](bool has, double v) { return has && std::isfinite(v) ? json(v) : json(nullptr); };
+    json guard = {{"ema", maybe(g.has_ema, g.ema)}, {"deviation", g.deviation}, {"best", maybe(true, g.best)},
+                  {"best_step", g.best_step}, {"rising", g.rising}, {"rollbacks", g.rollbacks},
+                  {"start", maybe(g.has_start, g.start)}};
+    json cal = nullptr;
+    if (calibrated_)
+        cal = {{"lr", cal_.lr}, {"eps", cal_.eps}, {"curvature", cal_.curvature},
+               {"curvature_se", cal_.curvature_se}, {"loss", cal_.loss},
+               {"loss_noise", cal_.loss_noise}, {"grad_rms", cal_.grad_rms}, {"probes", cal_.probes},
+               {"forwards", cal_.forwards}, {"fallback", cal_.fallback}};
+    return {{"step", done_}, {"forwards", forwards_}, {"start", start_}, {"scale", scale_}, {"guard", guard},
+            {"calibration", cal}, {"probe_forwards", probe_forwards_}, {"applied", applied},
+            {"kept_best", kept_best_ >= 0 ? json(kept_best_) : json(nullptr)}, {"notes", notes_}};
+}
+
+void Trainer::load_state(const json &st) {
+    // a checkpoint before the guard holds step and forwards only: its run had neither guard nor calibration
+    done_ = st.at("step").get<uint64_t>();
+    forwards_ = st.value("forwards", (uint64_t)0);
+    start_ = done_;
+    scale_ = st.value("scale", 1.0);
+    probe_forwards_ = st.value("probe_forwards", (uint64_t)0);
+    kept_best_ = st.contains("kept_best") && !st["kept_best"].is_null() ? st["kept_best"].get<int64_t>() : -1;
+    if (st.contains("notes")) notes_ = st["notes"].get<std::vector<std::string>>();
+    if (st.contains("guard")) {
+        const json &g = st["guard"];
+        guard_ = Guard();
+        guard_.has_ema = !g["ema"].is_null();
+        guard_.ema = guard_.has_ema ? g["ema"].get<double>() : 0.0;
+        guard_.deviation = g.at("deviation").get<double>();
+        guard_.best = g["best"].is_null() ? INFINITY : g["best"].get<double>();
+        guard_.best_step = g.at("best_step").get<uint64_t>();
+        guard_.rising = g.at("rising").get<uint64_t>();
+        guard_.rollbacks = g.at("rollbacks").get<uint64_t>();
+        guard_.has_start = !g["start"].is_null();
+        guard_.start = guard_.has_start ? g["start"].get<double>() : 0.0;
+    }
+    calibrated_ = st.contains("calibration") && !st["calibration"].is_null();
+    if (calibrated_) {
+        const json &c = st["calibration"];
+        cal_.lr = c.at("lr"); cal_.eps = c.at("eps"); cal_.curvature = c.at("curvature"); cal_.loss = c.at("loss");
+        cal_.curvature_se = c.value("curvature_se", 0.0);
+        cal_.loss_noise = c.at("loss_noise"); cal_.grad_rms = c.at("grad_rms"); cal_.probes = c.at("probes");
+        cal_.forwards = c.at("forwards"); cal_.fallback = c.at("fallback");
+    } else if (p_.lr_auto || p_.eps_auto) {
+        if (done_ > 0) fail(ET_ERR_STATE, "the checkpoint holds no calibration, but the run has lr/eps auto");
+    }
+    applied_.clear();
+    if (st.contains("applied"))
+        for (const json &a : st["applied"]) {
+            Terms terms;
+            for (const json &t : a.at(1)) terms.emplace_back(t.at(0).get<uint64_t>(), (float)t.at(1).get<double>());
+            applied_.emplace_back(a.at(0).get<uint64_t>(), std::move(terms));
+        }
+}
+
+void Trainer::summary(et_run_summary &s) const {
+    const uint32_t size = s.struct_size;
+    s = et_run_summary{};
+    s.struct_size = size;
+    s.lr = configured_ && (!p_.lr_auto || calibrated_) ? base_lr() : NAN;
+    s.eps = configured_ && (!p_.eps_auto || calibrated_) ? base_eps() : NAN;
+    s.calibrated = calibrated_;
+    if (calibrated_) {
+        s.fallback = cal_.fallback;
+        s.curvature = cal_.curvature;
+        s.calibration_loss = cal_.loss;
+        s.loss_noise = cal_.loss_noise;
+        s.grad_rms = cal_.grad_rms;
+        s.probes = cal_.probes;
+    }
+    s.calibration_forwards = probe_forwards_;
+    s.rollbacks = (uint32_t)guard_.rollbacks;
+    s.lr_scale = scale_;
+    s.kept_best = kept_best_ >= 0;
+    s.best_step = kept_best_ >= 0 ? (uint64_t)kept_best_ : 0;
+    s.notes = (uint32_t)notes_.size();
 }
 
 }  // namespace et::rt

@@ -1,10 +1,17 @@
 /* trainer.h — ZO-SGD steps through the core's kernels, exactly as edgetune/zo/zosgd.py takes them with a
  * fixed query count (unchained: chaining only fuses passes, never changes a bit), with the lr/eps schedules
- * of edgetune/zo/schedules.py and the Python tuner's non-finite loss handling. */
+ * of edgetune/zo/schedules.py, lr/eps auto (calibrate.py), and the guard, its rollbacks, non-finite loss
+ * recovery and keep-best as edgetune/loop.py's TrainingRun runs them. */
 #ifndef EDGETUNE_RUNTIME_TRAINER_H
 #define EDGETUNE_RUNTIME_TRAINER_H
 #include <cstdint>
+#include <deque>
+#include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
+#include <vector>
+
+#include "calibrate.h"
 
 #include "data.h"
 #include "edgetune_runtime.h"
@@ -20,22 +27,44 @@ public:
     Trainer(Engine &engine, const Bundle &bundle, float *arena, size_t count, const Examples &train)
         : engine_(engine), b_(bundle), arena_(arena), count_(count), train_(train) {}
 
-    // checks p (one message naming the field) and latches it
+    // checks p (a full-size struct; one message naming the field) and latches it
     void configure(const et_train_params &p);
     bool configured() const { return configured_; }
     const et_train_params &params() const { return p_; }
-    // one step; false when the run has taken p.steps steps. Throws Error(ET_ERR_NONFINITE_LOSS) with the
-    // weights back at the step's clean ones.
+    // the next step: calibrates first under lr/eps auto, lets the guard watch it (and roll back), recovers from
+    // a non-finite loss as TrainingRun.recover does. false when the run has taken p.steps steps. Throws
+    // Error(ET_ERR_NONFINITE_LOSS) with the weights back at the step's clean ones when it cannot recover.
     bool step(et_step_record &record);
+    // the end of a finished run: keep-best (loop._end without evaluation data); once
+    void finish();
     uint64_t done() const { return done_; }
     uint64_t forwards() const { return forwards_; }
-    void restore(uint64_t done, uint64_t forwards) { done_ = done; forwards_ = forwards; }
+    // a checkpoint's run state (step, forwards, calibration, guard, lr scale, the undo terms, kept best)
+    nlohmann::json state() const;
+    void load_state(const nlohmann::json &state);
     // the trajectory-defining fields of p, as text (checkpoints compare them)
     std::string describe() const;
+    const std::vector<std::string> &notes() const { return notes_; }
+    void summary(et_run_summary &s) const;
 
 private:
+    using Terms = std::vector<std::pair<uint64_t, float>>;  // (seed, c) of θ ← θ + c·z(seed)
+    void raw_step(et_step_record &record);
     void perturb(uint64_t seed, float scale);
     void combine(float decay, const uint64_t *seeds, const float *coefs, uint32_t k);
+    double lr_at(uint64_t t) const;
+    double eps_at(uint64_t t) const;
+    double base_lr() const { return p_.lr_auto ? cal_.lr : p_.lr; }
+    double base_eps() const { return p_.eps_auto ? cal_.eps : p_.eps; }
+    bool can_roll_back() const { return p_.guard && p_.weight_decay == 0; }
+    void bind(const BatchStream &stream, uint64_t t, Batch &batch);
+    Calibration probe(uint64_t seed, bool eps_auto, double eps);
+    void roll_back(uint64_t to_step);
+    void replay_undo(const Terms &chunk, float eps);
+    void guard_acts();
+    bool recover();
+    std::string shrink();
+    void say(const std::string &line);
 
     Engine &engine_;
     const Bundle &b_;
@@ -44,9 +73,18 @@ private:
     const Examples &train_;
     et_train_params p_{};
     bool configured_ = false;
-    uint64_t done_ = 0, forwards_ = 0;
+    uint64_t done_ = 0, forwards_ = 0, start_ = 0;
     std::unique_ptr<BatchStream> stream_;
     Batch batch_;
+    bool calibrated_ = false;
+    Calibration cal_;
+    uint64_t probe_forwards_ = 0;
+    Guard guard_;
+    double scale_ = 1.0;  // StepSize.scale: the guard halves it
+    double last_loss_ = 0;  // the last step's loss in double (np.mean of its 2q losses): what the guard sees
+    std::deque<std::pair<uint64_t, Terms>> applied_;  // the steps θ holds since the run began, oldest first
+    int64_t kept_best_ = -1;
+    std::vector<std::string> notes_;
 };
 
 }  // namespace et::rt

@@ -15,7 +15,7 @@ from edgetune.artifacts.io import atomic_writer, is_temporary
 from edgetune.artifacts.outdir import LOCK_FILE, output_lock, refuse_input_folder
 from edgetune.bundle.format import ARENA_FILE, MANIFEST, ArenaLayout, ArenaTensor, Manifest, TokenizerEntry, \
     read_manifest, write_manifest
-from edgetune.bundle.placement import require_provider
+from edgetune.bundle.placement import QNN, provider_name, require_provider
 from edgetune.config import ModelOptions, TrainConfig
 from edgetune.data.jsonl import TASK_LM
 from edgetune.data.tokenizer import SIDECARS, TEMPLATE_FILE, pad_id, read_tokenizer_config, special_tokens
@@ -56,6 +56,9 @@ def bundle(options: BundleOptions) -> BundleResult:
     tokenizer = Path(options.model.tokenizer or Path(options.onnx).parent / "tokenizer.json")
     refuse_input_folder(out, [options.onnx, tokenizer], flag="--output")
     if options.provider:  # before the model is prepared: a provider this build lacks is a typo or a wrong wheel
+        if provider_name(options.provider) == QNN and not options.batch_size:
+            raise EdgetuneError("--provider qnn needs static shapes (QNN compiles its graph for one shape): pass "
+                                "--batch-size (and --max-length)")
         require_provider(options.provider)
     with output_lock(out):
         old = _claim(out, options.force)
@@ -170,9 +173,9 @@ def _manifest(tuner, options: BundleOptions, static: list[int] | None) -> Manife
                                  tokenizer_kind(tuner.tokenizer_path)),
         static_shapes={"batch_size": static[0], "max_length": static[1]} if static else None,
         noise=defaults.noise,
-        # the C runtime has no --lr auto: a number stands in for it (the flag's value in the docs' runs)
-        defaults={"lr": defaults.lr if isinstance(defaults.lr, float) else 1e-3,
-                  "eps": defaults.eps if isinstance(defaults.eps, float) else 1e-3, "queries": defaults.queries,
+        # tune's defaults as they are, "auto" included: the C runtime calibrates as tune does (older bundles
+        # carry a number there, which it still reads)
+        defaults={"lr": defaults.lr, "eps": defaults.eps, "queries": defaults.queries,
                   "batch_size": static[0] if static else defaults.batch_size, "seed": defaults.seed,
                   "steps": defaults.steps},
     )

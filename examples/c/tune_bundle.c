@@ -1,13 +1,15 @@
 /* tune_bundle.c — tune a model from an edgetune bundle and a JSONL file, with no Python in the process.
  *
- *   tune_bundle BUNDLE TRAIN.jsonl [--eval EVAL.jsonl] [--out DIR] [--steps N] [--lr X] [--eps X]
- *               [--seed N] [--batch-size N] [--queries N] [--schedule constant|linear|spall] [--warmup N]
- *               [--weight-decay X] [--threads N]
+ *   tune_bundle BUNDLE TRAIN.jsonl [--eval EVAL.jsonl] [--out DIR] [--steps N] [--lr X|auto] [--eps X|auto]
+ *               [--guard on|off] [--seed N] [--batch-size N] [--queries N] [--schedule constant|linear|spall]
+ *               [--warmup N] [--weight-decay X] [--threads N]
  *               [--ort LIBONNXRUNTIME] [--resume FILE] [--checkpoint FILE] [--stop-after N]
  *
  * JSONL lines: {"text": "...", "label": "name" | 0} (tokenised from the bundle's tokenizer.json; a causal-LM
- * bundle also takes {"text"} and {"prompt", "completion"}, docs/runtime.md) or {"ids": [101, ...], "label": ...}. Prints one "step T loss L" line per step (the
- * curve), the evaluation before and after, and saves DIR/model.onnx + DIR/trainable.safetensors.
+ * bundle also takes {"text"} and {"prompt", "completion"}, docs/runtime.md) or {"ids": [101, ...], "label": ...}. --lr, --eps default to the bundle's (edgetune bundle writes lr "auto":
+ * measured before step 0), --guard to on, as `edgetune tune`. Prints one "step T loss L" line per step (the
+ * curve), the run's notes as `edgetune tune` prints them (the calibrated lr, the guard's rollbacks, the best
+ * state kept), the evaluation before and after, and saves DIR/model.onnx + DIR/trainable.safetensors.
  * Exit status: 0 done, 1 an error (one "tune_bundle: error: ..." line on stderr), 2 bad arguments. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +47,12 @@ static int32_t on_step(const et_step_record *r, void *user) {
     return ctx->stop_after && r->step + 1 >= ctx->stop_after;  /* non-zero: stop (the step is complete) */
 }
 
+static void on_note(const char *line, void *user) {
+    (void)user;
+    printf("%s\n", line);
+    fflush(stdout);
+}
+
 static int fail(et_runtime *rt, const char *what) {
     fprintf(stderr, "tune_bundle: error: %s: %s\n", what, et_runtime_last_error(rt));
     et_runtime_free(rt);
@@ -60,7 +68,7 @@ static int evaluate(et_runtime *rt, const char *when) {
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: %s BUNDLE TRAIN.jsonl [--eval F] [--out DIR] [--steps N] [--lr X] [--eps X] [--seed N] "
+        fprintf(stderr, "usage: %s BUNDLE TRAIN.jsonl [--eval F] [--out DIR] [--steps N] [--lr X|auto] [--eps X|auto] [--guard on|off] [--seed N] "
                         "[--batch-size N] [--queries N] [--schedule S] [--warmup N] [--weight-decay X] [--threads N] [--ort LIB] "
                         "[--resume F] "
                         "[--checkpoint F] [--stop-after N]\n", argv[0]);
@@ -91,8 +99,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--stop-after")) ctx.stop_after = strtoull(v, NULL, 10);
         else if (!strcmp(k, "--steps")) p.steps = strtoull(v, NULL, 10);
         else if (!strcmp(k, "--seed")) p.seed = strtoull(v, NULL, 10);
-        else if (!strcmp(k, "--lr")) p.lr = strtod(v, NULL);
-        else if (!strcmp(k, "--eps")) p.eps = strtod(v, NULL);
+        else if (!strcmp(k, "--lr")) { p.lr_auto = !strcmp(v, "auto"); p.lr = p.lr_auto ? 0 : strtod(v, NULL); }
+        else if (!strcmp(k, "--eps")) { p.eps_auto = !strcmp(v, "auto"); p.eps = p.eps_auto ? 0 : strtod(v, NULL); }
+        else if (!strcmp(k, "--guard")) p.guard = strcmp(v, "off") != 0;
         else if (!strcmp(k, "--batch-size")) p.batch_size = (uint32_t)atoi(v);
         else if (!strcmp(k, "--queries")) p.queries = (uint32_t)atoi(v);
         else if (!strcmp(k, "--warmup")) p.warmup = (uint32_t)atoi(v);
@@ -112,11 +121,18 @@ int main(int argc, char **argv) {
     if (eval && evaluate(rt, "before") != 0) return fail(rt, "evaluation");
     p.progress = on_step;
     p.user = &ctx;
+    p.note = on_note;
     et_train_result r;
     et_status s = et_runtime_train(rt, &p, &r);
     if (s != ET_OK && s != ET_CANCELLED) return fail(rt, "training");
     printf("trained %llu steps, %llu forwards%s\n", (unsigned long long)r.steps_done, (unsigned long long)r.forwards,
            r.cancelled ? " (stopped)" : "");
+    et_run_summary sum;
+    sum.struct_size = sizeof sum;
+    if (et_runtime_summary(rt, &sum) == ET_OK)
+        printf("summary lr %.17g eps %.17g calibrated %d probe forwards %llu rollbacks %u kept %s\n", sum.lr, sum.eps,
+               sum.calibrated, (unsigned long long)sum.calibration_forwards, sum.rollbacks,
+               sum.kept_best ? "best" : "final");
     if (ctx.timed)
         printf("step time %.6f s wall %.6f s cpu (mean of %llu steps after the first)\n", ctx.wall / ctx.timed,
                ctx.cpu / ctx.timed, (unsigned long long)ctx.timed);

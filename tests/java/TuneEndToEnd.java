@@ -30,7 +30,8 @@ public final class TuneEndToEnd {
     public static void main(String[] a) throws Exception {
         String bundle = a[0], train = a[1], eval = a[2], out = a[3], ort = a[4];
         long steps = Long.parseLong(a[5]);
-        double lr = Double.parseDouble(a[6]), eps = Double.parseDouble(a[7]);  // as the C example's strtod
+        boolean lrAuto = a[6].equals("auto");  // measured before step 0, as the C example's --lr auto
+        double lr = lrAuto ? 0 : Double.parseDouble(a[6]), eps = Double.parseDouble(a[7]);  // as its strtod
         long seed = Long.parseLong(a[8]), cancelAt = Long.parseLong(a[9]), stopAt = Long.parseLong(a[10]);
         long throwAt = Long.parseLong(a[11]);
         EdgeTune.Schedule schedule = EdgeTune.Schedule.valueOf(a[12].toUpperCase(Locale.ROOT));
@@ -76,6 +77,8 @@ public final class TuneEndToEnd {
 
             EdgeTune.TrainParams p = et.defaultTrainParams();
             p.steps = steps;
+            System.out.println("defaults lrAuto " + p.lrAuto + " guard " + p.guard);  // the bundle's "auto"
+            p.lrAuto = lrAuto;
             p.lr = lr;
             p.eps = eps;
             p.seed = seed;
@@ -112,6 +115,8 @@ public final class TuneEndToEnd {
             System.out.println("thrown " + et.stepsDone());
             EdgeTune.TrainResult r3 = et.train(p, rec -> { printStep(rec); return true; });
             System.out.println("finished " + r3.cancelled + " " + r3.stepsDone + " " + r3.forwards);
+            // what the run measured and did (et_run_summary): its base lr (the calibrated one under lr auto)
+            System.out.println("summary " + r3.lr + " " + r3.rollbacks + " " + r3.keptBest + " " + r3.notes.length);
             System.out.println("next " + (et.step() == null ? "none" : "step"));
 
             // the trajectory is latched: another run length is refused in one message

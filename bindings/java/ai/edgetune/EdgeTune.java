@@ -78,9 +78,21 @@ public final class EdgeTune implements AutoCloseable {
         public Schedule schedule;
         public int warmup;
         public Noise noise;
+        /**
+         * lr measured before step 0 by curvature probes, as {@code --lr auto} (then {@link #lr} is ignored); the
+         * bundle's default ({@code edgetune bundle} writes "auto"). The chosen lr is {@link TrainResult#lr}.
+         */
+        public boolean lrAuto;
+        /** eps measured by the same probes ({@code --eps auto}); the bundle's default. */
+        public boolean epsAuto;
+        /**
+         * The guard ({@code --guard on}, the default): a rising loss is rolled back and lr halved, a non-finite
+         * loss too, and a run that ends worse than it began returns to its best state (see {@link TrainResult}).
+         */
+        public boolean guard;
 
         TrainParams(long steps, long seed, int batchSize, int queries, double lr, double eps, double weightDecay,
-                    int schedule, int warmup, int noise) {
+                    int schedule, int warmup, int noise, boolean lrAuto, boolean epsAuto, boolean guard) {
             this.steps = steps;
             this.seed = seed;
             this.batchSize = batchSize;
@@ -91,6 +103,9 @@ public final class EdgeTune implements AutoCloseable {
             this.schedule = Schedule.values()[schedule];
             this.warmup = warmup;
             this.noise = Noise.values()[noise];
+            this.lrAuto = lrAuto;
+            this.epsAuto = epsAuto;
+            this.guard = guard;
         }
 
         /** Java-side checks the C unsigned fields cannot make (a negative int would wrap to a huge count). */
@@ -134,12 +149,29 @@ public final class EdgeTune implements AutoCloseable {
         public final long forwards;
         public final float lastLoss;
         public final boolean cancelled;
+        /** The run's base lr and eps: the measured ones under lrAuto / epsAuto (et_run_summary). */
+        public final double lr;
+        public final double eps;
+        /** The guard's rollbacks (each halved lr) so far. */
+        public final int rollbacks;
+        /** The run ended worse than it began: the weights went back to those before step {@link #bestStep}. */
+        public final boolean keptBest;
+        public final long bestStep;
+        /** Every line the run said so far ("lr auto: ...", "guard: ...", "kept best: ..."), as the Python CLI. */
+        public final String[] notes;
 
-        TrainResult(long stepsDone, long forwards, float lastLoss, boolean cancelled) {
+        TrainResult(long stepsDone, long forwards, float lastLoss, boolean cancelled, double lr, double eps,
+                    int rollbacks, boolean keptBest, long bestStep, String notes) {
             this.stepsDone = stepsDone;
             this.forwards = forwards;
             this.lastLoss = lastLoss;
             this.cancelled = cancelled;
+            this.lr = lr;
+            this.eps = eps;
+            this.rollbacks = rollbacks;
+            this.keptBest = keptBest;
+            this.bestStep = bestStep;
+            this.notes = notes.isEmpty() ? new String[0] : notes.split("\n");
         }
     }
 
@@ -160,6 +192,9 @@ public final class EdgeTune implements AutoCloseable {
     @FunctionalInterface
     public interface ProgressListener {
         boolean onStep(StepRecord record);
+
+        /** A line the run has to say (the calibrated lr, a rollback, the best state kept), on the training thread. */
+        default void onNote(String line) {}
     }
 
     // The native handle (an et_runtime plus its cancel flag); 0 once closed. Guarded by cancelLock for
