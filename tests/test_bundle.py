@@ -1,6 +1,7 @@
 """`edgetune bundle` and `tune --bundle` (issue 14 parts 1 and 6): the manifest, the graphs and arena as `tune`
 prepares them, static shapes, the Gemm pass, the provider placement, and the output folder's rules."""
 
+import importlib.util
 import json
 import shutil
 
@@ -244,6 +245,22 @@ def test_placement_report_and_refusals(clf_bundle, classifier, tmp_path):
                        "--provider", "xnnpack")
         assert_rejected(proc, "--provider XnnpackExecutionProvider", "not in this onnxruntime build")
         assert not target.exists()
+
+
+def test_qnn_comes_from_its_package_with_static_shapes(classifier, tmp_path):
+    """--provider qnn: static shapes only; without onnxruntime-qnn one line naming the package; with it (its
+    wheel unzipped on PYTHONPATH here: benchmarks/probe_qnn.py) the trainable MatMuls are placed on its HTP."""
+    args = ("bundle", "--onnx", classifier["model"], "--trainable", "last:1", "--provider", "qnn")
+    assert_rejected(run_cli(*args, "--output", tmp_path / "dynamic"), "--provider qnn needs static shapes",
+                    "--batch-size")
+    proc = run_cli(*args, "--output", tmp_path / "static", "--batch-size", 8, "--max-length", 16)
+    if importlib.util.find_spec("onnxruntime_qnn") is None:
+        assert_rejected(proc, "--provider QNNExecutionProvider", "package onnxruntime-qnn", "pip install onnxruntime-qnn")
+        assert not (tmp_path / "static").exists()
+    else:
+        assert proc.returncode == 0, proc.stderr
+        matmuls = [line for line in proc.stderr.splitlines() if line.startswith("placement: ") and "(MatMul" in line]
+        assert matmuls and all(line.endswith(": QNNExecutionProvider") for line in matmuls)
 
 
 def test_output_folder_rules(classifier, clf_bundle, tmp_path):

@@ -15,7 +15,7 @@ from edgetune.artifacts.io import atomic_writer, is_temporary
 from edgetune.artifacts.outdir import LOCK_FILE, output_lock, refuse_input_folder
 from edgetune.bundle.format import ARENA_FILE, MANIFEST, ArenaLayout, ArenaTensor, Manifest, TokenizerEntry, \
     read_manifest, write_manifest
-from edgetune.bundle.placement import require_provider
+from edgetune.bundle.placement import QNN, provider_name, require_provider
 from edgetune.config import ModelOptions, TrainConfig
 from edgetune.data.jsonl import TASK_LM
 from edgetune.data.tokenizer import SIDECARS, TEMPLATE_FILE, pad_id, read_tokenizer_config, special_tokens
@@ -56,6 +56,9 @@ def bundle(options: BundleOptions) -> BundleResult:
     tokenizer = Path(options.model.tokenizer or Path(options.onnx).parent / "tokenizer.json")
     refuse_input_folder(out, [options.onnx, tokenizer], flag="--output")
     if options.provider:  # before the model is prepared: a provider this build lacks is a typo or a wrong wheel
+        if provider_name(options.provider) == QNN and not options.batch_size:
+            raise EdgetuneError("--provider qnn needs static shapes (QNN compiles its graph for one shape): pass "
+                                "--batch-size (and --max-length)")
         require_provider(options.provider)
     with output_lock(out):
         old = _claim(out, options.force)

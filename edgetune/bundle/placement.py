@@ -9,10 +9,17 @@ is created would keep computing with the initial values while the tuner updates 
 report a loss that never moves for reasons no error explains. :data:`IGNORES_UPDATES` lists those placements
 (from the providers' sources: XNNPACK prepacks MatMul/Gemm/Conv weights, CoreML's Gemm takes constant
 weights, NNAPI compiles its model and is deprecated since Android 15); such a placement is refused.
+
+QNN is a plugin provider: the separate package ``onnxruntime-qnn`` carries the library that ORT registers
+(``register_execution_provider_library``) and the QNN backends; its sessions take it by device
+(``add_provider_for_devices``). On x86-64 the wheel's HTP backend is the simulator, which takes the trainable
+MatMuls of a static-shape bundle (``benchmarks/probe_qnn.py``); QNN needs static shapes, so ``--provider qnn``
+needs ``--batch-size``.
 """
 
 from __future__ import annotations
 
+import importlib
 import tempfile
 from collections.abc import Collection, Iterable
 from pathlib import Path
@@ -25,10 +32,16 @@ from edgetune.engine.session import session_options
 from edgetune.errors import ModelError
 
 CPU = "CPUExecutionProvider"
+QNN = "QNNExecutionProvider"
 SHORT_NAMES = {"cpu": CPU, "xnnpack": "XnnpackExecutionProvider", "coreml": "CoreMLExecutionProvider",
                "nnapi": "NnapiExecutionProvider", "qnn": "QNNExecutionProvider", "cuda": "CUDAExecutionProvider",
                "webgpu": "WebGpuExecutionProvider", "dml": "DmlExecutionProvider"}
 ANY_OP = "*"
+# plugin provider -> (its pip package, its Python module): a package that ORT loads the provider from
+PLUGINS = {QNN: ("onnxruntime-qnn", "onnxruntime_qnn")}
+# QNN's options for the placement: the HTP backend, fp32 run as fp16 (the HTP has no fp32), and the SoC the x86-64
+# simulator emulates (an SM8650-class HTP v75, as the probe ran it); a device app names its own SoC
+QNN_OPTIONS = {"enable_htp_fp16_precision": "1", "soc_model": "60", "htp_arch": "75"}
 # provider -> {op type or ANY_OP: why an update of its weight input would be ignored there}
 IGNORES_UPDATES: dict[str, dict[str, str]] = {
     "XnnpackExecutionProvider": {op: "XNNPACK prepacks its weight when the session is created"
@@ -50,12 +63,34 @@ def provider_name(name: str) -> str:
 
 
 def require_provider(name: str) -> str:
-    """The provider's full name, refused in one line when this onnxruntime does not have it."""
+    """The provider's full name, refused in one line when this onnxruntime does not have it (a plugin provider:
+    registered from its package, refused in one line naming the package when it is not installed)."""
     provider = provider_name(name)
+    if provider in PLUGINS:
+        _plugin(provider)
+        return provider
     available = ort.get_available_providers()
     if provider not in available:
         raise ModelError(f"--provider {provider}: not in this onnxruntime build (available: {', '.join(available)})")
     return provider
+
+
+def _plugin(provider: str) -> Any:
+    """The plugin provider's package, its library registered with ORT once per process."""
+    package, module = PLUGINS[provider]
+    try:
+        plugin = importlib.import_module(module)
+    except ImportError:
+        raise ModelError(f"--provider {provider}: it comes in the separate package {package}, which is not "
+                         f"installed (pip install {package})") from None
+    if not any(device.ep_name == provider for device in ort.get_ep_devices()):
+        try:
+            ort.register_execution_provider_library(provider, plugin.get_library_path())
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own classes with multi-line text
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelError(f"--provider {provider}: {package} does not load into onnxruntime {ort.__version__} "
+                             f"({reason})") from None
+    return plugin
 
 
 def trainable_nodes(model: onnx.ModelProto, trainable: Collection[str]) -> dict[str, list[str]]:
@@ -80,7 +115,13 @@ def placement_report(suffix: str, provider: str, trainable: Collection[str]) -> 
     provider = require_provider(provider)
     options = _options(provider)
     options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
-    session = _session(suffix, options, [provider, CPU])
+    if provider in PLUGINS:  # by device, with the backend's options; what it does not take falls back to the CPU
+        devices = [device for device in ort.get_ep_devices() if device.ep_name == provider]
+        options.add_provider_for_devices(devices, {"backend_path": _plugin(provider).get_qnn_htp_path(),
+                                                   **QNN_OPTIONS})
+        session = _session(suffix, options, None)
+    else:
+        session = _session(suffix, options, [provider, CPU])
     assigned = {node.name: (sub.ep_name, node.op_type) for sub in session.get_provider_graph_assignment_info()
                 for node in sub.get_nodes()}
     rows = []
@@ -99,11 +140,13 @@ def _options(provider: str) -> ort.SessionOptions:
     return options
 
 
-def _session(path: str, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+def _session(path: str, options: ort.SessionOptions, providers: list[str] | None) -> ort.InferenceSession:
+    """A session on ``providers`` (None: the providers the options were given by device)."""
     try:
         return ort.InferenceSession(path, options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own classes with multi-line text
-        raise ModelError(f"{path}: {providers[0]} cannot load the graph ({str(exc).splitlines()[0]})") from None
+        who = providers[0] if providers else "the provider"
+        raise ModelError(f"{path}: {who} cannot load the graph ({str(exc).splitlines()[0]})") from None
 
 
 def _partitioned_graph(path: str, provider: str) -> onnx.ModelProto:
