@@ -485,9 +485,12 @@ def _c_examples(build: Path, bundle: Path, data: Path) -> tuple[list[tuple[list,
     lib.et_runtime_example.argtypes = [handle, ctypes.c_int, ctypes.c_uint64, ctypes.POINTER(i64p), ctypes.POINTER(i64p),
                                        ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_int64)]
     lib.et_runtime_free.argtypes = [handle]
-    os.environ["EDGETUNE_ORT_LIBRARY"] = str(ORT_LIBRARY)
+    options = _Options()
+    lib.et_runtime_default_options(ctypes.byref(options))
+    options.ort_library = str(ORT_LIBRARY).encode()
     rt = handle()
-    assert lib.et_runtime_open(str(bundle).encode(), None, ctypes.byref(rt)) == 0, lib.et_runtime_last_error(None)
+    assert lib.et_runtime_open(str(bundle).encode(), ctypes.byref(options), ctypes.byref(rt)) == 0, \
+        lib.et_runtime_last_error(None)
     try:
         assert lib.et_runtime_load_jsonl(rt, 0, str(data).encode()) == 0, lib.et_runtime_last_error(rt)
         warning = lib.et_runtime_last_error(rt).decode()
