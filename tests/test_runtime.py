@@ -304,20 +304,23 @@ def test_peak_memory_peer_runs(runtime_build, tiny):
 NOTES = ("lr auto:", "guard:", "kept best:")
 
 
-@pytest.mark.parametrize("lr,steps,extra,expect", [
-    ("auto", 30, (), "calibrated"),  # lr auto, the guard watching
-    ("auto", 300, ("--batch-size", 2, "--seed", 5, "--schedule", "linear"), "remeasured"),  # rollbacks under lr auto
-    ("3", 30, (), "rolled back"),  # a huge lr: the guard rolls back and halves it
-    ("30", 60, (), "kept best"),  # past its 8 rollbacks the run ends worse than it began
+@pytest.mark.parametrize("lr,steps,extra,evaluated,expect", [
+    ("auto", 30, (), False, "calibrated"),  # lr auto, the guard watching
+    ("auto", 300, ("--batch-size", 2, "--seed", 5, "--schedule", "linear"), False, "remeasured"),  # under lr auto
+    ("3", 30, (), False, "rolled back"),  # a huge lr: the guard rolls back and halves it
+    ("30", 60, (), False, "kept best"),  # past its 8 rollbacks the run ends worse than it began
+    ("3", 60, (), True, "kept best"),  # the same judged by the evaluation loss (before vs after), as --eval-data does
 ])
-def test_lr_auto_guard_and_keep_best_reproduce_python(runtime_build, tiny, tmp_path, lr, steps, extra, expect):
+def test_lr_auto_guard_and_keep_best_reproduce_python(runtime_build, tiny, tmp_path, lr, steps, extra, evaluated,
+                                                      expect):
     """Guard on: the same calibrated lr, the same rollbacks (lines included), the same kept state, bit for bit."""
     flags = {**FLAGS, "--lr": lr, "--guard": "on"}
     py = run_cli("tune", "--bundle", tiny["bundle"], "--data", tiny["train"], "--output-dir", tmp_path / "py",
-                 "--steps", steps, *[x for kv in flags.items() for x in kv], *extra)
+                 "--steps", steps, *[x for kv in flags.items() for x in kv], *extra,
+                 *(("--eval-data", tiny["dev"]) if evaluated else ()))
     assert py.returncode == 0, py.stderr
     c = tune_c(runtime_build, tiny["bundle"], tiny["train_ids"], "--steps", steps, "--lr", lr, "--guard", "on", *extra,
-               "--out", tmp_path / "c")
+               *(("--eval", tiny["dev_ids"]) if evaluated else ()), "--out", tmp_path / "c")
     assert c.returncode == 0, c.stderr
     assert_same_run(c.stdout, tmp_path / "py", tmp_path / "c")
     result = json.loads((tmp_path / "py" / "summary.json").read_text())["result"]
@@ -331,7 +334,8 @@ def test_lr_auto_guard_and_keep_best_reproduce_python(runtime_build, tiny, tmp_p
     kept = [n for n in notes if n.startswith("kept best:")]
     assert summary[-1] == result["kept"] and len(kept) == (result["kept"] == "best")
     if kept:
-        assert f"kept θ before step {result['best_step']} " in kept[0]
+        assert f"kept θ before step {result['best_step']}" in kept[0]
+        assert (f", loss {result['after']['loss']:.4g}" in kept[0]) if evaluated else "(smoothed" in kept[0]
     # the calibration's forwards count: the run's forwards are Python's (its undo records take none)
     assert f"trained {result['steps']} steps" in c.stdout or result["kept"] == "best"
     assert f", {result['forward_passes']} forwards" in c.stdout

@@ -69,9 +69,10 @@
  *     halves lr (under lr auto, no larger than the curvature measured again there). A non-finite loss is
  *     answered the same way; once the 8 rollbacks are spent, ET_ERR_NONFINITE_LOSS as above. Weight decay
  *     has no undo: lr halves only.
- *   - Keep-best: a run that took all its steps and ended worse than it began (smoothed training loss above
- *     the first by more than the threshold) goes back to its best state; the status stays ET_OK and the
- *     note "kept best: ..." and et_run_summary.kept_best say so.
+ *   - Keep-best: a run that took all its steps and ended worse than it began goes back to its best state
+ *     (loop._end): with evaluation examples (ET_SPLIT_EVAL, evaluated before step 0 and at the end) by their
+ *     loss, 0.5 % tolerance; without, by the smoothed training loss against the first. The status stays
+ *     ET_OK; the note "kept best: ..." and et_run_summary.kept_best say so.
  *   - Every such line ("lr auto: ...", "guard: ...", "kept best: ...", the Python tuner's words) goes to
  *     et_train_params.note and et_runtime_notes.
  */

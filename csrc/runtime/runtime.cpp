@@ -186,6 +186,27 @@ void evaluate(et_runtime *rt, et_split split, et_metrics *m) {
     *m = out;
 }
 
+// fit's `before`: the evaluation split's loss before step 0, when the app added evaluation examples (keep-best
+// compares with it; without the guard nothing reads it)
+void start(et_runtime *rt) {
+    if (!rt->trainer->params().guard || rt->trainer->done() > 0 || rt->trainer->has_before() ||
+        rt->sets[ET_SPLIT_EVAL].rows.empty())
+        return;
+    et_metrics m;
+    evaluate(rt, ET_SPLIT_EVAL, &m);
+    rt->trainer->set_before(m.loss);
+}
+
+// keep-best at the end of the run (loop._end): by the evaluation loss when there was a `before`
+void finish(et_runtime *rt) {
+    rt->trainer->finish([rt] {
+        if (rt->sets[ET_SPLIT_EVAL].rows.empty()) return (double)NAN;
+        et_metrics m;
+        evaluate(rt, ET_SPLIT_EVAL, &m);
+        return m.loss;
+    });
+}
+
 void make_dir(const std::string &dir) {
     if (mkdir(dir.c_str(), 0777) != 0 && errno != EEXIST) fail(ET_ERR_IO, dir + ": cannot be created (" + std::strerror(errno) + ")");
     struct stat st;
@@ -375,6 +396,7 @@ et_status et_runtime_set_train_params(et_runtime *rt, const et_train_params *p) 
     if (!rt) return ET_ERR_INVALID_ARGUMENT;
     return guarded(rt->error, [&] {
         rt->trainer->configure(full_params(p, "et_runtime_set_train_params"));
+        start(rt);
         return ET_OK;
     });
 }
@@ -384,7 +406,7 @@ et_status et_runtime_step(et_runtime *rt, et_step_record *out) {
     return guarded(rt->error, [&] {
         et_step_record r;
         if (!rt->trainer->step(r)) {
-            rt->trainer->finish();  // keep-best, once, when the run has all its steps
+            finish(rt);  // keep-best, once, when the run has all its steps
             return ET_DONE;
         }
         if (out) *out = r;
@@ -399,6 +421,7 @@ et_status et_runtime_train(et_runtime *rt, const et_train_params *p, et_train_re
     res.last_loss = NAN;
     et_status s = guarded(rt->error, [&] {
         rt->trainer->configure(full_params(p, "et_runtime_train"));
+        start(rt);
         et_step_record r;
         while (true) {
             if (p->cancel && *p->cancel) {
@@ -406,7 +429,7 @@ et_status et_runtime_train(et_runtime *rt, const et_train_params *p, et_train_re
                 return ET_CANCELLED;
             }
             if (!rt->trainer->step(r)) {
-                rt->trainer->finish();  // a run that ended worse than it began keeps its best state, says so
+                finish(rt);  // a run that ended worse than it began keeps its best state, says so
                 return ET_OK;
             }
             res.last_loss = r.loss;

@@ -17,6 +17,7 @@ namespace {
 constexpr size_t UNDO_CHUNK = 65535;  // trajectory.MAX_QUERIES: the most undo terms one rollback record holds
 constexpr uint64_t RECALIBRATE_STEP = (1ull << 32) + 1;  // loop._shrink's probes: derive_seed(seed, 2^32 + 1, k)
 constexpr uint64_t CAL_STREAM_INDEX = 1ull << 16;  // the calibration batches' stream: derive_seed(seed, 2^32, 2^16)
+constexpr double END_TOLERANCE = 5e-3;  // loop.END_TOLERANCE: an evaluation loss within 0.5 % of the start is not worse
 
 // Spall's gains (schedules.py): a_k = a/(k+1+A)^0.602, c_k = c/(k+1)^0.101, A = 10 % of the steps
 constexpr double SPALL_ALPHA = 0.602, SPALL_GAMMA = 0.101, SPALL_A = 0.1;
@@ -299,16 +300,30 @@ bool Trainer::recover() {
     return true;
 }
 
-void Trainer::finish() {
-    // loop._end without evaluation data: the guard's smoothed training loss at the end against the first
+void Trainer::finish(const std::function<double()> &eval_loss) {
+    // loop._end: worse by the evaluation loss (with evaluation data and a `before`), else by the guard's
+    // smoothed training loss against the first; θ back to the best state, and to the start when that is worse too
     if (!p_.guard || !can_roll_back() || done_ == start_ || kept_best_ >= 0) return;
-    const double start = guard_.start, end = guard_.ema;
-    const uint64_t best = guard_.best_step;
-    if (!guard_.worse_than_start() || !guard_.has_start || best >= done_) return;
+    double after = has_before() ? eval_loss() : NAN;
+    const bool by_eval = !std::isnan(after);
+    const double start = by_eval ? before_ : guard_.start, end = by_eval ? after : guard_.ema;
+    const bool worse = by_eval ? end > start + END_TOLERANCE * std::fabs(start) : guard_.worse_than_start();
+    uint64_t best = guard_.best_step;
+    if (!worse || (!by_eval && !guard_.has_start) || best >= done_) return;
     roll_back(best);
+    if (by_eval) {
+        after = eval_loss();
+        if (after > start + END_TOLERANCE * std::fabs(start) && best > 0) {
+            // the best smoothed training loss lags the weights: when its state is worse too, the start it is
+            best = 0;
+            roll_back(best);
+            after = eval_loss();
+        }
+    }
     kept_best_ = (int64_t)best;
     say("kept best: the run ended worse than it began (loss " + fmt_g(start, 4) + " → " + fmt_g(end, 4) +
-        "); kept θ before step " + std::to_string(best) + " (smoothed training loss " + fmt_g(guard_.best, 4) + ")");
+        "); kept θ before step " + std::to_string(best) +
+        (by_eval ? ", loss " + fmt_g(after, 4) : " (smoothed training loss " + fmt_g(guard_.best, 4) + ")"));
 }
 
 json Trainer::state() const {
@@ -331,7 +346,8 @@ json Trainer::state() const {
                {"forwards", cal_.forwards}, {"fallback", cal_.fallback}};
     return {{"step", done_}, {"forwards", forwards_}, {"start", start_}, {"scale", scale_}, {"guard", guard},
             {"calibration", cal}, {"probe_forwards", probe_forwards_}, {"applied", applied},
-            {"kept_best", kept_best_ >= 0 ? json(kept_best_) : json(nullptr)}, {"notes", notes_}};
+            {"kept_best", kept_best_ >= 0 ? json(kept_best_) : json(nullptr)}, {"notes", notes_},
+            {"before", has_before() ? json(before_) : json(nullptr)}};
 }
 
 void Trainer::load_state(const json &st) {
@@ -343,6 +359,7 @@ void Trainer::load_state(const json &st) {
     probe_forwards_ = st.value("probe_forwards", (uint64_t)0);
     kept_best_ = st.contains("kept_best") && !st["kept_best"].is_null() ? st["kept_best"].get<int64_t>() : -1;
     if (st.contains("notes")) notes_ = st["notes"].get<std::vector<std::string>>();
+    before_ = st.contains("before") && !st["before"].is_null() ? st["before"].get<double>() : NAN;
     if (st.contains("guard")) {
         const json &g = st["guard"];
         guard_ = Guard();

@@ -35,8 +35,12 @@ public:
     // a non-finite loss as TrainingRun.recover does. false when the run has taken p.steps steps. Throws
     // Error(ET_ERR_NONFINITE_LOSS) with the weights back at the step's clean ones when it cannot recover.
     bool step(et_step_record &record);
-    // the end of a finished run: keep-best (loop._end without evaluation data); once
-    void finish();
+    // the end of a finished run: keep-best as loop._end, once. eval_loss: the evaluation split's mean loss at the
+    // current weights, NaN without evaluation examples (then the guard's smoothed training loss decides)
+    void finish(const std::function<double()> &eval_loss);
+    // the evaluation loss before step 0 (fit's `before`): with it, keep-best compares evaluation losses
+    void set_before(double loss) { before_ = loss; }
+    bool has_before() const { return !std::isnan(before_); }
     uint64_t done() const { return done_; }
     uint64_t forwards() const { return forwards_; }
     // a checkpoint's run state (step, forwards, calibration, guard, lr scale, the undo terms, kept best)
@@ -84,6 +88,7 @@ private:
     double last_loss_ = 0;  // the last step's loss in double (np.mean of its 2q losses): what the guard sees
     std::deque<std::pair<uint64_t, Terms>> applied_;  // the steps θ holds since the run began, oldest first
     int64_t kept_best_ = -1;
+    double before_ = NAN;
     std::vector<std::string> notes_;
 };
 
