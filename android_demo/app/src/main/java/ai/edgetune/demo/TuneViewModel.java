@@ -114,7 +114,11 @@ public final class TuneViewModel extends AndroidViewModel {
                 double after = et.evaluate(EdgeTune.Split.EVAL).accuracy;
                 File tuned = new File(files, "tuned");
                 et.save(tuned.getPath());
-                String how = r.cancelled ? "cancelled after " + r.stepsDone + " steps" : "done";
+                // the bundle's defaults tune with lr auto and the guard: a run that ended worse than it began
+                // kept its best state, which the user should hear about
+                String how = r.cancelled ? "cancelled after " + r.stepsDone + " steps"
+                        : r.keptBest ? "done; it ended worse than it began, so the weights before step " + r.bestStep
+                        + " were kept" : "done";
                 post(new State(false, how + "; tuned model in " + tuned, r.stepsDone, p.steps, r.lastLoss, before, after));
             } finally {
                 current = null;
