@@ -93,7 +93,7 @@ def python_run(bundle: Path, train: Path, args, out: Path) -> dict:
 
 def c_run(build: Path, bundle: Path, train: Path, args, out: Path) -> dict:
     cmd = [str(build / "tune_bundle"), str(bundle), str(train), "--steps", str(args.steps), "--lr", "1e-3",
-           "--eps", "1e-3", "--seed", "0", "--batch-size", "8", "--threads", str(args.threads), "--ort",
+           "--eps", "1e-3", "--guard", "off", "--seed", "0", "--batch-size", "8", "--threads", str(args.threads), "--ort",
            str(ORT_LIBRARY), "--out", str(out)]
     stdout, peak = run_with_peak(cmd)
     losses = [float(np.float32(w[3])) for w in map(str.split, stdout.splitlines()) if w[:1] == ["step"] and w[2] == "loss"]
