@@ -204,6 +204,13 @@ def test_java_binding_tunes_like_the_c_example(bundle, host_build, host_ort, x86
     assert line["finished"] == f"false {STEPS} {2 * STEPS}" and line["next"] == "none" and "closed" in text
     # the bundle's defaults are tune's (lr auto, the guard on); this run's numeric lr, which the guard never cut
     assert line["defaults"] == "lrAuto true guard true" and line["summary"] == f"{float(JAVA_LR)} 0 false 0"
+    # a short run from those defaults: the C example's lr auto to the last bit, the note heard by onNote
+    c_auto = _run([host_build / "tune_bundle", bundle / "bundle", bundle / "train.jsonl", "--steps", 5, "--seed", 0,
+                   "--batch-size", 16, "--threads", 1, "--ort", host_ort])
+    c_lr = float(re.search(r"^summary lr (\S+)", c_auto, re.M).group(1))
+    java_lr, steps, heard = line["auto"].split()
+    assert float(java_lr) == c_lr and (steps, heard) == ("5", "true") and line["autonote"].startswith("lr auto: ")
+    assert line["autonote"] == next(x for x in c_auto.splitlines() if x.startswith("lr auto: "))
 
     c_out, c_losses, c_evals = x86_java_run
     steps = re.findall(r"^step (\d+) ([0-9a-f]+) ([0-9a-f]+) ([0-9a-f]+) 1 1$", text, re.M)

@@ -9,6 +9,7 @@ import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Paths;
+import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
 import java.util.Locale;
@@ -132,6 +133,29 @@ public final class TuneEndToEnd {
             writeFloats(et.weights(), out + "/weights.f32");
         }
         System.out.println("closed");
+
+        // lr auto from the bundle's defaults: a short run; its calibrated lr and the note that says it
+        try (EdgeTune et = EdgeTune.open(bundle, options)) {
+            et.loadJsonl(EdgeTune.Split.TRAIN, train);
+            EdgeTune.TrainParams p = et.defaultTrainParams();
+            p.steps = 5;
+            p.seed = seed;
+            p.batchSize = 16;
+            List<String> heard = new ArrayList<>();
+            EdgeTune.TrainResult r = et.train(p, new EdgeTune.ProgressListener() {
+                @Override
+                public boolean onStep(EdgeTune.StepRecord rec) {
+                    return true;
+                }
+
+                @Override
+                public void onNote(String line) {
+                    heard.add(line);
+                }
+            });
+            System.out.println("auto " + r.lr + " " + r.stepsDone + " " + heard.equals(Arrays.asList(r.notes)));
+            System.out.println("autonote " + String.join(" | ", r.notes));
+        }
     }
 
     interface Call {
