@@ -334,7 +334,7 @@ class TrainingRun:
         self.calibration = self._probe(config.seed, eps=None if config.eps == "auto" else config.eps)
         self.optimizer = self._build_optimizer()
         if self.guard is not None:
-            self.guard = Guard(self.calibration.loss_noise)
+            self.guard = Guard(self.calibration.loss_noise, loss=self.calibration.loss)
         self._announce_calibration()
 
     def _probe(self, seed: int, eps: float | None) -> Calibration:
@@ -344,8 +344,9 @@ class TrainingRun:
         stream = BatchStream(len(self.train), config.batch_size, _core.derive_seed(config.seed, 2**32, 2**16))
         batches = [self._batch(i, stream) for i in range(BATCHES)]
         binders = [lambda b=b: tuner.engine.set_batch(b) for b in batches]
+        # a fifth of what is left of the budget: a rollback's re-measure takes less than the first calibration
         measured = calibrate(tuner.arena.buffer(), seed, config.noise, binders, tuner.engine.mean_loss, eps=eps,
-                             max_probes=probe_cap(config.forward_budget))
+                             max_probes=probe_cap(config.forward_budget and max(config.forward_budget - self.spent, 1)))
         self.spent += measured.forwards
         return measured
 

@@ -16,7 +16,9 @@ from edgetune.errors import EdgetuneError
 from edgetune.loop import TrainingRun
 from edgetune.zo.calibrate import (BATCHES, C_LR, CONFIDENCE, FALLBACK_FRACTION, FORWARDS, LR_BOUNDS, MAX_PROBES, PROBES,
                                     calibrate, choose, probe_cap)
+from edgetune.zo.guard import Guard
 from edgetune.zo.schedules import Schedule, StepSize
+from edgetune.zo.zosgd import StepRecord
 
 HUGE = dict(lr=1.0, eps=1e-3, steps=60, seed=3)  # 6x the tiny classifier's calibrated lr: its loss climbs at once
 
@@ -111,6 +113,17 @@ def test_probes_that_agree_stop_after_the_first_round():
     loss = quadratic(weights, [1.0] * 200)  # many equal directions: zᵀHz within a few % of its mean for every z
     cal = calibrate(weights, 3, "rademacher", [lambda: None] * BATCHES, loss, eps=1e-3)
     assert cal.probes == PROBES and cal.forwards == FORWARDS and cal.curvature_se < CONFIDENCE * cal.curvature
+
+
+def test_the_guard_starts_from_the_calibrations_mean_loss_not_one_batchs():
+    # a first batch 3 % below the mean must not become the best a mean loss "rises" from
+    record = lambda step, loss: StepRecord(step, [1], [0.1], 1e-3, 1e-3, 0.0, "rademacher", loss)  # noqa: E731
+    guard = Guard(0.005, loss=0.69)
+    assert not guard.observe(record(0, 0.67)) and guard.state.best == pytest.approx(0.688)
+    assert not any(guard.observe(record(t, 0.685)) for t in range(1, 40))
+    alone = Guard(0.005)
+    assert not alone.observe(record(0, 0.67)) and alone.state.best == 0.67
+    assert any(alone.observe(record(t, 0.685)) for t in range(1, 40))  # what one lucky batch did
 
 
 def test_a_forward_budget_caps_the_probes_at_a_fifth_of_it():

@@ -126,8 +126,8 @@ def calibrate(buffer: np.ndarray, seed: int, noise: str, batches: list[Callable[
 
 
 def probe_cap(forward_budget: int) -> int:
-    """The most probes a run's calibration may take: MAX_PROBES, and under a forward budget whole rounds within a
-    fifth of it (a short run keeps its forwards for steps), never fewer than the first round."""
+    """The most probes a calibration may take: MAX_PROBES, and under a forward budget (what is left of it) whole
+    rounds within a fifth of it (a short run keeps its forwards for steps), never fewer than the first round."""
     if not forward_budget:
         return MAX_PROBES
     rounds = (forward_budget // 5 - BATCHES) // (2 * PROBES)
