@@ -69,12 +69,14 @@ SAME_AS_DEFAULTS = {"rt": "head auto", "debates": "head auto",
 
 
 def arms(task: str) -> dict[str, dict]:
-    """Every arm of ``task`` by name: its tune options (none for the defaults)."""
+    """Every arm of ``task`` by name: its tune options (none for the defaults). The ``SLICE auto`` and grid arms
+    tune the head by ZO (``--head zo``: the defaults before ``--head auto``, kept for comparison); the
+    ``SLICE, --head exact`` arms tune it first-order, the layers below by ZO with ``--lr auto``."""
     table = {"defaults": {}}
-    table |= {f"{s} auto": {"trainable": s} for s in CANDIDATES[task]}
-    if task != "smollm2":  # the first-order head beside them (not a default: a --head exact run has no replay)
-        table["head, --head exact"] = {"trainable": "head", "head": "exact"}
-    table |= {f"{s} lr {lr:g}": {"trainable": s, "lr": lr, "eps": TASKS[task]["eps"], "guard": "off"}
+    table |= {f"{s} auto": {"trainable": s, "head": "zo"} for s in CANDIDATES[task]}
+    if task != "smollm2":  # the first-order head, alone and with ZO below it: what --head auto chooses from
+        table |= {f"{s}, --head exact": {"trainable": s, "head": "exact"} for s in CANDIDATES[task]}
+    table |= {f"{s} lr {lr:g}": {"trainable": s, "lr": lr, "eps": TASKS[task]["eps"], "guard": "off", "head": "zo"}
               for s, lr in GRID[task]}
     return table
 
@@ -137,7 +139,8 @@ def child(task: str, arm: str, seed: int) -> dict:
     spec = TASKS[task]
     options = dict(arms(task)[arm])
     trainable = options.pop("trainable", None)  # None: the default (auto)
-    tuner = Tuner.from_onnx(model, **({"trainable": trainable} if trainable else {}), head=options.get("head", "zo"),
+    head = {"head": options["head"]} if "head" in options else {}  # none: the default (auto)
+    tuner = Tuner.from_onnx(model, **({"trainable": trainable} if trainable else {}), **head,
                             max_length=spec["max_length"], threads=int(os.environ.get("BENCH_THREADS", "2")), **load)
     began, cpu = time.perf_counter(), time.process_time()
     try:
@@ -152,6 +155,7 @@ def child(task: str, arm: str, seed: int) -> dict:
             "trainable": str(tuner.trainable_spec), "lr": result.calibration["lr"] if result.calibration
             else options.get("lr"), "eps": result.calibration["eps"] if result.calibration else options.get("eps"),
             "guard": result.guard, "kept": result.kept, "forwards": result.forward_passes, "steps": result.steps,
+            "calibration": result.calibration,
             "seconds": time.perf_counter() - began, "cpu_seconds": time.process_time() - cpu}
 
 

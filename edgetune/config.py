@@ -269,6 +269,21 @@ class TrainConfig(HiZOOOptions, LOZOOptions, HeadOptions, MicroAdamOptions, Wind
                 raise EdgetuneError("--activation-cache must be auto, off or a RAM budget such as 200MB, got "
                                     f"'{self.activation_cache}'") from None
 
+    def exact_head_allowed(self) -> bool:
+        """Whether ``--head auto`` may choose exact: only ZO-SGD, unrotated, perturbs part of the slice."""
+        return self.optimizer == "zo-sgd" and self.parallel == "off" and not self.rotate
+
+    def resolved_head(self, head_in_graph: bool) -> str:
+        """``head`` with auto resolved: exact where the prepared graph outputs the head's gradient
+        (``head_in_graph``: ``Tuner.from_onnx`` found a linear head in the slice) and :meth:`exact_head_allowed`."""
+        if self.head != "auto":
+            return self.head
+        return "exact" if head_in_graph and self.exact_head_allowed() else "zo"
+
+    def graph_head(self) -> str:
+        """The ``head`` to prepare the graph for (``Tuner.from_onnx``): auto only where it may choose exact."""
+        return "zo" if self.head == "auto" and not self.exact_head_allowed() else self.head
+
     def _validate_head(self) -> None:
         """--head exact keeps ZO off the head: only ZO-SGD perturbs part of the slice (the others, P-RGE's
         copies and DiZO's projection work on all of it), and --rotate would choose that part itself."""

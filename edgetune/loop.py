@@ -55,6 +55,10 @@ from edgetune.zo.subset import block_subsets
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.safetensors"
+# --lr auto under the exact head: the head takes this many steps alone (one forward each) before the layers below
+# are calibrated. A fresh head's small weights leave those layers nearly flat, so a calibration before it learns
+# chose an lr that overshoots once it has (MiniLM-RT last:2: 3.9e-3, where 5e-5 works).
+WARM_STEPS = 50
 BATCH_ORDER = "core-permutation-1"
 _TRAJECTORY_KEYS = TrainConfig.trajectory_keys()  # the fields marked for the trajectory: a resumed run keeps them
 
@@ -135,6 +139,7 @@ class TrainingRun:
 
     def __init__(self, tuner: TunedModel, config: TrainConfig, data: str | Path, output_dir: str | Path | None = None,
                  resume: bool = False):
+        config = replace(config, head=config.resolved_head(tuner.head is not None))  # the log records exact or zo
         subsets = block_subsets(config, tuner.params, tuner.arena)  # a --rotate K the slice cannot take fails here
         check_room(config, [p.name for p in tuner.params])  # DiZO's per-tensor scales must fit a step record
         self.tuner, self.config = tuner, config
@@ -278,7 +283,10 @@ class TrainingRun:
         check_engine(tuner.engine, tuner.arena.buffer())
         self._engine = tuner.engine
         if self.calibration is None and "auto" in (config.lr, config.eps) and self.zeroth_order:
-            self._calibrate()
+            if isinstance(self.optimizer, ExactHead):  # the head learns alone first; step() calibrates after
+                self.optimizer.warm_until = WARM_STEPS
+            else:
+                self._calibrate()
         if config.parallel != "off":
             self._engine, optimizer, self.batching = parallel_strategy(
                 self.resolved, tuner.engine, self.optimizer, tuner.copy_batched_engine, first, tuner.arena.buffer(),
@@ -295,6 +303,9 @@ class TrainingRun:
         """Step ``done`` on its batch, logged. ``chain`` promises that another step follows with nothing reading
         θ in between (evaluation, checkpoint): the next perturbation is then fused into this step's last pass."""
         engine, t = self.bind(), self.done
+        if isinstance(self.optimizer, ExactHead) and self.optimizer.warm_until and t >= self.optimizer.warm_until \
+                and self.calibration is None:
+            self._calibrate()  # the head has warmed up: the layers below have the curvature they will train at
         batch = self._batch(t)
         engine.set_batch(batch)
         try:
@@ -332,10 +343,20 @@ class TrainingRun:
         then rebuild the optimizer with the measured values; the forwards count in the budget."""
         config = self.config
         self.calibration = self._probe(config.seed, eps=None if config.eps == "auto" else config.eps)
+        # the exact head's moments and kept copies after its warm-up go on into the rebuilt optimizer
+        state = self.optimizer.state_dict() if isinstance(self.optimizer, ExactHead) else None
         self.optimizer = self._build_optimizer()
+        if state is not None:
+            self.optimizer.load_state_dict(state)
         if self.guard is not None:
             self.guard = Guard(self.calibration.loss_noise, loss=self.calibration.loss)
         self._announce_calibration()
+
+    def _zo_spans(self) -> list[tuple[int, int]] | None:
+        """The arena ranges ZO perturbs: all but the head's under the exact head (None: the whole arena)."""
+        if isinstance(self.optimizer, ExactHead) and self.optimizer.lower is not None:
+            return self.optimizer.lower.spans(self.done)
+        return None
 
     def _probe(self, seed: int, eps: float | None) -> Calibration:
         """The calibration's probes at the arena's θ (left as it was) on its batches, a stream of the run's seed
@@ -346,7 +367,8 @@ class TrainingRun:
         binders = [lambda b=b: tuner.engine.set_batch(b) for b in batches]
         # a fifth of what is left of the budget: a rollback's re-measure takes less than the first calibration
         measured = calibrate(tuner.arena.buffer(), seed, config.noise, binders, tuner.engine.mean_loss, eps=eps,
-                             max_probes=probe_cap(config.forward_budget and max(config.forward_budget - self.spent, 1)))
+                             max_probes=probe_cap(config.forward_budget and max(config.forward_budget - self.spent, 1)),
+                             spans=self._zo_spans())
         self.spent += measured.forwards
         return measured
 
@@ -502,6 +524,8 @@ def fit(tuner: TunedModel, config: TrainConfig, data: str | Path, eval_data: str
         progress.on_start(run.start, config.steps)
     if tuner.auto_slice is not None and not resume:  # the slice nobody named (the CLI's banner says it)
         logger.info(tuner.auto_slice.line())
+    if config.head == "auto" and not resume:  # and how its head is tuned
+        logger.info("head: %s (--head auto)", run.config.head)
     if progress:
         if run.before is not None and not resume:
             progress.on_eval(0, run.before)

@@ -35,7 +35,7 @@ from edgetune.graph.loss import labelled_positions
 from edgetune.graph.prge import copy_batched
 from edgetune.graph.model import LABELS_KEY, TASK_KEY, check_model_file, load_model, max_length_for
 from edgetune.graph.prepare import arena_group
-from edgetune.graph.auto_slice import AutoSlice, choose_slice
+from edgetune.graph.auto_slice import AutoSlice, choose_slice, exact_head_fits
 from edgetune.graph.trainable import AUTO, DEFAULT_TRAINABLE, TrainableSpec
 from edgetune.loop import FitResult, Progress
 from edgetune.process.interrupt import StopRequest
@@ -105,7 +105,7 @@ class Tuner:
         split: bool = True,
         verbalizer: str | dict[str, str] | None = None,
         template: str | None = None,
-        head: str = "zo",
+        head: str = "auto",
     ) -> Tuner:
         """Prepare ``onnx_path`` for tuning the weights selected by ``trainable`` (a ``--trainable`` text,
         see ``graph.trainable``, or a parsed :class:`TrainableSpec`). ``"auto"`` (the default) chooses the slice
@@ -116,7 +116,9 @@ class Tuner:
         with a causal LM classifies ``{"text", "label"}`` data by the word the LM says after
         ``template`` (default ``"{text}"``); a model tuned that way carries both in its metadata.
         ``head="exact"`` prepares a classifier to be tuned with ``fit(head="exact")``: every forward also
-        outputs the exact gradient of its last linear layer, which ``trainable`` must select.
+        outputs the exact gradient of its last linear layer, which ``trainable`` must select. ``"auto"`` (the
+        default) does so where that layer is in the slice (``graph.auto_slice.exact_head_fits``), and ``fit``'s
+        ``head="auto"`` then tunes it exactly; ``"zo"`` prepares the plain graph.
         """
         ModelOptions(tokenizer=tokenizer, task=task, max_length=max_length, threads=threads, split=split,
                      verbalizer=verbalizer, template=template, providers=providers).validate()
@@ -142,8 +144,9 @@ class Tuner:
         if trainable is None:
             prepared = prepare(onnx_path, None, task=task)
         else:
+            head_grad = head == "exact" or (head == "auto" and exact_head_fits(onnx_path, trainable, task))
             prepared = prepare_cached(onnx_path, trainable, file_digest(onnx_path), task=task, split=split,
-                                      head_grad=head == "exact")
+                                      head_grad=head_grad)
         check_vocabulary(tok, tokenizer_path, prepared.info.embedding_rows, onnx_path)
         tuner = cls(prepared, tok, tokenizer_path, max_length_for(prepared.info, max_length), threads, providers)
         tuner._set_verbalizer(verbalizer, template)

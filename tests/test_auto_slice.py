@@ -7,7 +7,11 @@ import json
 import pytest
 
 from edgetune import Tuner
-from edgetune.graph.auto_slice import FRESH_HEAD, GENERATIVE, TRAINED_HEAD, VERBALISER, choose_slice
+from edgetune.artifacts.trajectory import Trajectory
+from edgetune.config import TrainConfig
+from edgetune.graph.auto_slice import (FRESH_HEAD, GENERATIVE, TRAINED_HEAD, VERBALISER, choose_slice,
+                                       exact_head_fits)
+from edgetune.graph.trainable import TrainableSpec
 from models.tiny import TINY_VOCAB, build_causal_lm, build_tokenizer, make_classifier_bundle
 from tests.badinput import assert_rejected
 from tests.test_verbalizer import TEMPLATE, VERBALIZER
@@ -46,9 +50,13 @@ def test_the_cli_says_which_slice_in_one_line_and_records_it(fresh, tmp_path, cl
     chosen = choose_slice(fresh["model"]).spec
     banner = done.stderr.splitlines()[0]  # the one line at start says which slice and why
     assert banner.startswith("edgetune classification model ")
-    assert f" weights ({chosen}; auto: a classifier with a fresh head; --trainable to choose), " in banner
+    # and the head: --head auto tunes the classifier's linear head exactly where the slice holds it
+    assert (f" weights ({chosen}; auto: a classifier with a fresh head; --trainable to choose); head: exact "
+            "(--head auto: the slice holds the classifier's linear head; --head zo to tune it by ZO), ") in banner
     assert (done.stdout + done.stderr).count("auto: a classifier") == 1
-    assert json.loads((out / "summary.json").read_text())["config"]["trainable"] == str(chosen)
+    config = json.loads((out / "summary.json").read_text())["config"]
+    assert config["trainable"] == str(chosen) and config["head"] == "exact"  # what auto resolved to
+    assert Trajectory.read(out / "run.etlog").header["config"]["head"] == "exact"
     replayed = cli("replay", "--onnx", fresh["model"], "--log", out / "run.etlog", "--output", tmp_path / "replayed")
     assert replayed.returncode == 0, replayed.stderr
     assert (tmp_path / "replayed" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
@@ -67,3 +75,16 @@ def test_an_explicit_trainable_wins(fresh, tmp_path, cli):
 def test_auto_where_nothing_reads_the_model_is_one_line(classifier, cli):
     assert_rejected(cli("plan", "--onnx", classifier["model"], "--trainable", "auto"),
                     "--trainable 'auto'", "auto chooses the slice from the model when tuning")
+
+
+def test_head_auto_is_exact_only_where_the_slice_holds_a_classifier_s_linear_head(fresh, lm, tmp_path):
+    assert exact_head_fits(fresh["model"], TrainableSpec.parse("last:1"))
+    assert not exact_head_fits(fresh["model"], TrainableSpec.parse("blocks:0"))  # the head stays frozen
+    assert not exact_head_fits(lm["model"], TrainableSpec.parse("all"))  # no classifier
+    assert Tuner.from_onnx(fresh["model"], trainable="head").head is not None
+    assert Tuner.from_onnx(fresh["model"], trainable="head", head="zo").head is None
+    config = TrainConfig()
+    assert config.head == "auto" and config.resolved_head(True) == "exact" and config.resolved_head(False) == "zo"
+    for other in (TrainConfig(optimizer="zo-adam"), TrainConfig(parallel="on"), TrainConfig(rotate=1)):
+        assert other.resolved_head(True) == "zo" and other.graph_head() == "zo"  # they perturb the whole slice
+    assert TrainConfig(head="zo").resolved_head(True) == "zo"  # --head zo: the old behaviour

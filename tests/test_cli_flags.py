@@ -24,7 +24,7 @@ from tests.badinput import INTERNAL_ERROR
 from tests.test_cli import assert_same_bits
 
 TUNE = ("tune", "--batch-size", "8", "--lr", "0.01", "--steps", "3", "--queries", "2", "--threads", "1",
-        "--trainable", "last:1")  # a fixed slice: the flags are what these tests vary
+        "--trainable", "last:1", "--head", "zo")  # a fixed slice, all by ZO: the flags are what these tests vary
 
 
 def tune(cli, classifier, out: Path, *flags: str) -> subprocess.CompletedProcess:

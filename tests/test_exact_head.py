@@ -11,6 +11,7 @@ from onnx import helper, numpy_helper
 
 from badinput import Snapshot, assert_rejected
 from edgetune import Tuner
+from edgetune.artifacts.trajectory import Trajectory
 from edgetune.data import load_tokenizer
 from edgetune.data.batching import IGNORE_INDEX, Batch, BatchStream
 from edgetune.engine.runner import LossEngine
@@ -338,12 +339,12 @@ def test_fit_head_exact_resumes_bit_identical(classifier, tmp_path):
 
 
 def test_fit_head_exact_needs_a_tuner_prepared_for_it(classifier, tmp_path):
-    tuner = Tuner.from_onnx(classifier["model"], trainable="last:1", threads=1)
+    tuner = Tuner.from_onnx(classifier["model"], trainable="last:1", threads=1, head="zo")
     with pytest.raises(EdgetuneError) as caught:
         tuner.fit(classifier["train"], output_dir=tmp_path / "out", steps=2, head="exact")
     assert "\n" not in str(caught.value) and "from_onnx(..., head='exact')" in str(caught.value)
     assert not (tmp_path / "out").exists()
-    with pytest.raises(EdgetuneError, match="--head must be zo or exact"):
+    with pytest.raises(EdgetuneError, match="--head must be auto, exact or zo"):
         Tuner.from_onnx(classifier["model"], trainable="last:1", head="first-order")
 
 
@@ -353,7 +354,7 @@ def test_fit_head_exact_needs_a_tuner_prepared_for_it(classifier, tmp_path):
     (["--head", "exact", "--parallel", "on"], ["--head exact needs --parallel off"]),
     (["--head", "exact", "--parallel", "auto"], ["--head exact needs --parallel off"]),
     (["--head", "exact", "--rotate", "1"], ["--head exact needs --rotate 0"]),
-    (["--head-method", "sgd"], ["--head-method sgd is an option of --head exact", "ignored"]),
+    (["--head", "zo", "--head-method", "sgd"], ["--head-method sgd is an option of --head exact", "ignored"]),
     (["--head", "zo", "--head-lr", "0.1"], ["--head-lr 0.1 is an option of --head exact, not --head zo"]),
     (["--head", "exact", "--head-lr", "0"], ["--head-lr must be positive"]),
     (["--head", "exact", "--head-method", "lbfgs"], ["--head-method", "lbfgs"]),
@@ -373,3 +374,38 @@ def test_head_exact_on_a_model_it_cannot_serve_is_one_line(classifier, lm, cli, 
     proc = cli("tune", *_data_args(classifier, tmp_path / "frozen"), "--steps", 2, "--head", "exact",
                "--trainable", "blocks:0")
     assert_rejected(proc, "--trainable 'blocks:0' leaves the head's", "frozen")
+
+
+class _Notes:
+    def __init__(self):
+        self.lines = []
+
+    def on_start(self, start, total): ...
+    def on_step(self, record): ...
+    def on_eval(self, step, metrics): ...
+
+    def on_note(self, line):
+        self.lines.append(line)
+
+
+@pytest.mark.parametrize("trainable, diverging", [
+    ("head", {"head_lr": 1.0}),  # the head alone: Adam at 1.0 throws its logits far off at once
+    ("last:1", {"lr": 1.0, "eps": 1e-3, "head_lr": 1.0}),  # and the ZO layers below at 6x their calibrated lr
+])
+def test_the_guard_rolls_an_exact_head_run_back_and_replay_is_exact(classifier, tmp_path, cli, trainable, diverging):
+    out = tmp_path / "run"
+    tuner = Tuner.from_onnx(classifier["model"], trainable=trainable, threads=1)  # --head auto: exact here
+    notes = _Notes()
+    result = tuner.fit(classifier["train"], eval_data=classifier["dev"], output_dir=out, steps=60, seed=3,
+                       batch_size=8, progress=notes, **diverging)
+    rolled = [line for line in notes.lines if "rolled back to step" in line]
+    assert rolled and result.guard and "cannot roll back" not in " ".join(result.guard)
+    assert result.after["loss"] <= result.before["loss"] * 1.01  # rolled back, and kept its best at the end
+    tuner.save(out)
+    log = Trajectory.read(out / "run.etlog")
+    assert log.header["config"]["head"] == "exact"
+    undo = [r for r in log.records if r.rollback is not None]
+    assert undo and any(r.head_update is not None for r in undo)  # the head restored from its kept copy
+    done = cli("replay", "--onnx", classifier["model"], "--log", out / "run.etlog", "--output", tmp_path / "replayed")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "replayed" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,11 +95,13 @@ def _tune(run: _RunOptions, trainable: TrainableSpec | str, model: ModelOptions,
     if run.bundle:
         tuner = Tuner.from_bundle(run.bundle, threads=model.threads)
     else:  # --head exact changes the prepared graph: decided at load time, which the config knows before
-        tuner = Tuner.from_onnx(run.onnx, trainable=trainable, head=config.head, **model.keywords())
+        tuner = Tuner.from_onnx(run.onnx, trainable=trainable, head=config.graph_head(), **model.keywords())
+    head = _head_text(config, tuner)
+    config = replace(config, head=config.resolved_head(tuner.head is not None))  # summary.json: what auto chose
     run.trainable = str(tuner.trainable_spec)  # auto resolved: the summary and the console name the slice
     model.max_length = tuner.max_length  # the summary records the length used, a default resolved
     # announced once the data are read and checked: a bad file is then the only line on stderr
-    with ConsoleProgress(announce=lambda: _announce(run, tuner)) as progress:
+    with ConsoleProgress(announce=lambda: _announce(run, tuner, head)) as progress:
         result = tuner.fit(
             run.data, eval_data=run.eval_data, output_dir=run.output_dir, resume=run.resume,
             overwrite=run.overwrite, progress=progress, config=config,
@@ -133,15 +135,24 @@ def _summary_config(run: _RunOptions, model: ModelOptions, config: TrainConfig) 
     return {f.name: getattr(options, f.name) for options in (run, model, config) for f in cli_fields(type(options))}
 
 
-def _announce(run: _RunOptions, tuner) -> None:
+def _announce(run: _RunOptions, tuner, head: str) -> None:
     console.print(
         f"[bold]edgetune[/] {tuner.info.task} model {run.model}: tuning {tuner.trainable_params:,} of "
-        f"{tuner.total_params:,} weights ({_slice_text(run, tuner)}), "
+        f"{tuner.total_params:,} weights ({_slice_text(run, tuner)}){head}, "
         f"{'frozen prefix cached' if tuner.split else 'whole graph per evaluation'}"
     )
     if tuner.verbalizer is not None:
         console.print(f"classifying by the next word after {tuner.verbalizer.template!r}: {tuner.verbalizer.describe()}",
                       markup=False)
+
+
+def _head_text(config: TrainConfig, tuner) -> str:
+    """What --head auto chose, for the banner (nothing where --head was given)."""
+    if config.head != "auto":
+        return ""
+    if config.resolved_head(tuner.head is not None) == "exact":
+        return "; head: exact (--head auto: the slice holds the classifier's linear head; --head zo to tune it by ZO)"
+    return "; head: zo (--head auto: no classifier's linear head the exact head can take in this slice or optimizer)"
 
 
 def _slice_text(run: _RunOptions, tuner) -> str:

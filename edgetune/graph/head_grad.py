@@ -74,6 +74,17 @@ def find_linear_head(graph: onnx.GraphProto, where: str = "the model") -> Linear
                       _shape(graph, bias, where) if bias else None)
 
 
+def find_exact_head(graph: onnx.GraphProto, where: str = "the model") -> LinearHead:
+    """The linear head whose exact gradient :func:`add_head_grad` can add, or one ModelError line why not."""
+    head = find_linear_head(graph, where)
+    if len(head.weight_shape) != 2:
+        raise ModelError(f"{where}: the head weight '{head.weight}' has shape {list(head.weight_shape)}, not 2-D")
+    if head.bias_shape is not None and (len(head.bias_shape) > 2 or any(d != 1 for d in head.bias_shape[:-1])):
+        raise ModelError(f"{where}: the head bias '{head.bias}' has shape {list(head.bias_shape)}; "
+                         "the exact head takes a bias of one value per class")
+    return head
+
+
 def add_head_grad(model: onnx.ModelProto, where: str = "the model") -> LinearHead:
     """Add ``head_grad_W`` (and ``head_grad_b`` when the head has a bias) to ``model`` in place.
 
@@ -83,12 +94,7 @@ def add_head_grad(model: onnx.ModelProto, where: str = "the model") -> LinearHea
     labels = next((i for i in graph.input if i.name == LABELS_INPUT), None)
     if labels is None or len(labels.type.tensor_type.shape.dim) != 1:
         raise ModelError(f"{where}: the exact head needs a classifier's loss (one label per example)")
-    head = find_linear_head(graph, where)
-    if len(head.weight_shape) != 2:
-        raise ModelError(f"{where}: the head weight '{head.weight}' has shape {list(head.weight_shape)}, not 2-D")
-    if head.bias_shape is not None and (len(head.bias_shape) > 2 or any(d != 1 for d in head.bias_shape[:-1])):
-        raise ModelError(f"{where}: the head bias '{head.bias}' has shape {list(head.bias_shape)}; "
-                         "the exact head takes a bias of one value per class")
+    head = find_exact_head(graph, where)
     graph.node.extend(_grad_nodes(head))
     graph.output.append(helper.make_tensor_value_info(HEAD_GRAD_W, TensorProto.FLOAT, list(head.weight_shape)))
     if head.bias is not None:

@@ -19,6 +19,9 @@ exactly) and applied live by the optimizer's own replay, so ``edgetune replay`` 
 passes and lands on the same bits. It is exact in real arithmetic only: in float32 each undone step leaves
 a rounding residue of about one ulp of ε·|z| per element (the ±ε passes and the coefficient's rounding),
 far below the step itself.
+
+Under ``--head exact`` the layers below roll back this way; the head, first-order and a few thousand floats,
+comes back from a copy kept at the best state (``ExactHead.mark_best``), written into the last undo record.
 """
 
 from __future__ import annotations
@@ -115,6 +118,8 @@ class Guard:
 def update_terms(record: StepRecord) -> list[tuple[int, float]]:
     """(seed, c) of each query of a ZO-SGD step: θ ← θ + Σ c·z(seed), c = −(lr/q)·g in float32 (a rollback
     record's own terms are its undo: c = −g with its lr = q)."""
+    if not record.seeds:  # a step of the exact head alone: nothing of ZO to undo (its head is kept apart)
+        return []
     f32 = np.float32
     per = f32(record.lr) / f32(len(record.seeds))
     return [(seed, float(-(per * f32(g)))) for seed, g in zip(record.seeds, record.grads)]

@@ -141,11 +141,12 @@ class HeadOptions:
     """``--head exact``: the classifier's last linear layer updated first-order from its exact gradient, which
     the graph computes in the forward, while ZO tunes the rest of the slice; see :mod:`edgetune.zo.exact_head`."""
 
-    for_head = ("exact",)  # the value of ``head`` that ``head_method`` and ``head_lr`` act under
+    for_head = ("exact", "auto")  # the values of ``head`` that ``head_method`` and ``head_lr`` may act under
 
-    head: str = option("zo", "how the classifier's last linear layer is tuned: zo (as the rest of the slice) or exact "
-                       "(first-order, from its exact gradient computed in the forward; not replayable)",
-                       choices=("zo", "exact"), trajectory=True)
+    head: str = option("auto", "how the classifier's last linear layer is tuned: exact (first-order, from its exact "
+                       "gradient computed in the forward), zo (as the rest of the slice), or auto: exact where the "
+                       "slice holds a classifier's linear head and the optimizer is zo-sgd (unrotated, --parallel "
+                       "off), else zo", choices=("auto", "exact", "zo"), trajectory=True)
     head_method: str = option("adam", "--head exact: the head's update", choices=HEAD_METHODS, trajectory=True)
     head_lr: float | None = option(None, "--head exact: the head's learning rate (default: 3e-3 with adam, 0.1 with "
                                    "sgd)", bound=Bound(positive=True), trajectory=True)
