@@ -32,6 +32,7 @@ from edgetune.graph import prepare
 from edgetune.graph.cache import prepare_cached
 from edgetune.graph.stream import ModelFile
 from edgetune.graph.loss import labelled_positions
+from edgetune.graph.head_grad import without_head_grad
 from edgetune.graph.prge import copy_batched
 from edgetune.graph.model import LABELS_KEY, TASK_KEY, check_model_file, load_model, max_length_for
 from edgetune.graph.prepare import arena_group
@@ -421,6 +422,8 @@ class Tuner:
     def copy_batched_engine(self) -> CopyBatchedEngine:
         """The tunable graph evaluating perturbed copies of the slice in one forward (P-RGE)."""
         suffix = load_model(self._suffix_graph) if isinstance(self._suffix_graph, str) else self._suffix_graph
+        if self.head is not None:  # P-RGE tunes the head by ZO: its exact gradient is not wanted there
+            suffix = without_head_grad(suffix)
         segments = [Segment(p.name, self.arena.offset(p.name), tuple(p.shape)) for p in self.params]
         graph = copy_batched(suffix, [s.name for s in segments])
         return CopyBatchedEngine(graph, segments, len(self.arena), self.engine, *self._session_args)

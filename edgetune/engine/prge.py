@@ -61,6 +61,7 @@ class CopyBatchedEngine:
         self.width = 0
         self._base = base
         self.session = create_session(graph, threads, providers)
+        self._inputs = {i.name for i in self.session.get_inputs()}
         self._binding = self.session.io_binding()
         self._roles: dict[str, BatchRole] | None = None
         self._batch_arrays: list[np.ndarray] = []
@@ -80,15 +81,19 @@ class CopyBatchedEngine:
     def set_batch(self, batch: Batch) -> None:
         """Bind ``batch`` as ``width`` stacked copies (runs the frozen prefix once)."""
         if self._roles is None:  # from one example and that example twice
-            one, two = (self._base.data_feeds(batch.select(rows)) for rows in ([0], [0, 0]))
+            one, two = (self._feeds(batch.select(rows)) for rows in ([0], [0, 0]))
             self._roles = batch_roles(one, two)
         self._batch_arrays = []
         self._binding.bind_output(LOSS_OUTPUT, "cpu")  # a bound output keeps the shape of its last run
-        for name, array in self._base.data_feeds(batch).items():
+        for name, array in self._feeds(batch).items():
             array = np.ascontiguousarray(self._roles[name].stack(array, self.width))
             self._batch_arrays.append(array)  # bind_cpu_input does not own the memory
             self._binding.bind_cpu_input(name, array)
         self._rows = batch.size
+
+    def _feeds(self, batch: Batch) -> dict[str, np.ndarray]:
+        """The base engine's feeds that this graph reads (it may have fewer inputs: ``without_head_grad``)."""
+        return {name: array for name, array in self._base.data_feeds(batch).items() if name in self._inputs}
 
     def losses(self) -> np.ndarray:
         """Per-example losses, ``[width, B]``: row p is copy p's."""

@@ -102,6 +102,30 @@ def add_head_grad(model: onnx.ModelProto, where: str = "the model") -> LinearHea
     return head
 
 
+def without_head_grad(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` less the head's gradient outputs, the nodes only they need and the inputs only those
+    read: P-RGE's copy-batched graph serves a run that tunes the head by ZO (``--head auto`` on a graph prepared
+    for the exact head), and the gradient's row count cannot be stacked as the batch is."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    graph = copy.graph
+    kept_outputs = [o for o in graph.output if o.name not in (HEAD_GRAD_W, HEAD_GRAD_B)]
+    needed = {o.name for o in kept_outputs}
+    nodes = []
+    for node in reversed(graph.node):  # topological order: a node's consumers come after it
+        if any(name in needed for name in node.output):
+            nodes.append(node)
+            needed.update(name for name in node.input if name)
+    del graph.output[:]
+    graph.output.extend(kept_outputs)
+    del graph.node[:]
+    graph.node.extend(reversed(nodes))
+    inputs = [i for i in graph.input if i.name in needed]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    return copy
+
+
 def require_tuned(head: LinearHead, tuned: list[str], trainable: str | None, where: str) -> None:
     """One line unless the head's weight and bias are in the slice: the exact head updates them in the arena."""
     missing = [name for name in (head.weight, head.bias) if name is not None and name not in tuned]
