@@ -409,3 +409,22 @@ def test_the_guard_rolls_an_exact_head_run_back_and_replay_is_exact(classifier, 
     done = cli("replay", "--onnx", classifier["model"], "--log", out / "run.etlog", "--output", tmp_path / "replayed")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "replayed" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+
+
+def test_lr_auto_below_the_exact_head_calibrates_after_the_head_warms_up(classifier, tmp_path, cli):
+    from edgetune.loop import WARM_STEPS
+
+    out = tmp_path / "run"
+    tuner = Tuner.from_onnx(classifier["model"], trainable="last:1", threads=1)  # --head auto: exact
+    steps = WARM_STEPS + 10
+    result = tuner.fit(classifier["train"], output_dir=out, steps=steps, seed=1, batch_size=8)  # --lr auto
+    records = Trajectory.read(out / "run.etlog").records
+    # the head alone first (one forward, no seed), then the layers below at the lr measured there
+    assert all(r.seeds == [] and r.forwards == 1 for r in records[:WARM_STEPS])
+    assert all(len(r.seeds) == 1 and r.lr == pytest.approx(result.calibration["lr"], rel=1e-6)
+               for r in records[WARM_STEPS:] if r.rollback is None)
+    assert result.forward_passes == WARM_STEPS + result.calibration["forwards"] + 2 * 10  # the probes counted
+    tuner.save(out)
+    done = cli("replay", "--onnx", classifier["model"], "--log", out / "run.etlog", "--output", tmp_path / "replayed")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "replayed" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
