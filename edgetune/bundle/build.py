@@ -63,7 +63,8 @@ def bundle(options: BundleOptions) -> BundleResult:
     with output_lock(out):
         old = _claim(out, options.force)
         # the same cache entry and arena as `tune` with these options: the bundle is what tune would run
-        tuner = Tuner.from_onnx(options.onnx, trainable=options.trainable, **options.model.keywords())
+        # head="zo": a bundle's runtime tunes the whole slice by ZO, so its graphs carry no exact-head gradient
+        tuner = Tuner.from_onnx(options.onnx, trainable=options.trainable, head="zo", **options.model.keywords())
         written: list[str] = []
         try:
             # --force: the old bundle goes once the model is prepared (a model that fails to load leaves it

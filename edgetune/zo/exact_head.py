@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from edgetune.errors import EdgetuneError, TrainingError
+from edgetune.errors import EdgetuneError, NonFiniteLoss, TrainingError
 from edgetune.graph.head_grad import HEAD_GRAD_B, HEAD_GRAD_W, LinearHead
 from edgetune.zo import build_optimizer
 from edgetune.zo.options import HEAD_METHODS
@@ -177,8 +177,8 @@ class ExactHead:
 
         if self.lower is None or t < self.warm_until:
             loss = measured()
-            if not np.isfinite(loss):
-                raise TrainingError(f"non-finite loss at step {t} ({loss})")
+            if not np.isfinite(loss):  # θ is as the step found it: the guard may roll back and go on
+                raise NonFiniteLoss(f"non-finite loss at step {t} ({loss})")
             record = StepRecord(t, [], [], float(self.lr(t)), 0.0, 0.0, self.noise, float(loss), forwards=1)
         else:
             record = self.lower.step(t, measured, chain=chain)
