@@ -7,8 +7,10 @@ Rotten Tomatoes (2 classes) and on the 2016 presidential debates (3 classes: the
 bench_peers.py's data, batch (8), token ids, batch order, threads (2) and seed (0) for both peers:
 
 - edgetune as ``edgetune tune`` runs with no flags (``peers_edgetune.EdgetuneDefaultsPeer``: --trainable auto,
-  which is ``head`` for these fresh heads, --head zo, --lr auto calibrated inside the budget, the guard, the
-  activation cache auto); --trainable/--head/--lr/--head-lr change it (a lever: its name then says which);
+  which is ``head`` for these fresh heads, --head auto, which tunes that head exactly (first-order from its
+  in-graph gradient), --lr auto, the guard, the activation cache auto, which covers the head slice);
+  --trainable/--head/--lr/--head-lr change it (a lever: its name then says which; ``--head zo`` is the
+  defaults before --head auto, "edgetune ZO head");
 - with ``--peers`` naming it, the race's first edgetune peer, run before --trainable auto landed: the same
   defaults on ``last:2 + --head exact`` (the best recipe bench_exact_head.py measured);
 - ORT on-device training, every weight, AdamW at lr 5e-5 (bench_peers.py's peer, in its own venv).
@@ -47,7 +49,7 @@ ORT_LR = 5e-5  # bench_peers' ORT training lr: the usual BERT fine-tuning step, 
 TARGET_AT_S = 60.0  # the race: reach first-order's accuracy at this many seconds ...
 GOAL_S, GOAL_PEAK = 120.0, 0.35  # ... within this many, at most this fraction of its peak RSS
 SEED = 0
-MAX_STEPS = 20_000  # bench_peers' batch order length: far beyond what the budget reaches
+MAX_STEPS = 10_000_000  # beyond what the budget reaches, even for a head step served by the activation cache
 
 
 @dataclass(frozen=True)
@@ -84,10 +86,11 @@ EDGETUNE = "edgetune defaults"
 RECIPE_OPTIONS = {"trainable": "last:2", "head": "exact"}  # the first race's edgetune (no default slice then)
 
 
-def edgetune_name(trainable: str = "auto", head: str = "zo", lr: float | None = None,
+def edgetune_name(trainable: str = "auto", head: str = "auto", lr: float | None = None,
                   head_lr: float | None = None) -> str:
     """An edgetune peer's name: "edgetune defaults", or the flags it was given instead of tune's defaults."""
-    slice_ = " + ".join(([] if trainable == "auto" else [trainable]) + (["exact head"] if head == "exact" else []))
+    heads = {"exact": ["exact head"], "zo": ["ZO head"]}  # auto: exact for these heads, but tune's own choice
+    slice_ = " + ".join(([] if trainable == "auto" else [trainable]) + heads.get(head, []))
     levers = "".join(f", {flag} {value:g}" for flag, value in (("lr", lr), ("head lr", head_lr)) if value)
     return f"edgetune {slice_ or 'defaults'}{levers}"
 
@@ -101,14 +104,14 @@ def _edgetune_peer(options: dict) -> PeerConfig:
     return PeerConfig(edgetune_name(**given), "peers_edgetune.py",
                       f"tune with {flags}{'' if 'lr' in given else ' (lr auto)'}: ε 1e-3, guard on, "
                       "activation cache auto",
-                      {"defaults": True, "trainable": "auto", "head": "zo", **given})
+                      {"defaults": True, "trainable": "auto", "head": "auto", **given})
 
 
 def peers(args) -> list[PeerConfig]:
     """The peers --peers names: ORT, edgetune (tune's defaults unless --trainable/--head/--lr/--head-lr) and
     the first race's recipe."""
     levers = {"trainable": None if args.trainable == "auto" else args.trainable,
-              "head": None if args.head == "zo" else args.head, "lr": args.lr, "head_lr": args.head_lr}
+              "head": None if args.head == "auto" else args.head, "lr": args.lr, "head_lr": args.head_lr}
     chosen = {ORT: PeerConfig(ORT, "peers_ort_training.py", "1 forward + 1 backward (3 forward-equivalents)",
                               {"lr": ORT_LR}, venv=True),
               EDGETUNE: _edgetune_peer(levers), RECIPE: _edgetune_peer(RECIPE_OPTIONS)}
@@ -269,7 +272,8 @@ def parse_args(argv):
     parser.add_argument("--every-s", type=float, default=20.0,
                         help="score the dev rows every this many seconds up to 120 s, every twice that after")
     parser.add_argument("--trainable", default="auto", help="edgetune's slice (default: auto, as tune's)")
-    parser.add_argument("--head", default="zo", choices=["zo", "exact"], help="edgetune's --head (default: tune's)")
+    parser.add_argument("--head", default="auto", choices=["auto", "exact", "zo"],
+                        help="edgetune's --head (default: auto, as tune's)")
     parser.add_argument("--head-lr", type=float, help="edgetune's --head-lr (a lever; default: edgetune's)")
     parser.add_argument("--lr", type=float, help="edgetune's --lr (a lever; default: auto)")
     parser.add_argument("--peers", nargs="+", choices=[ORT, EDGETUNE, RECIPE], default=[ORT, EDGETUNE],

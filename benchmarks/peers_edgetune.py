@@ -16,6 +16,7 @@ from peers_common import DATA_FILE, measure  # noqa: E402
 import edgetune  # noqa: E402
 from edgetune import Tuner  # noqa: E402
 from edgetune.data.batching import Batch  # noqa: E402
+from edgetune.errors import NonFiniteLoss  # noqa: E402
 from edgetune.zo import ZOSGD, Schedule  # noqa: E402
 
 
@@ -58,7 +59,7 @@ def _describe(tuner: Tuner) -> dict:
 class EdgetuneDefaultsPeer:
     """edgetune as ``edgetune tune`` runs it: :class:`edgetune.loop.TrainingRun` with the default TrainConfig
     (--lr auto calibrated in the first step, the guard on, the activation cache auto) on the slice and head the
-    config names; trainable "auto" and head "zo" are tune's defaults, the slice resolved by ``Tuner.from_onnx``
+    config names; trainable "auto" and head "auto" are tune's defaults, the slice resolved by ``Tuner.from_onnx``
     as tune's is (:attr:`Tuner.auto_slice`). Config keys: onnx, train_path, trainable, head, head_lr and lr
     (optional), batch_size, seed, threads, tokens, max_steps.
 
@@ -84,8 +85,15 @@ class EdgetuneDefaultsPeer:
 
     def step(self, t: int, batch: dict[str, np.ndarray]) -> float:
         # the run's own step count, not t: a guard's rollback is a record too and moves it on by one
-        record = self.run.step()  # unchained: the guard may roll back after any step, as fit's loop runs it
-        if self.run.guard is not None and self.run.guard.observe(record):
+        # unchained, and guarded as fit's loop (loop._train) runs it: watch(), not the guard alone, also keeps
+        # the exact head's state at the guard's best, which a rollback of an --head exact run restores
+        try:
+            record = self.run.step()
+        except NonFiniteLoss:
+            if not self.run.recover():
+                raise
+            return float("nan")  # the failed step left no record; the run goes on from the best state
+        if self.run.guard is not None and self.run.watch(record):
             self.run.guard_acts()
         return record.loss
 

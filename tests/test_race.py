@@ -83,11 +83,14 @@ def test_edgetune_peers_are_named_by_the_flags_they_were_given():
     """The defaults run tune with no slice, head or lr flag; the first race's recipe and a lever say theirs."""
     assert edgetune_name() == EDGETUNE and RECIPE == "edgetune last:2 + exact head"
     assert edgetune_name("last:2", "exact", lr=5e-5) == "edgetune last:2 + exact head, lr 5e-05"
+    assert edgetune_name(head="zo") == "edgetune ZO head"  # the defaults before --head auto
     defaults, recipe = peers(parse_args(["--peers", EDGETUNE, RECIPE]))
-    assert (defaults.name, defaults.options) == (EDGETUNE, {"defaults": True, "trainable": "auto", "head": "zo"})
+    assert (defaults.name, defaults.options) == (EDGETUNE, {"defaults": True, "trainable": "auto", "head": "auto"})
     assert (recipe.name, recipe.options["trainable"], recipe.options["head"]) == (RECIPE, "last:2", "exact")
     [lever] = peers(parse_args(["--peers", EDGETUNE, "--head", "exact", "--lr", "1e-4"]))
     assert lever.name == "edgetune exact head, lr 0.0001" and lever.options["lr"] == 1e-4
+    [zo] = peers(parse_args(["--peers", EDGETUNE, "--head", "zo"]))
+    assert (zo.name, zo.options["head"]) == ("edgetune ZO head", "zo")
 
 
 def test_combine_takes_every_data_set_and_refuses_other_settings(tmp_path):
@@ -111,12 +114,15 @@ def test_combine_takes_every_data_set_and_refuses_other_settings(tmp_path):
     with pytest.raises(SystemExit, match="threads 1 differs"):
         combine([tmp_path / "a.json", tmp_path / "c.json"])
     # a run from before the peers were named by their flags: its "edgetune defaults" on last:2 + exact head is
-    # the recipe, raced beside tune's real defaults from a newer run
-    (tmp_path / "d.json").write_text(json.dumps({**settings, "trainable": "auto", "head": "zo",
-                                                 "datasets": {"rt": {"peers": {EDGETUNE: ours}}}}))
-    three = combine([tmp_path / "a.json", tmp_path / "b.json", tmp_path / "d.json"])["datasets"]["rt"]
-    assert set(three["peers"]) == {ORT, RECIPE, EDGETUNE} and three["peers"][RECIPE]["run"] == "b.json"
-    assert set(three["summary"]["goals"]) == {RECIPE, EDGETUNE}
+    # the recipe; one from before --head auto (--head zo then) is "edgetune ZO head", raced beside tune's
+    # real defaults from a newer run
+    for name, head in (("d", "zo"), ("e", "auto")):
+        (tmp_path / f"{name}.json").write_text(json.dumps({**settings, "trainable": "auto", "head": head,
+                                                           "datasets": {"rt": {"peers": {EDGETUNE: ours}}}}))
+    four = combine([tmp_path / f"{n}.json" for n in "abde"])["datasets"]["rt"]
+    assert set(four["peers"]) == {ORT, RECIPE, "edgetune ZO head", EDGETUNE}
+    assert (four["peers"][RECIPE]["run"], four["peers"][EDGETUNE]["run"]) == ("b.json", "e.json")
+    assert set(four["summary"]["goals"]) == {RECIPE, "edgetune ZO head", EDGETUNE}
 
 
 def test_marks_dense_up_to_the_goal_then_sparser():
@@ -125,13 +131,16 @@ def test_marks_dense_up_to_the_goal_then_sparser():
     assert marks(130, 50) == [50, 100, 130]
 
 
-def test_race_child_runs_the_defaults_and_logs_a_curve(classifier, tmp_path):
-    """The edgetune child as the race runs it (tune's defaults: --trainable auto, --lr auto calibrated inside
-    the first step, the guard), on the tiny classifier: one point per mark, forwards counting the calibration's."""
+@pytest.mark.parametrize("head", ["auto", "zo"])
+def test_race_child_runs_the_defaults_and_logs_a_curve(classifier, tmp_path, head):
+    """The edgetune child as the race runs it (tune's defaults: --trainable auto, --head auto, the guard), on
+    the tiny classifier: one point per mark, forwards counting --lr auto's calibration. Under --head auto the
+    slice's linear head is tuned exactly (the child records what tune chose), under --head zo (the defaults
+    before) by ZO as the rest of the slice."""
     args = Namespace(tokens=32, threads=1, batch_size=8, dev_size=40)
     prepare_data(tmp_path, classifier["model"], classifier["train"], classifier["dev"], args)
     config = {"defaults": True, "onnx": str(classifier["model"]), "train_path": str(classifier["train"]),
-              "trainable": "auto", "head": "zo", "batch_size": 8, "seed": 0, "threads": 1, "tokens": 32,
+              "trainable": "auto", "head": head, "batch_size": 8, "seed": 0, "threads": 1, "tokens": 32,
               "max_steps": 20_000, "marks": [0.2, 0.4], "budget_clock": "cpu", "eval_batch_size": 8}
     child = subprocess.run([sys.executable, str(BENCHMARKS / "peers_edgetune.py"), "--mode", "race",
                             "--workdir", str(tmp_path), "--config", json.dumps(config)],
@@ -140,8 +149,9 @@ def test_race_child_runs_the_defaults_and_logs_a_curve(classifier, tmp_path):
     result = json.loads([ln for ln in child.stdout.splitlines() if ln.startswith(RESULT_MARK)][-1][len(RESULT_MARK):])
     curve = result["curve"]
     assert len(curve) == 3 and curve[0]["steps"] == curve[0]["forwards"] == 0
-    assert curve[1]["steps"] >= 1 and curve[1]["forwards"] >= 20 + 2  # the calibration's 20, then 2 a step
     assert all(b["steps"] >= a["steps"] and b["cpu_s"] > a["cpu_s"] for a, b in zip(curve, curve[1:]))
+    assert curve[1]["steps"] >= 1 and result["config"]["head"] == ("exact" if head == "auto" else "zo")
+    assert curve[1]["forwards"] >= 20 + 2  # the calibration's 20, then 2 a step
     assert result["calibration"]["forwards"] == 20 and result["config"]["lr"] == result["calibration"]["lr"]
     assert result["steps"] == curve[-1]["steps"] and result["peak_rss_mb"] > 0
     assert result["trainable"] == "head"  # --trainable auto on a classifier with a fresh head, as tune resolves it
