@@ -186,7 +186,8 @@ Calibration calibrate(float *buf, size_t n, uint64_t seed, int noise, const std:
     return choose(curvatures, grads, base, eps_auto, eps, batches + 2 * done);
 }
 
-Guard::Guard(double loss_noise) : deviation(loss_noise * std::sqrt(2 / M_PI)) {}
+Guard::Guard(double loss_noise, double loss)
+    : has_ema(true), has_start(true), ema(loss), deviation(loss_noise * std::sqrt(2 / M_PI)), start(loss) {}
 
 double Guard::threshold() const {
     const double sigma = deviation * std::sqrt(M_PI / 2);  // a mean absolute deviation of a normal is 0.8σ

@@ -45,7 +45,10 @@ struct Guard {
     double ema = 0, deviation = 0, best = INFINITY, start = 0;
     uint64_t best_step = 0, rising = 0, rollbacks = 0;
 
-    explicit Guard(double loss_noise = 0.0);
+    Guard() = default;
+    // seeded by the calibration: its spread sets the first threshold, its mean loss the EMA and the start (one
+    // batch's loss would: a lucky first batch below the mean reads a falling mean loss as a rise)
+    Guard(double loss_noise, double loss);
     double threshold() const;
     bool observe(uint64_t step, double loss);  // true: roll back now
     void rolled_back();

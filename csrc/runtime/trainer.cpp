@@ -206,7 +206,7 @@ bool Trainer::step(et_step_record &record) {
         if (!calibrated_ && (p_.lr_auto || p_.eps_auto)) {  // TrainingRun._calibrate, before the run's first step
             cal_ = probe(p_.seed, p_.eps_auto != 0, p_.eps);
             calibrated_ = true;
-            if (p_.guard) guard_ = Guard(cal_.loss_noise);
+            if (p_.guard) guard_ = Guard(cal_.loss_noise, cal_.loss);
             say(cal_.line());
         }
         try {
