@@ -199,7 +199,8 @@ def write(rows_file: Path) -> None:
         by_arm: dict[str, list[dict]] = {}
         for r in mine:
             by_arm.setdefault(r["arm"], []).append(r)
-        if "defaults" not in by_arm and SAME_AS_DEFAULTS.get(task) in by_arm:
+        aliased = "defaults" not in by_arm and SAME_AS_DEFAULTS.get(task) in by_arm
+        if aliased:
             by_arm["defaults"] = by_arm[SAME_AS_DEFAULTS[task]]
 
         def mean(arm: str) -> float | None:
@@ -214,7 +215,8 @@ def write(rows_file: Path) -> None:
                         "gap_points": 100 * (mean(best) - defaults) if best and defaults is not None else None,
                         "seeds": len(by_arm.get("defaults", [])),
                         "defaults_diverged": any(r["diverged"] for r in by_arm.get("defaults", []))})
-        table += _rows(task, [r for arm in by_arm if arm != "defaults" for r in by_arm[arm]])
+        # the defaults' own runs are listed; aliased ones already are, under their arm's name
+        table += _rows(task, [r for arm in by_arm if arm != "defaults" or not aliased for r in by_arm[arm]])
     head = [[s["task"], f"**defaults** (= {SAME_AS_DEFAULTS.get(s['task'], '-')}), mean", s["seeds"], "-", "-",
              f"**{s['defaults']:.3f}**" if s["defaults"] is not None else "-", "-",
              "yes" if s["defaults_diverged"] else "no", "-", "-", "-", "-"] for s in summary]
