@@ -47,7 +47,7 @@ from edgetune.artifacts.trajectory import MAX_QUERIES
 from edgetune.zo import Anchors, StepRecord, build_optimizer
 from edgetune.zo.calibrate import BATCHES, Calibration, calibrate, probe_cap
 from edgetune.zo.exact_head import ExactHead, HeadGrads, WithoutHead
-from edgetune.zo.guard import MAX_ROLLBACKS, SHRINK, Guard, undo_record, update_terms
+from edgetune.zo.guard import MAX_ROLLBACKS, SHRINK, AppliedTerms, Guard, undo_record
 from edgetune.zo.prge import ParallelZO, parallel_strategy
 from edgetune.zo.schedules import StepSize
 from edgetune.zo.subset import block_subsets
@@ -156,7 +156,7 @@ class TrainingRun:
         self.kept_best: int | None = None  # the step whose θ the end of the run kept (its best)
         self.note: Any = lambda line: None  # where the run's one-liners go (fit: the progress's on_note)
         # the (step, (seed, c) terms) of each ZO-SGD step θ holds, oldest first: what a rollback undoes
-        self._applied: list[tuple[int, list[tuple[int, float]]]] = []
+        self._applied = AppliedTerms()
         self.start = self.done = self.spent = self.start_forwards = 0
         self.history: list[dict[str, Any]] = []  # evaluations during the run, kept in the checkpoint
         self.before: dict[str, float] | None = None  # the evaluation before step 0
@@ -333,10 +333,9 @@ class TrainingRun:
         if not self.can_roll_back:
             return
         if record.rollback is None:
-            self._applied.append((record.step, update_terms(record)))
+            self._applied.add(record)
         else:
-            while self._applied and self._applied[-1][0] >= record.rollback:
-                self._applied.pop()
+            self._applied.take_since(record.rollback)
 
     def _calibrate(self) -> None:
         """--lr/--eps auto: probe the curvature on a few batches of a stream of the run's seed (not the steps'),
@@ -438,11 +437,8 @@ class TrainingRun:
     def roll_back(self, to_step: int) -> None:
         """θ back to before step ``to_step``: the undo of every step since, as step records (at most
         MAX_QUERIES terms each) applied by the optimizer's own replay, so a replay lands on the same bits."""
-        undone = []
-        while self._applied and self._applied[-1][0] >= to_step:
-            undone.insert(0, self._applied.pop()[1])
-        terms = [term for step_terms in undone for term in step_terms]
-        loss = self.trajectory.records[-1].loss if self.trajectory.records else 0.0
+        terms = self._applied.take_since(to_step)
+        loss = self.trajectory.last_loss
         zo = self.optimizer.lower if isinstance(self.optimizer, ExactHead) else self.optimizer
         eps = float(zo.eps(self.done)) if zo is not None else 0.0
         head = self.optimizer.state_at(to_step) if isinstance(self.optimizer, ExactHead) else None
@@ -466,6 +462,8 @@ class TrainingRun:
                  "step_size": self.step_size.state_dict(), "guard": self.guard.state_dict() if self.guard else None,
                  "kept_best": self.kept_best}
         self._log().sync()
+        if isinstance(self.optimizer, ExactHead):  # replay sets the head from the last record's values
+            self.trajectory.set_head(self.optimizer.values())
         self.trajectory.write(self.out / TRAJECTORY)  # before the checkpoint: a resume finds the steps it needs
         save_checkpoint(self.checkpoint, self.tuner.weights, state)
 

@@ -40,6 +40,7 @@ def replay_run(base_path: str | Path, log_path: str | Path, output_dir: str | Pa
                         "--output")
     refuse_existing_run(output_dir, None, overwrite, "--output")
     log = Trajectory.read(log_path)
+    records = log.records
     header = log.header
     check_model_file(base_path)  # before hashing it: missing, unreadable or empty is one line
     digest = file_digest(base_path)
@@ -66,17 +67,20 @@ def replay_run(base_path: str | Path, log_path: str | Path, output_dir: str | Pa
                             f"{base_path} than the run tuned (a different edgetune version?)")
     if verbalizer is None and labels is not None:
         tuner.labels = labels  # labels from the run's data, not the base
-    if config.head == "exact":  # the head's updates are in the records, the layers below by their seeds
+    if config.head == "exact":  # the head's values are in the records, the layers below by their seeds
+        if records and records[-1].head_update is None:
+            raise EdgetuneError(f"{log_path}: its last step holds no values of the exact head, which replay sets "
+                                "(written by an earlier edgetune?)")
         optimizer = ExactHead.replayer(config, tuner.arena, tuner.weights, tuner.head)
     else:
         optimizer = build_optimizer(config, tuner.arena.buffer(), anchors=tuner.anchors,
                                     subsets=block_subsets(config, tuner.params, tuner.arena), weights=tuner.weights)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, as one line
-        for record in log.records:
+        for record in records:
             optimizer.replay(record)
     # finite steps can still overflow (a huge lr): never write a model of NaNs and infinities
     require_finite_tensors(tuner.weights, f"{log_path}: the replayed weights")
-    summary = {"replayed": str(log_path), "base": str(base_path), "steps": len(log.records), "config": header["config"]}
+    summary = {"replayed": str(log_path), "base": str(base_path), "steps": log.count, "config": header["config"]}
     with output_lock(output_dir):
         refuse_existing_run(output_dir, None, overwrite, "--output")  # again: another run may have written since
         if overwrite:

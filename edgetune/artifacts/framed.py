@@ -12,11 +12,13 @@ import hashlib
 import json
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
+
+Buffer = Union[bytes, bytearray, memoryview]
 
 from edgetune.errors import EdgetuneError
 from edgetune.artifacts.finite import loads_finite
-from edgetune.artifacts.io import atomic_write_bytes
+from edgetune.artifacts.io import atomic_writer
 
 _DIGEST_SIZE = 32
 
@@ -25,16 +27,28 @@ def _preamble(magic: bytes) -> struct.Struct:
     return struct.Struct(f"<{len(magic)}sII")  # magic, version, header length
 
 
-def pack(magic: bytes, version: int, header: dict[str, Any], payload: list[bytes]) -> bytes:
+def _pieces(magic: bytes, version: int, header: dict[str, Any], payload: list[Buffer]) -> list[Buffer]:
     text = json.dumps(header, sort_keys=True).encode("utf-8")
-    data = b"".join([_preamble(magic).pack(magic, version, len(text)), text, *payload])
+    return [_preamble(magic).pack(magic, version, len(text)), text, *payload]
+
+
+def pack(magic: bytes, version: int, header: dict[str, Any], payload: list[Buffer]) -> bytes:
+    data = b"".join(_pieces(magic, version, header, payload))
     return data + hashlib.sha256(data).digest()
 
 
-def write(path: str | Path, data: bytes, what: str) -> None:
-    """Atomically (temporary file, fsync, rename): an interrupted write keeps the previous file."""
+def write(path: str | Path, what: str, magic: bytes, version: int, header: dict[str, Any],
+          payload: list[Buffer]) -> None:
+    """Atomically (temporary file, fsync, rename): an interrupted write keeps the previous file. The pieces are
+    written and hashed one by one, never joined: a long run's log is written at every checkpoint, and a joined
+    copy (and one with the digest) would each add its size to the run's peak RSS."""
+    digest = hashlib.sha256()
     try:
-        atomic_write_bytes(path, data)
+        with atomic_writer(path) as handle:
+            for piece in _pieces(magic, version, header, payload):
+                digest.update(piece)
+                handle.write(piece)
+            handle.write(digest.digest())
     except OSError as exc:
         raise EdgetuneError(f"{path}: could not write the {what} ({exc.strerror})") from None
 

@@ -46,7 +46,8 @@ class SparseDiff:
     # the tuned model's metadata (task, label names, verbaliser): a merge must mean what the run meant
     metadata: dict[str, str] = field(default_factory=dict)
 
-    def to_bytes(self) -> bytes:
+    def _framed(self) -> tuple[dict, list[bytes]]:
+        """The container's header and payload pieces."""
         tensors, chunks = [], []
         for name, (indices, delta) in self.deltas.items():
             tensors.append({"name": name, "op": _ADD, "count": int(indices.size), "dtype": "float32"})
@@ -55,10 +56,13 @@ class SparseDiff:
             tensors.append({"name": name, "op": _SET, "shape": list(value.shape), "dtype": "float32"})
             chunks.append(np.ascontiguousarray(value, "<f4").tobytes())
         header = {"base_sha256": self.base_sha256, "tensors": tensors, "metadata": self.metadata}
-        return framed.pack(MAGIC, VERSION, header, chunks)
+        return header, chunks
+
+    def to_bytes(self) -> bytes:
+        return framed.pack(MAGIC, VERSION, *self._framed())
 
     def write(self, path: str | Path) -> None:
-        framed.write(path, self.to_bytes(), _WHAT)
+        framed.write(path, _WHAT, MAGIC, VERSION, *self._framed())
 
     @classmethod
     def read(cls, path: str | Path) -> SparseDiff:

@@ -8,11 +8,16 @@ model is megabytes. Layout (little-endian)::
 
     record:   u32 step  u16 q  u16 extra_bytes  f32 lr  f32 ε  f32 weight_decay  f32 loss  u32 head_bytes
               q × (u64 seed, f32 g)  extra (JSON of the StepRecord fields beyond these; empty if none)
-              head (head_bytes of float32: the exact head's update, see StepRecord.head_update)
+              head (head_bytes of float32: the exact head's values after this step, or none)
 
 Version 2 added ``head_bytes`` and the head segment (``--head exact``: the head's first-order update is a
-function of the features, not of seeds, so replay needs the floats themselves). Version 1 logs (no
-``head_bytes``) still read; an edgetune that knows only version 1 refuses a version 2 log in one line.
+function of the features, not of seeds, so replay sets the head from the floats themselves; they are written
+on the last record each time the log is written and on rollback records, see edgetune.zo.exact_head).
+Version 1 logs (no ``head_bytes``) still read; an edgetune that knows only version 1 refuses a version 2
+log in one line.
+
+In memory a run's log is its encoded bytes (~30 bytes a step without queries), not StepRecord objects: a
+head step from the activation cache takes ~0.5 ms, and a run's peak RSS must not grow with its length.
 
 The header names the base model (its sha256), the ``--trainable`` spec, the arena layout, the
 config fields that define the trajectory (optimizer, noise, seed, ...) and the model metadata
@@ -63,18 +68,43 @@ class Trajectory:
 
     def __init__(self, header: dict[str, Any], records: Iterable[StepRecord] = ()):
         self.header = header
-        self.records: list[StepRecord] = []
-        self._encoded: list[bytes] = []
+        self.count = 0
+        self._body = bytearray()  # the records, encoded
+        self._last: StepRecord | None = None
+        self._last_start = 0  # where the last record's bytes begin in _body
+        self._decoded: list[StepRecord] | None = None  # records' cache until the next append
         for record in records:
             self.append(record)
 
     def append(self, record: StepRecord) -> None:
-        if record.step != len(self.records):
-            raise ValueError(f"step {record.step} follows {len(self.records)} recorded steps")
+        if record.step != self.count:
+            raise ValueError(f"step {record.step} follows {self.count} recorded steps")
         if record.noise != self.noise:
             raise ValueError(f"step {record.step} uses {record.noise} noise, the run {self.noise}")
-        self.records.append(record)
-        self._encoded.append(_encode(record))
+        self._last, self._last_start = record, len(self._body)
+        self._body += _encode(record)
+        self.count += 1
+        self._decoded = None
+
+    @property
+    def records(self) -> list[StepRecord]:
+        """The steps, decoded (a resume and replay read them; kept until the next append)."""
+        if self._decoded is None:
+            self._decoded = _decode_all(bytes(self._body), self.count, self.noise, Path("(in memory)"), VERSION)
+        return self._decoded
+
+    @property
+    def last_loss(self) -> float:
+        return self._last.loss if self._last is not None else 0.0
+
+    def set_head(self, values: bytes) -> None:
+        """The exact head's values after the last step, written on its record (replay sets them there)."""
+        if self._last is None:
+            return
+        self._last.head_update = values
+        del self._body[self._last_start:]
+        self._body += _encode(self._last)
+        self._decoded = None
 
     @property
     def noise(self) -> str:
@@ -89,10 +119,10 @@ class Trajectory:
         return Trajectory(self.header, earlier[:start])
 
     def to_bytes(self) -> bytes:
-        return framed.pack(MAGIC, VERSION, {**self.header, "records": len(self.records)}, self._encoded)
+        return framed.pack(MAGIC, VERSION, {**self.header, "records": self.count}, [self._body])
 
     def write(self, path: str | Path) -> None:
-        framed.write(path, self.to_bytes(), _WHAT)
+        framed.write(path, _WHAT, MAGIC, VERSION, {**self.header, "records": self.count}, [memoryview(self._body)])
 
     @classmethod
     def read(cls, path: str | Path) -> Trajectory:

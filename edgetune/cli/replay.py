@@ -24,5 +24,5 @@ def run(args: argparse.Namespace) -> int:
 
     path, log = replay_run(args.onnx, args.log, args.output, tokenizer=args.tokenizer, threads=args.threads,
                            overwrite=args.overwrite)
-    console.print(f"replayed {len(log.records)} steps of {args.log} onto {args.onnx}: {path}", markup=False)
+    console.print(f"replayed {log.count} steps of {args.log} onto {args.onnx}: {path}", markup=False)
     return 0

@@ -11,10 +11,13 @@ parts cancel). With nothing below the head in the slice, a step is one forward a
 After the ZO step has updated the layers below, the head takes one step from the same θ_t: Adam by
 default (2·(C·H + C) floats of moments; chosen over SGD in benchmarks/bench_exact_head.py), or SGD.
 
-Replay: the head's update is a function of the features, not of seeds and scalars, so each step's record
-carries the float32 values the head subtracted (``StepRecord.head_update``: C·H + C floats, the trajectory
-log's head segment); :meth:`ExactHead.replay` subtracts them again, the same bits. A rollback record carries
-the head's values at the state it returns to, which replay sets.
+Replay: the head's update is a function of the features, not of seeds and scalars, and the layers below
+replay from their seeds whatever the head holds. So the log carries the head's float32 values (C·H + C
+floats, ``StepRecord.head_update``, the trajectory log's head segment) only where replay must set them: on
+the last record each time the log is written (:meth:`edgetune.loop.TrainingRun.save_checkpoint`) and on a
+rollback record (the state it returns to); :meth:`ExactHead.replay` sets them, the same bits. Not one update
+per step: a head step served from the activation cache costs ~0.5 ms, so a run takes hundreds of thousands
+of them, and 3 kB each (kept in memory until the log is written) grew a 300-CPU-s run to 4 GB.
 
 Rollback: the head is small, so the run keeps copies of it (with its Adam moments) where the guard may
 return: before the first step and before the step with the best smoothed loss (:meth:`ExactHead.mark_best`).
@@ -182,11 +185,11 @@ class ExactHead:
             record = StepRecord(t, [], [], float(self.lr(t)), 0.0, 0.0, self.noise, float(loss), forwards=1)
         else:
             record = self.lower.step(t, measured, chain=chain)
-        record.head_update = self._update(t, [total / np.float32(forwards) for total in self._sums])
+        self._update(t, [total / np.float32(forwards) for total in self._sums])
         return record
 
-    def _update(self, t: int, means: list[np.ndarray]) -> bytes:
-        """The head's step from the mean gradients; returns what it subtracted (float32 bytes, for replay)."""
+    def _update(self, t: int, means: list[np.ndarray]) -> None:
+        """The head's step from the mean gradients."""
         lr = np.float32(self.lr(t))
         self._updates += 1
         if self.method == "sgd":
@@ -204,21 +207,21 @@ class ExactHead:
                 deltas.append(np.float32(lr / correction1) * m / denominator)
         for (view, _), delta in zip(self.grads.pairs(), deltas):
             view -= delta
-        return _pack(deltas)
+
+    def values(self) -> bytes:
+        """The head's weight then bias as float32 bytes: the trajectory's head segment."""
+        return _pack([view for view, _ in self.grads.pairs()])
 
     def settle(self) -> None:
         if self.lower is not None:
             self.lower.settle()
 
     def replay(self, record: StepRecord) -> None:
-        """Redo step ``record``: the layers below from its seeds, the head from its recorded update (a rollback
-        record's head values are set)."""
+        """Redo step ``record``: the layers below from its seeds; the head's values, where the record holds them,
+        are set."""
         if self.lower is not None and record.seeds:
             self.lower.replay(record)
         if record.head_update is None:
-            if record.rollback is None:  # every exact-head step carries the head's update
-                raise EdgetuneError(f"step {record.step} has no head update (the log predates replayable "
-                                    "exact-head runs)")
             return
         floats = np.frombuffer(record.head_update, np.float32)
         views = [view for view, _ in self.grads.pairs()]
@@ -229,14 +232,10 @@ class ExactHead:
         for view in views:
             part = floats[start:start + view.size].reshape(view.shape)
             start += view.size
-            if record.rollback is None:
-                view -= part
-            else:
-                view[...] = part
+            view[...] = part
 
     def _capture(self, t: int) -> HeadState:
-        values = _pack([view for view, _ in self.grads.pairs()])
-        return HeadState(t, np.frombuffer(values, np.float32).copy(),
+        return HeadState(t, np.frombuffer(self.values(), np.float32).copy(),
                          [(m.copy(), v.copy()) for m, v in self._moments], self._updates)
 
     def mark_best(self, step: int) -> None:
