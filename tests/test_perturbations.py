@@ -99,7 +99,9 @@ FIT = {"lozo": dict(lozo_rank=2, lozo_interval=5), "hizoo": dict(noise="gaussian
 @pytest.mark.parametrize("optimizer", list(FIT))
 def test_each_learns_the_tiny_classifier_with_lr_auto(classifier, optimizer):
     tuner = Tuner.from_onnx(classifier["model"], trainable="last:1")
-    result = tuner.fit(classifier["train"], eval_data=classifier["dev"], steps=120, batch_size=16,
+    # 200 steps: the robust lr auto (mean + 2 SE of zᵀHz) steps more cautiously than the median did; LOZO fell
+    # 0.0299 in 120 steps, 0.058 in 200
+    result = tuner.fit(classifier["train"], eval_data=classifier["dev"], steps=200, batch_size=16,
                        optimizer=optimizer, **FIT[optimizer])
     assert result.after["loss"] < result.before["loss"] - 0.03
     assert result.after["accuracy"] > result.before["accuracy"]
