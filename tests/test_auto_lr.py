@@ -19,22 +19,9 @@ from edgetune.zo.calibrate import (BATCHES, C_LR, CONFIDENCE, FALLBACK_FRACTION,
 from edgetune.zo.guard import Guard
 from edgetune.zo.schedules import Schedule, StepSize
 from edgetune.zo.zosgd import StepRecord
+from notes import Notes
 
 HUGE = dict(lr=1.0, eps=1e-3, steps=60, seed=3)  # 6x the tiny classifier's calibrated lr: its loss climbs at once
-
-
-class Notes:
-    """A progress hook that keeps the run's one-liners (the console prints them)."""
-
-    def __init__(self):
-        self.lines = []
-
-    def on_start(self, start, total): ...
-    def on_step(self, record): ...
-    def on_eval(self, step, metrics): ...
-
-    def on_note(self, line):
-        self.lines.append(line)
 
 
 def fit(bundle, trainable="last:1", **options):

@@ -23,6 +23,7 @@ from edgetune.graph.trainable import TrainableSpec
 from edgetune.zo import ZOSGD, Schedule
 from edgetune.zo.exact_head import ExactHead, HeadGrads, WithoutHead
 from models.tiny import build_classifier
+from notes import Notes
 
 CPU = ["CPUExecutionProvider"]
 FEATURES = "head_features"  # the pooled features, exposed as an output so the test can apply the formula
@@ -378,18 +379,6 @@ def test_head_exact_on_a_model_it_cannot_serve_is_one_line(classifier, lm, cli, 
     assert_rejected(proc, "--trainable 'blocks:0' leaves the head's", "frozen")
 
 
-class _Notes:
-    def __init__(self):
-        self.lines = []
-
-    def on_start(self, start, total): ...
-    def on_step(self, record): ...
-    def on_eval(self, step, metrics): ...
-
-    def on_note(self, line):
-        self.lines.append(line)
-
-
 @pytest.mark.parametrize("trainable, diverging", [
     ("head", {"head_lr": 1.0}),  # the head alone: Adam at 1.0 throws its logits far off at once
     ("last:1", {"lr": 1.0, "eps": 1e-3, "head_lr": 1.0}),  # and the ZO layers below at 6x their calibrated lr
@@ -397,7 +386,7 @@ class _Notes:
 def test_the_guard_rolls_an_exact_head_run_back_and_replay_is_exact(classifier, tmp_path, cli, trainable, diverging):
     out = tmp_path / "run"
     tuner = Tuner.from_onnx(classifier["model"], trainable=trainable, threads=1)  # --head auto: exact here
-    notes = _Notes()
+    notes = Notes()
     result = tuner.fit(classifier["train"], eval_data=classifier["dev"], output_dir=out, steps=60, seed=3,
                        batch_size=8, progress=notes, **diverging)
     rolled = [line for line in notes.lines if "rolled back to step" in line]
