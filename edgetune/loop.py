@@ -448,7 +448,7 @@ class TrainingRun:
         for i, chunk in enumerate(chunks):
             record = undo_record(self.done, [chunk], to_step, eps, self.optimizer.noise, loss)
             if head is not None and i == len(chunks) - 1:  # the head's kept values, set by the last record
-                record.head_update = head.values.astype("<f4").tobytes()
+                record.head_values = head.values.astype("<f4").tobytes()
             self.optimizer.replay(record)
             self._append(record)
         if head is not None:

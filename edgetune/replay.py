@@ -68,7 +68,7 @@ def replay_run(base_path: str | Path, log_path: str | Path, output_dir: str | Pa
     if verbalizer is None and labels is not None:
         tuner.labels = labels  # labels from the run's data, not the base
     if config.head == "exact":  # the head's values are in the records, the layers below by their seeds
-        if records and records[-1].head_update is None:
+        if records and records[-1].head_values is None:
             raise EdgetuneError(f"{log_path}: its last step holds no values of the exact head, which replay sets "
                                 "(written by an earlier edgetune?)")
         optimizer = ExactHead.replayer(config, tuner.arena, tuner.weights, tuner.head)

@@ -259,9 +259,9 @@ def test_the_state_resumes_the_same_steps_and_the_records_replay_them(classifier
     tuned = tuner.arena.buffer().copy()
     np.testing.assert_array_equal(after_resume, tuned)
     # the steps carry no head values; the last record gets them, as a written log does (replay sets them)
-    assert all(r.head_update is None for r in records)
-    records[-1].head_update = straight.values()
-    assert len(records[-1].head_update) == 4 * sum(tuner.weights[n].size for n in (head.weight, head.bias))
+    assert all(r.head_values is None for r in records)
+    records[-1].head_values = straight.values()
+    assert len(records[-1].head_values) == 4 * sum(tuner.weights[n].size for n in (head.weight, head.bias))
     tuner.arena.buffer()[:] = start
     replayer = _hybrid(tuner, head)
     for record in records:
@@ -396,7 +396,7 @@ def test_the_guard_rolls_an_exact_head_run_back_and_replay_is_exact(classifier, 
     log = Trajectory.read(out / "run.etlog")
     assert log.header["config"]["head"] == "exact"
     undo = [r for r in log.records if r.rollback is not None]
-    assert undo and any(r.head_update is not None for r in undo)  # the head restored from its kept copy
+    assert undo and any(r.head_values is not None for r in undo)  # the head restored from its kept copy
     done = cli("replay", "--onnx", classifier["model"], "--log", out / "run.etlog", "--output", tmp_path / "replayed")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "replayed" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()

@@ -49,7 +49,7 @@ _RECORD = struct.Struct("<IHHffffI")  # step, q, extra length, lr, ε, weight de
 _RECORD_V1 = struct.Struct("<IHHffff")  # version 1: no head segment
 _QUERY = struct.Struct("<Qf")  # seed, g
 _WHAT = "trajectory log"
-_CORE_FIELDS = ("step", "seeds", "grads", "lr", "eps", "weight_decay", "noise", "loss", "head_update")
+_CORE_FIELDS = ("step", "seeds", "grads", "lr", "eps", "weight_decay", "noise", "loss", "head_values")
 # The widths of a record's u32 step, u16 q and u16 extra length: a run beyond them cannot be logged.
 MAX_STEPS = 2**32
 MAX_QUERIES = 2**16 - 1
@@ -57,10 +57,9 @@ MAX_EXTRA_BYTES = 2**16 - 1
 _LONGEST_FLOAT = -2.2250738585072014e-308  # a float64 with the longest JSON spelling (24 characters)
 
 
-def record_size(queries: int, extra: int = 0, head: int = 0) -> int:
-    """Bytes of one step record with ``queries`` queries, ``extra`` extension bytes and ``head`` floats of
-    the exact head's update."""
-    return _RECORD.size + queries * _QUERY.size + extra + 4 * head
+def record_size(queries: int, extra: int = 0) -> int:
+    """Bytes of one step record with ``queries`` queries and ``extra`` extension bytes (no head segment)."""
+    return _RECORD.size + queries * _QUERY.size + extra
 
 
 class Trajectory:
@@ -101,7 +100,7 @@ class Trajectory:
         """The exact head's values after the last step, written on its record (replay sets them there)."""
         if self._last is None:
             return
-        self._last.head_update = values
+        self._last.head_values = values
         del self._body[self._last_start:]
         self._body += _encode(self._last)
         self._decoded = None
@@ -163,7 +162,7 @@ def _extra_bytes(record: StepRecord) -> bytes:
 
 def _encode(record: StepRecord) -> bytes:
     extra_bytes = _extra_bytes(record)
-    q, head = len(record.seeds), record.head_update or b""
+    q, head = len(record.seeds), record.head_values or b""
     fixed = _RECORD.pack(record.step, q, len(extra_bytes), record.lr, record.eps, record.weight_decay, record.loss,
                          len(head))
     queries = b"".join(_QUERY.pack(seed, g) for seed, g in zip(record.seeds, record.grads))
@@ -193,8 +192,8 @@ def _decode_all(body: bytes, count: int, noise: str, path: Path, version: int) -
         head, offset = body[offset:offset + head_len], offset + head_len
         if len(head) != head_len or head_len % 4:
             raise EdgetuneError(f"{path}: trajectory log is truncated after {len(records)} of {count} steps")
-        if not np.isfinite(np.frombuffer(head, np.float32)).all():  # a NaN update would write a model of NaNs
-            raise EdgetuneError(f"{path}: step {step}: the head's update is not finite")
+        if not np.isfinite(np.frombuffer(head, np.float32)).all():  # NaN values would write a model of NaNs
+            raise EdgetuneError(f"{path}: step {step}: the head's values are not finite")
         unknown = set(extra) - known if isinstance(extra, dict) else {"(not a JSON object)"}
         if unknown:
             raise EdgetuneError(f"{path}: step {step} has fields this edgetune does not know ({', '.join(sorted(unknown))})")
@@ -203,7 +202,7 @@ def _decode_all(body: bytes, count: int, noise: str, path: Path, version: int) -
                                + [(f"the projected gradient of query {i}", g) for i, (_, g) in enumerate(pairs)],
                                f"{path}: step {step}")
         records.append(StepRecord(step=step, seeds=[s for s, _ in pairs], grads=[g for _, g in pairs], lr=lr, eps=eps,
-                                  weight_decay=wd, noise=noise, loss=loss, head_update=head or None, **extra))
+                                  weight_decay=wd, noise=noise, loss=loss, head_values=head or None, **extra))
     if offset != len(body):
         raise EdgetuneError(f"{path}: trajectory log has {len(body) - offset} bytes after its {count} steps")
     return records

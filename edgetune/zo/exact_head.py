@@ -13,7 +13,7 @@ default (2·(C·H + C) floats of moments; chosen over SGD in benchmarks/bench_ex
 
 Replay: the head's update is a function of the features, not of seeds and scalars, and the layers below
 replay from their seeds whatever the head holds. So the log carries the head's float32 values (C·H + C
-floats, ``StepRecord.head_update``, the trajectory log's head segment) only where replay must set them: on
+floats, ``StepRecord.head_values``, the trajectory log's head segment) only where replay must set them: on
 the last record each time the log is written (:meth:`edgetune.loop.TrainingRun.save_checkpoint`) and on a
 rollback record (the state it returns to); :meth:`ExactHead.replay` sets them, the same bits. Not one update
 per step: a head step served from the activation cache costs ~0.5 ms, so a run takes hundreds of thousands
@@ -221,9 +221,9 @@ class ExactHead:
         are set."""
         if self.lower is not None and record.seeds:
             self.lower.replay(record)
-        if record.head_update is None:
+        if record.head_values is None:
             return
-        floats = np.frombuffer(record.head_update, np.float32)
+        floats = np.frombuffer(record.head_values, np.float32)
         views = [view for view, _ in self.grads.pairs()]
         if floats.size != sum(view.size for view in views):
             raise EdgetuneError(f"step {record.step}: the head update holds {floats.size} floats, the head "

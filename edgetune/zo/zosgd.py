@@ -50,9 +50,9 @@ class StepRecord:
     blocks: list[int] | None = None  # the blocks a rotated step updated (--rotate); None: the whole arena
     rollback: int | None = None  # the guard's undo back to θ before step ``rollback`` (edgetune.zo.guard); no forwards
     curvature: list[float] | None = None  # HiZOO: each query's (L+ + L− − 2L(θ))/2ε², what its Σ update read
-    # --head exact: the float32 bytes (weight, then bias, raveled) the head subtracted this step, or, on a
-    # rollback record, the head's values it restored (edgetune.zo.exact_head); the trajectory's head segment
-    head_update: bytes | None = None
+    # --head exact: the head's float32 values (weight, then bias, raveled) after this step, where replay sets
+    # them: the last record of each log write and rollback records (edgetune.zo.exact_head); the log's head segment
+    head_values: bytes | None = None
 
     def __post_init__(self) -> None:
         if self.forwards is None:
@@ -65,9 +65,9 @@ class StepRecord:
         the fields present)."""
         implied = {"projection": None, "divisor": len(self.seeds), "blocks": None, "rollback": None,
                    "curvature": None}
-        # the head's update is floats, not JSON: the trajectory stores it in its own segment, steps.jsonl not
+        # the head's values are floats, not JSON: the trajectory stores it in its own segment, steps.jsonl not
         return {k: v for k, v in self.__dict__.items()
-                if k != "head_update" and (k not in implied or v != implied[k])}
+                if k != "head_values" and (k not in implied or v != implied[k])}
 
 
 def fused_update(seeds: list[int], grads: list[float], lr: np.float32, eps: np.float32, wd: np.float32,
