@@ -59,7 +59,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="edgetune-qnn-"))
     paths = make_classifier_bundle(work / "model", n_train=256, n_dev=128)
     made = bundle(BundleOptions(str(paths["model"]), "last:1", work / "bundle", ModelOptions(max_length=LENGTH),
-                                batch_size=BATCH))
+                                batch_size=BATCH, head="zo"))
     suffix = str(work / "bundle" / "suffix.onnx")
     trainable = [t.name for t in made.manifest.arena.tensors]
     result: dict = {"ort": ort.__version__, "bundle": "tiny classifier last:1, static 8 x 32"}

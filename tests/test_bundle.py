@@ -85,7 +85,7 @@ def test_tune_from_bundle_matches_tune_from_onnx(classifier, clf_bundle, tmp_pat
     data = ("--data", classifier["train"], "--eval-data", classifier["dev"])
     from_bundle = run_cli("tune", "--bundle", out, *data, *TUNE, "--output-dir", tmp_path / "b")
     from_onnx = run_cli("tune", "--onnx", classifier["model"], "--trainable", "last:1", *data, *TUNE,
-                        "--head", "zo", "--output-dir", tmp_path / "o")  # a bundle's graph tunes its head by ZO
+                        "--output-dir", tmp_path / "o")  # both tune the head exactly (--head auto)
     assert from_bundle.returncode == 0 and from_onnx.returncode == 0, from_bundle.stderr + from_onnx.stderr
     tuned, reference = (load_file(tmp_path / d / "trainable.safetensors") for d in ("b", "o"))
     assert tuned.keys() == reference.keys() and all(np.array_equal(tuned[k], reference[k]) for k in tuned)
@@ -137,7 +137,9 @@ def test_static_shape_bundle(classifier, tmp_path):
     for name in ("prefix.onnx", "suffix.onnx", "model.onnx"):
         for graph_input in onnx.load(static / name).graph.input:
             dims = graph_input.type.tensor_type.shape.dim
-            assert dims and all(d.HasField("dim_value") for d in dims), (name, graph_input.name)
+            # a known rank (a scalar too: the exact head's row count crosses the cut), every dimension fixed
+            assert graph_input.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims), \
+                (name, graph_input.name)
     fixed, free = (Tuner.from_bundle(d).evaluate(classifier["dev"]) for d in (static, dynamic))
     assert fixed["examples"] == free["examples"] == 128 and fixed["accuracy"] == free["accuracy"]
     assert abs(fixed["loss"] - free["loss"]) < 1e-5
@@ -191,8 +193,7 @@ def test_gemm_pass(gemm_model, classifier, tmp_path):
     # the step works on the rewritten graph, and tunes what the Gemm model tunes
     data = ("--data", classifier["train"], "--eval-data", classifier["dev"], *TUNE)
     runs = [run_cli("tune", "--bundle", rewritten, *data, "--output-dir", tmp_path / "rb"),
-            run_cli("tune", "--onnx", gemm_model, "--trainable", "head", "--head", "zo", *data, "--output-dir",
-                    tmp_path / "ro")]
+            run_cli("tune", "--onnx", gemm_model, "--trainable", "head", *data, "--output-dir", tmp_path / "ro")]
     assert all(p.returncode == 0 for p in runs), runs[0].stderr + runs[1].stderr
     result = json.loads((tmp_path / "rb" / "summary.json").read_text())["result"]
     assert result["after"]["loss"] < result["before"]["loss"]
@@ -262,6 +263,27 @@ def test_qnn_comes_from_its_package_with_static_shapes(classifier, tmp_path):
         assert proc.returncode == 0, proc.stderr
         matmuls = [line for line in proc.stderr.splitlines() if line.startswith("placement: ") and "(MatMul" in line]
         assert matmuls and all(line.endswith(": QNNExecutionProvider") for line in matmuls)
+        assert "head: zo (--provider qnn" in proc.stderr and read_bundle(tmp_path / "static").head == "zo"
+    assert_rejected(run_cli(*args, "--head", "exact", "--output", tmp_path / "exact", "--batch-size", 8),
+                    "--head exact is not for --provider qnn", "--head zo")
+
+
+def test_the_manifest_says_how_the_head_is_tuned(classifier, clf_bundle, tmp_path):
+    """--head auto (the default) prepares the exact head where tune would choose it, and the manifest says so with
+    the head's tensors; --head zo, and a manifest without the key (an older bundle), tune it by ZO."""
+    out, _ = clf_bundle
+    manifest = read_bundle(out)
+    weight = manifest.head_tensors["weight"]  # the tiny model's head is a MatMul over an exported weight name
+    assert manifest.head == "exact" and manifest.head_tensors["bias"] == "classifier.bias"
+    assert weight in {t.name for t in manifest.arena.tensors} and Tuner.from_bundle(out).head.weight == weight
+    zo = bundle_here(classifier["model"], tmp_path / "zo", "last:1", head="zo").manifest
+    assert zo.head == "zo" and zo.head_tensors is None and Tuner.from_bundle(tmp_path / "zo").head is None
+    body = manifest.to_json()
+    del body["head"], body["head_tensors"]
+    assert parse_manifest(body, out / MANIFEST).head == "zo"
+    body.update(head="exact", head_tensors={"weight": "nowhere", "bias": None})
+    with pytest.raises(ModelError, match="key 'head_tensors.weight' names 'nowhere'"):
+        parse_manifest(body, out / MANIFEST)
 
 
 def test_output_folder_rules(classifier, clf_bundle, tmp_path):

@@ -50,8 +50,9 @@ def tiny(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("runtime")
     paths = make_classifier_bundle(d / "src", n_train=64, n_dev=32)
+    # head zo: these tests are of the ZO step over the whole slice (the exact head's are below)
     bundle(BundleOptions(onnx=str(paths["model"]), trainable="last:1", output=d / "bundle",
-                         model=ModelOptions(threads=1)))
+                         model=ModelOptions(threads=1), head="zo"))
     tuner = Tuner.from_bundle(d / "bundle", threads=1)
     for split in ("train", "dev"):
         data = tuner.load_data(paths[split])
@@ -357,6 +358,93 @@ def test_a_guarded_run_resumes_bit_identically(runtime_build, tiny, tmp_path):
     assert curve(first.stdout) + curve(rest.stdout) == curve(whole.stdout)
     assert same_bits(load_file(tmp_path / "whole" / "trainable.safetensors"),
                      load_file(tmp_path / "resumed" / "trainable.safetensors"))
+
+
+# -- the exact head: a classifier's head tuned first-order from its in-graph gradient, as tune --head exact -------
+
+
+@pytest.fixture(scope="module")
+def exact(tiny, tmp_path_factory):
+    """The tiny classifier bundled under --head auto (which chooses exact): the head alone and last:1; and a
+    training set with its labels flipped, as evaluation data a run gets worse on (keep-best)."""
+    from edgetune.bundle.build import BundleOptions, bundle
+    from edgetune.config import ModelOptions
+
+    d = tmp_path_factory.mktemp("exact")
+    for name, spec in (("head", "classifier.*"), ("last1", "last:1")):
+        made = bundle(BundleOptions(onnx=str(tiny["model"]), trainable=spec, output=d / name,
+                                    model=ModelOptions(threads=1)))
+        assert made.manifest.head == "exact"
+    flip = lambda label: {"negative": "positive", "positive": "negative"}.get(label, label)  # noqa: E731
+    for source, target, key in ((tiny["train"], "flipped.jsonl", flip), (tiny["train_ids"], "flipped_ids.jsonl",
+                                                                            lambda label: 1 - label)):
+        rows = [json.loads(line) for line in Path(source).read_text().splitlines()]
+        (d / target).write_text("".join(json.dumps({**r, "label": key(r["label"])}) + "\n" for r in rows))
+    return {"head": d / "head", "last1": d / "last1", "flipped": d / "flipped.jsonl",
+            "flipped_ids": d / "flipped_ids.jsonl"}
+
+
+def losses(stdout: str) -> list[tuple[int, float, float]]:
+    """(step, loss, lr) of each 'step T loss L lr X g G' line, as float32 (a step of the head alone has g nan)."""
+    rows = [w for w in map(str.split, stdout.splitlines()) if w[:1] == ["step"] and w[2] == "loss"]
+    return [(int(r[1]), float(np.float32(r[3])), float(np.float32(r[5]))) for r in rows]
+
+
+@pytest.mark.parametrize("which,steps,flags,evaluated,expect", [
+    ("head", 8, ("--lr", "1e-3"), False, ""),  # the head alone: one forward a step, Adam at 3e-3
+    ("last1", 56, ("--lr", "auto"), False, "lr auto:"),  # 50 steps of the head alone, then calibrated below it
+    ("last1", 12, ("--lr", "1e15"), False, "guard:"),  # rollbacks: undo records below, the head from its copies
+    ("head", 8, ("--lr", "1e-3"), True, "kept best:"),  # worse on the evaluation data: its best state kept
+])
+def test_the_exact_head_reproduces_python(runtime_build, tiny, exact, tmp_path, which, steps, flags, evaluated,
+                                          expect):
+    """An exact-head bundle: the C runtime binds the gradient outputs and takes Python's Adam step in float32,
+    the warm-up and calibration under lr auto, the guard's rollbacks and keep-best: the same curve, notes and
+    tuned slice as `tune --bundle`, bit for bit."""
+    py = run_cli("tune", "--bundle", exact[which], "--data", tiny["train"], "--output-dir", tmp_path / "py",
+                 "--steps", steps, *[x for kv in {**FLAGS, "--guard": "on"}.items() for x in kv], *flags,
+                 *(("--eval-data", exact["flipped"]) if evaluated else ()))
+    assert py.returncode == 0, py.stderr
+    c = tune_c(runtime_build, exact[which], tiny["train_ids"], "--steps", steps, "--guard", "on", *flags,
+               *(("--eval", exact["flipped_ids"]) if evaluated else ()), "--out", tmp_path / "c")
+    assert c.returncode == 0, c.stderr
+    records = [json.loads(line) for line in (tmp_path / "py" / "steps.jsonl").read_text().splitlines()]
+    assert losses(c.stdout) == [(r["step"], float(np.float32(r["loss"])), float(np.float32(r["lr"])))
+                                for r in records if "rollback" not in r]
+    assert same_bits(load_file(tmp_path / "c" / "trainable.safetensors"),
+                     load_file(tmp_path / "py" / "trainable.safetensors"))
+    result = json.loads((tmp_path / "py" / "summary.json").read_text())["result"]
+    notes = [line for line in c.stdout.splitlines() if line.startswith(NOTES)]
+    assert [n for n in notes if n.startswith("guard:")] == result["guard"]
+    assert (not expect or any(n.startswith(expect) for n in notes)) and "head exact" in c.stdout
+    assert f", {result['forward_passes']} forwards" in c.stdout
+
+
+def test_an_exact_head_run_resumes_bit_identically(runtime_build, tiny, exact, tmp_path):
+    """Checkpoints in the head's warm-up and after the calibration below it carry the head's Adam state and kept
+    copies: the run resumed twice equals the whole run. A bundle whose manifest has no "head" (written before the
+    exact head) tunes it by ZO in both runtimes."""
+    run = lambda *args: tune_c(runtime_build, exact["last1"], tiny["train_ids"], "--steps", 56, "--lr", "auto",  # noqa: E731
+                               "--guard", "on", *args)
+    parts = [run("--out", tmp_path / "whole"), run("--stop-after", 30, "--checkpoint", tmp_path / "ck30"),
+             run("--resume", tmp_path / "ck30", "--stop-after", 53, "--checkpoint", tmp_path / "ck53"),
+             run("--resume", tmp_path / "ck53", "--out", tmp_path / "resumed")]
+    for proc in parts:
+        assert proc.returncode == 0, proc.stderr
+    assert sum((losses(p.stdout) for p in parts[1:]), []) == losses(parts[0].stdout)
+    assert same_bits(load_file(tmp_path / "whole" / "trainable.safetensors"),
+                     load_file(tmp_path / "resumed" / "trainable.safetensors"))
+    old = tmp_path / "old"
+    shutil.copytree(exact["head"], old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["head"], manifest["head_tensors"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    py = run_cli("tune", "--bundle", old, "--data", tiny["train"], "--output-dir", tmp_path / "py", "--steps", 3,
+                 *[x for kv in FLAGS.items() for x in kv])
+    c = tune_c(runtime_build, old, tiny["train_ids"], "--steps", 3, "--out", tmp_path / "c")
+    assert py.returncode == 0 and c.returncode == 0, py.stderr + c.stderr
+    assert "head: zo" in py.stderr and "head zo" in c.stdout
+    assert_same_run(c.stdout, tmp_path / "py", tmp_path / "c")
 
 
 class _Options(ctypes.Structure):

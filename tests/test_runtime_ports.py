@@ -60,7 +60,8 @@ JAVA_NATIVE = re.compile(r"private static native \S+ (native\w+)\(")
 def bundle(classifier, tmp_path_factory):
     """The bundle, its train/dev examples as {"ids", "label"} JSONL, and as "label TAB text TAB ids" lines."""
     d = tmp_path_factory.mktemp("ports")
-    proc = run_cli("bundle", "--onnx", classifier["model"], "--trainable", "last:2", "--output", d / "wordlevel")
+    proc = run_cli("bundle", "--onnx", classifier["model"], "--trainable", "last:2", "--head", "zo",
+                   "--output", d / "wordlevel")
     assert proc.returncode == 0, proc.stderr
     _wordpiece_bundle({"bundle": d / "wordlevel"}, d / "bundle")  # a tokenizer the C++ one reads (addText)
     labels = json.loads((d / "bundle" / "manifest.json").read_text())["labels"]

@@ -273,6 +273,13 @@ ET_API et_status et_runtime_steps_done(const et_runtime *rt, uint64_t *steps);
  * call on rt, never free). */
 ET_API et_status et_runtime_summary(const et_runtime *rt, et_run_summary *s);
 ET_API const char *et_runtime_notes(const et_runtime *rt);
+/* How the run tunes the classifier's head: "exact" (the bundle's manifest says "head": "exact": every forward
+ * also outputs the head's gradient; the head takes an Adam step (lr 3e-3) from the mean of a step's gradients
+ * while ZO tunes the rest of the slice, as `edgetune tune --head exact`; under lr auto the head learns alone
+ * for 50 steps, one forward each, before the layers below are calibrated; a step of the head alone has
+ * queries 0 and eps 0), or "zo" (the whole slice by ZO; bundles written before the exact head). Borrowed
+ * from rt; NULL for a NULL rt. */
+ET_API const char *et_runtime_head(const et_runtime *rt);
 
 /* Mean per-example loss (and accuracy) of a split at the current weights, in example order, in batches of 64
  * rows as Tuner.evaluate (a static-shape bundle: its batch, the last one filled and the filler not counted).

@@ -140,6 +140,26 @@ void read_defaults(const Manifest &m, const json &d, Bundle &b) {
     b.defaults.steps = m.count(d, "steps");
 }
 
+// "head" and "head_tensors" (absent before the exact head: the head is tuned by ZO)
+void read_head(const Manifest &m, const json &j, Bundle &b) {
+    const std::string head = j.contains("head") ? m.str(j, "head") : "zo";
+    if (head != "zo" && head != "exact") m.bad("head", "'" + head + "' is not zo or exact");
+    b.exact_head = head == "exact";
+    if (!b.exact_head) return;
+    if (b.task != "classify") m.bad("head", "is exact for a " + b.task + " bundle (the exact head is a classifier's)");
+    const json &names = m.at(j, "head_tensors", "an object");
+    auto index = [&](const std::string &key, bool optional) {
+        const std::string name = m.str_or_empty(names, key);
+        if (name.empty() && !optional) m.bad("head_tensors." + key, "missing (expected a tensor name)");
+        if (name.empty()) return -1;
+        for (size_t i = 0; i < b.tensors.size(); ++i)
+            if (b.tensors[i].name == name) return (int)i;
+        m.bad("head_tensors." + key, "names '" + name + "', which is not a tensor of the arena");
+    };
+    b.head_weight = index("weight", false);
+    b.head_bias = index("bias", true);
+}
+
 void verify_files(const Manifest &m, Bundle &b, bool verify) {
     const json &files = m.at(m.root(), "files", "an object of {bytes, sha256} per file");
     if (!files.is_object()) m.bad("files", "is not an object");
@@ -246,6 +266,7 @@ Bundle read_bundle(const std::string &dir, bool verify) {
     if (j.contains("noise")) b.noise = m.str(j, "noise");
     if (b.noise != "rademacher" && b.noise != "gaussian") m.bad("noise", "'" + b.noise + "' is not rademacher or gaussian");
     read_defaults(m, m.at(j, "defaults", "an object"), b);
+    read_head(m, j, b);
     if (b.task == "classify" && b.labels.empty()) m.bad("labels", "is empty for a classify bundle");
     verify_files(m, b, verify);
     return b;

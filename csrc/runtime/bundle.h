@@ -53,6 +53,10 @@ struct Bundle {
     int64_t max_length = 128, pad_id = 0;
     int64_t static_batch = 0, static_length = 0;  // 0: dynamic shapes
     std::string noise = "rademacher";
+    // manifest "head": "exact": the suffix also outputs the head's exact gradient (head_grad_W, head_grad_b in
+    // the weight's and the bias's layout) and the head is tuned first-order; absent (older bundles) or "zo": ZO
+    bool exact_head = false;
+    int head_weight = -1, head_bias = -1;  // exact: indices into tensors (head_bias -1: the head has no bias)
     Defaults defaults;
     std::string manifest_sha256;      // identifies the bundle in checkpoints
     std::vector<std::string> files;   // every file the manifest lists (relative), manifest excluded

@@ -156,11 +156,14 @@ std::string Calibration::line() const {
     return "lr auto: " + fmt_g(lr, 4) + " " + why + " (" + std::to_string(probes) + " probes), eps " + fmt_g(eps, 3);
 }
 
-Calibration calibrate(float *buf, size_t n, uint64_t seed, int noise, const std::vector<std::function<void()>> &binders,
+Calibration calibrate(float *buf, size_t n, const std::vector<std::pair<size_t, size_t>> &spans, uint64_t seed, int noise, const std::vector<std::function<void()>> &binders,
                       const std::function<double()> &loss, bool eps_auto, double eps) {
     std::vector<double> base, curvatures, grads;
     const size_t batches = binders.size();
     const double h2 = square(CAL_PROBE_H);
+    auto perturb = [&](uint64_t z, float scale) {
+        for (const auto &[start, end] : spans) et::perturb(buf + start, end - start, z, scale, noise, start);
+    };
     size_t done = 0;
     {
         Saved saved(buf, n);
@@ -171,9 +174,9 @@ Calibration calibrate(float *buf, size_t n, uint64_t seed, int noise, const std:
             if (base.size() < batches) base.push_back(loss());  // θ is the same in every round
             for (size_t i = done + b % batches; i < done + CAL_PROBES; i += batches) {
                 const uint64_t z = et::derive_seed(seed, CAL_PROBE_STEP, i);
-                et::perturb(buf, n, z, (float)CAL_PROBE_H, noise, 0);
+                perturb(z, (float)CAL_PROBE_H);
                 const double plus = loss();
-                et::perturb(buf, n, z, (float)(-2 * CAL_PROBE_H), noise, 0);
+                perturb(z, (float)(-2 * CAL_PROBE_H));
                 const double minus = loss();
                 saved.restore();
                 curvatures.push_back((plus + minus - 2 * base[b]) / h2);

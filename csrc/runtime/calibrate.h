@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace et::rt {
@@ -32,8 +33,10 @@ struct Calibration {  // calibrate.py's Calibration (summary "calibration")
 
 // Probes θ = buf (left bit for bit as it was: saved to an unlinked temporary file, restored after each probe).
 // binders[b]() binds calibration batch b; loss() is the bound batch's mean loss in double at the current θ.
-// eps_auto: choose ε too, else `eps` is reported as given.
-Calibration calibrate(float *buf, size_t n, uint64_t seed, int noise, const std::vector<std::function<void()>> &binders,
+// eps_auto: choose ε too, else `eps` is reported as given. spans: the [start, end) ranges of buf the steps
+// perturb (the exact head's are not among them: its curvature must not set the lower layers' lr), each with
+// the noise of its global offsets.
+Calibration calibrate(float *buf, size_t n, const std::vector<std::pair<size_t, size_t>> &spans, uint64_t seed, int noise, const std::vector<std::function<void()>> &binders,
                       const std::function<double()> &loss, bool eps_auto, double eps);
 
 // guard.py's Guard: an EMA of the step losses against the best EMA; observe() says when to roll back

@@ -457,6 +457,11 @@ et_status et_runtime_summary(const et_runtime *rt, et_run_summary *s) {
     return ET_OK;
 }
 
+const char *et_runtime_head(const et_runtime *rt) {
+    if (!rt) return nullptr;
+    return rt->bundle.exact_head ? "exact" : "zo";
+}
+
 const char *et_runtime_notes(const et_runtime *rt) {
     if (!rt) return "";
     std::string &text = const_cast<et_runtime *>(rt)->notes_text;

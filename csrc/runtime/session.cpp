@@ -41,12 +41,35 @@ Engine::Engine(const Ort &ort, const Bundle &bundle, float *arena, int threads) 
         ort.check(api->BindInput(binding_, t.name.c_str(), arena_values_.back().get()), "binding '" + t.name + "'");
     }
     ort.check(api->BindOutputToDevice(binding_, b_.loss_output.c_str(), ort.cpu), "binding the loss output");
+    if (b_.exact_head) {  // after the loss: mean_loss reads the first bound output
+        const char *names[2] = {"head_grad_W", "head_grad_b"};
+        const int tensors[2] = {b_.head_weight, b_.head_bias};
+        const std::vector<std::string> outputs = this->names(suffix_, false);
+        head_grads_.reserve(2);  // the bound views point into these arrays: no reallocation
+        for (int k = 0; k < 2 && tensors[k] >= 0; ++k) {
+            const TensorSpec &t = b_.tensors[tensors[k]];
+            if (!contains(outputs, names[k]))
+                fail(ET_ERR_BUNDLE, b_.suffix + ": has no output '" + names[k] + "' (manifest.json says head exact)");
+            head_grads_.emplace_back(t.numel, 0.0f);
+            head_grad_values_.push_back(tensor(head_grads_.back().data(), t.numel * sizeof(float), t.shape,
+                                               ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT));
+            ort.check(api->BindOutput(binding_, names[k], head_grad_values_.back().get()),
+                      std::string("binding the output '") + names[k] + "'");
+        }
+    }
+}
+
+std::vector<std::pair<const float *, size_t>> Engine::head_grads() const {
+    std::vector<std::pair<const float *, size_t>> out;
+    for (const std::vector<float> &g : head_grads_) out.emplace_back(g.data(), g.size());
+    return out;
 }
 
 Engine::~Engine() {
     const OrtApi *api = ort_.api;
     batch_values_.clear();
     arena_values_.clear();
+    head_grad_values_.clear();
     if (binding_) api->ReleaseIoBinding(binding_);
     if (suffix_) api->ReleaseSession(suffix_);
     if (prefix_) api->ReleaseSession(prefix_);

@@ -34,6 +34,9 @@ public:
     float mean_loss();
     // the same in double before the cast: LossEngine.mean_loss's float, what lr auto's probes compute with
     double mean_loss_exact();
+    // an exact-head bundle's gradient outputs (head_grad_W, then head_grad_b where the head has a bias), bound to
+    // these arrays: every training forward writes them (LossEngine.bind_output); empty for a zo bundle
+    std::vector<std::pair<const float *, size_t>> head_grads() const;
     // Evaluation path (plain Run, numpy-style feeds): per-example losses and the logits [rows, classes].
     void evaluate(const Batch &batch, std::vector<float> &losses, std::vector<float> &logits, size_t &classes);
 
@@ -55,6 +58,8 @@ private:
     std::vector<Value> arena_values_;        // views of the arena, bound once
     std::vector<Value> batch_values_;        // the bound batch's (views of its arrays, prefix outputs)
     std::vector<std::vector<int32_t>> narrowed_;  // int32 copies of int64 inputs the graph takes as int32
+    std::vector<std::vector<float>> head_grads_;  // the bound gradient outputs' arrays
+    std::vector<Value> head_grad_values_;        // views of them, bound once
 };
 
 }  // namespace et::rt

@@ -44,6 +44,17 @@ double schedule_value(int kind, double base, uint64_t total, uint64_t warmup, ui
     return 0.0 + (base - 0.0) * (1.0 - progress);
 }
 
+Trainer::Trainer(Engine &engine, const Bundle &bundle, float *arena, size_t count, const Examples &train)
+    : engine_(engine), b_(bundle), arena_(arena), count_(count), train_(train) {
+    if (bundle.exact_head) {  // TrainingRun._exact_head: ZO over the arena less the head, the head first-order
+        head_.reset(new ExactHead(arena, bundle, engine.head_grads()));
+        spans_ = ExactHead::lower_spans(bundle);
+        lower_ = !spans_.empty();
+    } else {
+        spans_ = {{0, count}};
+    }
+}
+
 void Trainer::configure(const et_train_params &p) {
     auto bad = [](const std::string &field, const std::string &why) { fail(ET_ERR_INVALID_ARGUMENT, "train params: " + field + " " + why); };
     if (p.struct_size != sizeof(et_train_params)) bad("struct_size", "is not sizeof(et_train_params)");
@@ -95,15 +106,59 @@ std::string Trainer::describe() const {
     return s.str();
 }
 
-void Trainer::perturb(uint64_t seed, float scale) { et::perturb(arena_, count_, seed, scale, p_.noise, 0); }
+// over the ZO spans, each with the noise of its global arena offsets (ZOBase._perturb / _combine)
+void Trainer::perturb(uint64_t seed, float scale) {
+    for (const auto &[start, end] : spans_) et::perturb(arena_ + start, end - start, seed, scale, p_.noise, start);
+}
 
 void Trainer::combine(float decay, const uint64_t *seeds, const float *coefs, uint32_t k) {
-    et::combine(arena_, count_, decay, seeds, coefs, k, p_.noise, 0);
+    for (const auto &[start, end] : spans_)
+        et::combine(arena_ + start, end - start, decay, seeds, coefs, k, p_.noise, start);
+}
+
+double Trainer::head_lr(uint64_t) const {
+    // the head's own constant lr; with nothing below it, the run's step size (the guard's scale acts on it)
+    return lower_ ? HEAD_LR : HEAD_LR * scale_;
+}
+
+void Trainer::nonfinite(uint64_t t, const std::string &what) {
+    std::string rows;
+    std::vector<uint64_t> sorted = batch_.indices;
+    std::sort(sorted.begin(), sorted.end());
+    sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
+    for (uint64_t r : sorted) rows += (rows.empty() ? "" : ", ") + train_.where[r];
+    fail(ET_ERR_NONFINITE_LOSS, "non-finite loss at step " + std::to_string(t) + " (" + what + ") on examples " + rows);
+}
+
+// ExactHead.step with no ZO part (the head alone, or the warm-up): one forward at θ, then the head's update
+void Trainer::head_step(et_step_record &record) {
+    const uint64_t t = done_;
+    bind(*stream_, t, batch_);
+    head_->begin(t);
+    const double loss = engine_.mean_loss_exact();
+    head_->accumulate();
+    forwards_ += 1;
+    if (!std::isfinite(loss)) nonfinite(t, fmt_g(loss, 17));  // θ as the step found it: the guard may go on
+    const double lr = head_lr(t);
+    head_->update(lr);
+    done_ = t + 1;
+    last_loss_ = loss;
+    if (can_roll_back()) applied_.emplace_back(t, Terms());  // nothing of ZO to undo; the head has its copies
+    record = et_step_record{};
+    record.struct_size = sizeof(et_step_record);
+    record.step = t;
+    record.loss = (float)loss;
+    record.lr = (float)lr;
+    record.eps = 0.0f;
+    record.queries = 0;
+    record.forwards = forwards_;
 }
 
 void Trainer::raw_step(et_step_record &record) {
     const uint64_t t = done_;
+    if (head_ && (!lower_ || (warming() && t < HEAD_WARM_STEPS))) return head_step(record);
     bind(*stream_, t, batch_);
+    if (head_) head_->begin(t);
     const float lr = (float)lr_at(t);
     const float eps = (float)eps_at(t);
     const float wd = (float)p_.weight_decay;
@@ -115,18 +170,14 @@ void Trainer::raw_step(et_step_record &record) {
     perturb(seeds[0], eps);
     for (uint32_t i = 0; i < q; ++i) {
         const float plus = engine_.mean_loss();
+        if (head_) head_->accumulate();  // the mean of the ± forwards' head gradients: θ's up to O(ε²)
         perturb(seeds[i], -2.0f * eps);
         const float minus = engine_.mean_loss();
+        if (head_) head_->accumulate();
         forwards_ += 2;
         if (!std::isfinite(plus) || !std::isfinite(minus)) {
             perturb(seeds[i], eps);  // back to θ before stopping, as ZOSGD.step does
-            std::string rows;
-            std::vector<uint64_t> sorted = batch_.indices;
-            std::sort(sorted.begin(), sorted.end());
-            sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
-            for (uint64_t r : sorted) rows += (rows.empty() ? "" : ", ") + train_.where[r];
-            fail(ET_ERR_NONFINITE_LOSS, "non-finite loss at step " + std::to_string(t) + " (L+=" + fmt(plus) +
-                                            ", L-=" + fmt(minus) + ") on examples " + rows);
+            nonfinite(t, "L+=" + fmt(plus) + ", L-=" + fmt(minus));
         }
         grads[i] = (plus - minus) / (2.0f * eps);
         losses[2 * i] = (double)plus;
@@ -145,6 +196,7 @@ void Trainer::raw_step(et_step_record &record) {
             combine(decay, &seeds[i], &c, 1);
         }
     }
+    if (head_) head_->update(head_lr(t));  // from the same θ_t: the ZO step left the head as it was
     done_ = t + 1;
     // the record's loss as ZOSGD.step's float(np.mean(losses)): the guard watches it in double
     last_loss_ = np_sum(losses, 2 * q) / (double)(2 * q);
@@ -170,6 +222,7 @@ void Trainer::raw_step(et_step_record &record) {
 
 
 double Trainer::lr_at(uint64_t t) const {  // StepSize: the schedule × the guard's scale
+    if (head_ && !lower_) return head_lr(t);  // the head alone: its lr is the run's step size
     return schedule_value(p_.schedule, base_lr(), p_.steps, p_.warmup, t, false) * scale_;
 }
 
@@ -193,8 +246,8 @@ Calibration Trainer::probe(uint64_t seed, bool eps_auto, double eps) {
     Batch bound;
     std::vector<std::function<void()>> binders;
     for (uint64_t i = 0; i < CAL_BATCHES; ++i) binders.push_back([this, &stream, &bound, i] { bind(stream, i, bound); });
-    Calibration c = calibrate(arena_, count_, seed, p_.noise, binders, [this] { return engine_.mean_loss_exact(); },
-                              eps_auto, eps);
+    Calibration c = calibrate(arena_, count_, spans_, seed, p_.noise, binders,
+                              [this] { return engine_.mean_loss_exact(); }, eps_auto, eps);
     forwards_ += c.forwards;
     probe_forwards_ += c.forwards;
     return c;
@@ -203,22 +256,32 @@ Calibration Trainer::probe(uint64_t seed, bool eps_auto, double eps) {
 bool Trainer::step(et_step_record &record) {
     if (!configured_) fail(ET_ERR_STATE, "no train params set (et_runtime_set_train_params or et_runtime_train)");
     while (done_ < p_.steps) {
-        if (!calibrated_ && (p_.lr_auto || p_.eps_auto)) {  // TrainingRun._calibrate, before the run's first step
-            cal_ = probe(p_.seed, p_.eps_auto != 0, p_.eps);
-            calibrated_ = true;
-            if (p_.guard) guard_ = Guard(cal_.loss_noise, cal_.loss);
-            say(cal_.line());
-        }
+        // TrainingRun._calibrate: before the run's first step; under the exact head once the head has warmed up
+        // (and never with the head alone: nothing is tuned by ZO)
+        if (!calibrated_ && (p_.lr_auto || p_.eps_auto) && zeroth_order() && !(head_ && done_ < HEAD_WARM_STEPS))
+            calibrate_now();
         try {
             raw_step(record);
         } catch (const Error &e) {
             if (e.status == ET_ERR_NONFINITE_LOSS && recover()) continue;  // the failed step left no record
             throw;
         }
-        if (p_.guard && guard_.observe(record.step, last_loss_)) guard_acts();
+        if (p_.guard) {  // TrainingRun.watch: where θ before this step is the new best, the head's copy is kept
+            const bool act = guard_.observe(record.step, last_loss_);
+            if (head_ && guard_.best_step == record.step) head_->mark_best(record.step);
+            if (act) guard_acts();
+        }
         return true;
     }
     return false;
+}
+
+void Trainer::calibrate_now() {
+    cal_ = probe(p_.seed, p_.eps_auto != 0, p_.eps);
+    calibrated_ = true;
+    scale_ = 1.0;  // the optimizer is built again with the measured lr: a fresh step size
+    if (p_.guard) guard_ = Guard(cal_.loss_noise, cal_.loss);
+    say(cal_.line());
 }
 
 void Trainer::replay_undo(const Terms &chunk, float eps) {
@@ -251,19 +314,23 @@ void Trainer::roll_back(uint64_t to_step) {
     }
     Terms terms;
     for (const Terms &t : undone) terms.insert(terms.end(), t.begin(), t.end());
-    const float eps = (float)eps_at(done_);
+    const float eps = lower_ ? (float)eps_at(done_) : 0.0f;
+    if (head_ && !head_->restore(to_step))  // the head from its kept copy, with its Adam state then
+        fail(ET_ERR_STATE, "the exact head's state before step " + std::to_string(to_step) +
+                               " was not kept; cannot roll back to it");
     for (size_t end = terms.size(); end > 0; end = end > UNDO_CHUNK ? end - UNDO_CHUNK : 0) {
         Terms chunk(terms.rbegin() + (ptrdiff_t)(terms.size() - end),
                     terms.rbegin() + (ptrdiff_t)(terms.size() - (end > UNDO_CHUNK ? end - UNDO_CHUNK : 0)));
         replay_undo(chunk, eps);
         ++done_;
     }
+    if (head_ && terms.empty()) ++done_;  // the head alone: one record that restores it
 }
 
 // loop._shrink: lr halved, and under lr auto no larger than the calibration's rule gives where θ returned
 std::string Trainer::shrink() {
     scale_ *= GUARD_SHRINK;
-    if (!calibrated_ || !p_.lr_auto) return "";
+    if (!calibrated_ || !p_.lr_auto || !zeroth_order()) return "";
     const Calibration again = probe(et::derive_seed(p_.seed, RECALIBRATE_STEP, guard_.rollbacks), false, base_eps());
     scale_ = std::min(scale_, again.lr / cal_.lr);
     return " (zᵀHz here " + fmt_g(again.curvature, 3) + ", was " + fmt_g(cal_.curvature, 3) + ")";
@@ -347,7 +414,8 @@ json Trainer::state() const {
     return {{"step", done_}, {"forwards", forwards_}, {"start", start_}, {"scale", scale_}, {"guard", guard},
             {"calibration", cal}, {"probe_forwards", probe_forwards_}, {"applied", applied},
             {"kept_best", kept_best_ >= 0 ? json(kept_best_) : json(nullptr)}, {"notes", notes_},
-            {"before", has_before() ? json(before_) : json(nullptr)}};
+            {"before", has_before() ? json(before_) : json(nullptr)},
+            {"head", head_ ? head_->state() : json(nullptr)}};
 }
 
 void Trainer::load_state(const json &st) {
@@ -381,8 +449,12 @@ void Trainer::load_state(const json &st) {
         cal_.loss_noise = c.at("loss_noise"); cal_.grad_rms = c.at("grad_rms"); cal_.probes = c.at("probes");
         cal_.forwards = c.at("forwards"); cal_.fallback = c.at("fallback");
     } else if (p_.lr_auto || p_.eps_auto) {
-        if (done_ > 0) fail(ET_ERR_STATE, "the checkpoint holds no calibration, but the run has lr/eps auto");
+        // the exact head calibrates once its warm-up is over, and never with the head alone
+        const uint64_t uncalibrated = head_ ? (lower_ ? HEAD_WARM_STEPS : p_.steps) : 0;
+        if (done_ > uncalibrated) fail(ET_ERR_STATE, "the checkpoint holds no calibration, but the run has lr/eps auto");
     }
+    if (head_ && st.contains("head") && !st["head"].is_null()) head_->load_state(st["head"]);
+    else if (head_ && done_ > 0) fail(ET_ERR_STATE, "the checkpoint holds no exact-head state, but the bundle's head is exact");
     applied_.clear();
     if (st.contains("applied"))
         for (const json &a : st["applied"]) {

@@ -6,12 +6,15 @@
 #define EDGETUNE_RUNTIME_TRAINER_H
 #include <cstdint>
 #include <deque>
+#include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "calibrate.h"
+#include "head.h"
 
 #include "data.h"
 #include "edgetune_runtime.h"
@@ -24,8 +27,7 @@ double schedule_value(int kind, double base, uint64_t total, uint64_t warmup, ui
 
 class Trainer {
 public:
-    Trainer(Engine &engine, const Bundle &bundle, float *arena, size_t count, const Examples &train)
-        : engine_(engine), b_(bundle), arena_(arena), count_(count), train_(train) {}
+    Trainer(Engine &engine, const Bundle &bundle, float *arena, size_t count, const Examples &train);
 
     // checks p (a full-size struct; one message naming the field) and latches it
     void configure(const et_train_params &p);
@@ -50,16 +52,25 @@ public:
     std::string describe() const;
     const std::vector<std::string> &notes() const { return notes_; }
     void summary(et_run_summary &s) const;
+    bool exact_head() const { return head_ != nullptr; }
 
 private:
     using Terms = std::vector<std::pair<uint64_t, float>>;  // (seed, c) of θ ← θ + c·z(seed)
     void raw_step(et_step_record &record);
+    void head_step(et_step_record &record);  // a step of the head alone: one forward at θ
+    double head_lr(uint64_t t) const;
+    // --head exact under lr auto: the head learns alone until step HEAD_WARM_STEPS, then the layers below calibrate
+    bool warming() const { return head_ && lower_ && (p_.lr_auto || p_.eps_auto) && !calibrated_; }
+    bool zeroth_order() const { return !head_ || lower_; }
+    void calibrate_now();
+    [[noreturn]] void nonfinite(uint64_t t, const std::string &what);
     void perturb(uint64_t seed, float scale);
     void combine(float decay, const uint64_t *seeds, const float *coefs, uint32_t k);
     double lr_at(uint64_t t) const;
     double eps_at(uint64_t t) const;
-    double base_lr() const { return p_.lr_auto ? cal_.lr : p_.lr; }
-    double base_eps() const { return p_.eps_auto ? cal_.eps : p_.eps; }
+    // TrainingRun.resolved: the calibrated lr, 1.0 until measured (the exact head's warm-up takes no ZO step)
+    double base_lr() const { return p_.lr_auto ? (calibrated_ ? cal_.lr : 1.0) : p_.lr; }
+    double base_eps() const { return p_.eps_auto ? (calibrated_ ? cal_.eps : 1.0) : p_.eps; }
     bool can_roll_back() const { return p_.guard && p_.weight_decay == 0; }
     void bind(const BatchStream &stream, uint64_t t, Batch &batch);
     Calibration probe(uint64_t seed, bool eps_auto, double eps);
@@ -90,6 +101,9 @@ private:
     int64_t kept_best_ = -1;
     double before_ = NAN;
     std::vector<std::string> notes_;
+    std::unique_ptr<ExactHead> head_;  // an exact-head bundle's head; null: the whole slice by ZO
+    std::vector<Span> spans_;          // the arena ranges ZO perturbs: all of it, or all but the head's
+    bool lower_ = true;                // ZO has something to tune (the exact head with layers below it)
 };
 
 }  // namespace et::rt

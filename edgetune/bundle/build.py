@@ -16,13 +16,14 @@ from edgetune.artifacts.outdir import LOCK_FILE, output_lock, refuse_input_folde
 from edgetune.bundle.format import ARENA_FILE, MANIFEST, ArenaLayout, ArenaTensor, Manifest, TokenizerEntry, \
     read_manifest, write_manifest
 from edgetune.bundle.placement import QNN, provider_name, require_provider
-from edgetune.config import ModelOptions, TrainConfig
+from edgetune.config import ModelOptions, TrainConfig, validate_fields
 from edgetune.data.jsonl import TASK_LM
 from edgetune.data.tokenizer import SIDECARS, TEMPLATE_FILE, pad_id, read_tokenizer_config, special_tokens
 from edgetune.errors import EdgetuneError
 from edgetune.graph.loss import LABELS_INPUT, LOGITS_OUTPUT, LOSS_OUTPUT, TOKEN_LOGITS_OUTPUT
 from edgetune.graph.trainable import TrainableSpec
 from edgetune.process.child import run_child
+from edgetune.zo.options import HeadOptions
 
 _DTYPES = {onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT64: "int64"}  # the data inputs' element types
 # The names a bundle may hold (model.onnx and the graphs may add a .data file beside them).
@@ -39,6 +40,7 @@ class BundleOptions:
     gemm_to_matmul: bool = True
     provider: str | None = None
     force: bool = False
+    head: str = "auto"  # tune's --head: auto prepares the exact head where tune's defaults would choose it
 
 
 @dataclass
@@ -46,6 +48,7 @@ class BundleResult:
     manifest: Manifest
     rewritten: list[str] = field(default_factory=list)  # Gemm nodes the pass rewrote
     placement: list[dict[str, Any]] | None = None  # --provider's report
+    notes: list[str] = field(default_factory=list)  # one line each: what the bundle chose and why
 
 
 def bundle(options: BundleOptions) -> BundleResult:
@@ -55,6 +58,7 @@ def bundle(options: BundleOptions) -> BundleResult:
     out = options.output
     tokenizer = Path(options.model.tokenizer or Path(options.onnx).parent / "tokenizer.json")
     refuse_input_folder(out, [options.onnx, tokenizer], flag="--output")
+    head, notes = _graph_head(options)
     if options.provider:  # before the model is prepared: a provider this build lacks is a typo or a wrong wheel
         if provider_name(options.provider) == QNN and not options.batch_size:
             raise EdgetuneError("--provider qnn needs static shapes (QNN compiles its graph for one shape): pass "
@@ -62,9 +66,9 @@ def bundle(options: BundleOptions) -> BundleResult:
         require_provider(options.provider)
     with output_lock(out):
         old = _claim(out, options.force)
-        # the same cache entry and arena as `tune` with these options: the bundle is what tune would run
-        # head="zo": a bundle's runtime tunes the whole slice by ZO, so its graphs carry no exact-head gradient
-        tuner = Tuner.from_onnx(options.onnx, trainable=options.trainable, head="zo", **options.model.keywords())
+        # the same cache entry and arena as `tune` with these options: the bundle is what tune would run (auto:
+        # the exact head's gradient in the graph where tune's defaults tune the head exactly)
+        tuner = Tuner.from_onnx(options.onnx, trainable=options.trainable, head=head, **options.model.keywords())
         written: list[str] = []
         try:
             # --force: the old bundle goes once the model is prepared (a model that fails to load leaves it
@@ -72,11 +76,24 @@ def bundle(options: BundleOptions) -> BundleResult:
             for name in old:
                 (out / name).unlink(missing_ok=True)
             result = _write(tuner, options, out, written)
+            result.notes = notes
         except BaseException:
             for name in written:  # an unfinished bundle leaves nothing (its manifest was never written)
                 (out / name).unlink(missing_ok=True)
             raise
     return result
+
+
+def _graph_head(options: BundleOptions) -> tuple[str, list[str]]:
+    """The ``head`` to prepare the graph for, and a line where --provider rules the exact head out: QNN compiles
+    one static graph, and the gradient's one-hot takes its class count from the logits' shape at run time."""
+    validate_fields(HeadOptions(head=options.head))
+    if options.provider and provider_name(options.provider) == QNN and options.head != "zo":
+        if options.head == "exact":
+            raise EdgetuneError("--head exact is not for --provider qnn: the head's gradient (a one-hot sized at run "
+                                "time) does not compile for QNN; bundle with --head zo")
+        return "zo", ["head: zo (--provider qnn: the exact head's gradient does not compile for QNN)"]
+    return options.head, []
 
 
 def _claim(out: Path, force: bool) -> list[str]:
@@ -179,6 +196,8 @@ def _manifest(tuner, options: BundleOptions, static: list[int] | None) -> Manife
         defaults={"lr": defaults.lr, "eps": defaults.eps, "queries": defaults.queries,
                   "batch_size": static[0] if static else defaults.batch_size, "seed": defaults.seed,
                   "steps": defaults.steps},
+        head="exact" if tuner.head is not None else "zo",
+        head_tensors={"weight": tuner.head.weight, "bias": tuner.head.bias} if tuner.head is not None else None,
     )
 
 

@@ -25,6 +25,7 @@ ARENA_FILE = "arena.bin"
 # The manifest's task words (the C runtime's) against the package's task names.
 TASK_WORDS = {TASK_CLASSIFICATION: "classify", TASK_LM: "lm"}
 _TASKS = {word: task for task, word in TASK_WORDS.items()}
+HEAD_MODES = ("zo", "exact")  # how the runtimes tune the classifier's head (manifest key "head")
 
 
 @dataclass
@@ -74,6 +75,10 @@ class Manifest:
     static_shapes: dict[str, int] | None  # {"batch_size", "max_length"}
     noise: str
     defaults: dict[str, Any]  # lr, eps, queries, batch_size, seed, steps
+    # "exact": the suffix also outputs the head's exact gradient (graph/head_grad.py) and the runtimes tune the
+    # head first-order (zo/exact_head.py); "zo": the whole slice by ZO (bundles written before it: zo)
+    head: str = "zo"
+    head_tensors: dict[str, str | None] | None = None  # exact: {"weight": name, "bias": name or null}
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"bytes", "sha256"}
 
     def to_json(self) -> dict[str, Any]:
@@ -196,8 +201,24 @@ def parse_manifest(body: Any, path: Path) -> Manifest:
         static_shapes=static,
         noise=r.get(body, "noise", str),
         defaults=r.get(body, "defaults", dict),
+        **_head(r, body, {t.name for t in tensors}),
         files=files,
     )
+
+
+def _head(r: _Reader, body: dict, tensors: set[str]) -> dict[str, Any]:
+    """``head`` and ``head_tensors``: absent in bundles written before the exact head, which tune it by ZO."""
+    head = body.get("head", "zo")
+    if head not in HEAD_MODES:
+        raise r.fail("head", f"must be one of {', '.join(HEAD_MODES)}, got {json.dumps(head)[:40]}")
+    if head == "zo":
+        return {"head": head, "head_tensors": None}
+    names = r.get(body, "head_tensors", dict)
+    weight, bias = r.get(names, "weight", str, "head_tensors"), r.get(names, "bias", str, "head_tensors", optional=True)
+    for key, name in (("weight", weight), ("bias", bias)):
+        if name is not None and name not in tensors:
+            raise r.fail(f"head_tensors.{key}", f"names '{name}', which is not a tensor of the arena")
+    return {"head": head, "head_tensors": {"weight": weight, "bias": bias}}
 
 
 def read_manifest(directory: str | Path) -> Manifest:

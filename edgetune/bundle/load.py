@@ -15,6 +15,7 @@ from edgetune.bundle.format import Manifest, read_bundle
 from edgetune.errors import ModelError
 from edgetune.graph.blocks import EMBEDDINGS, HEAD, Param, find_params
 from edgetune.graph.cache import _SafetensorsFile
+from edgetune.graph.head_grad import LinearHead
 from edgetune.graph.model import inspect_model
 from edgetune.graph.prepare import PreparedModel, arena_group
 from edgetune.graph.wire import read_skeleton
@@ -56,6 +57,7 @@ def open_bundle(directory: str | Path) -> OpenBundle:
         suffix=str(directory / manifest.graphs["suffix"]),
         boundary=list(manifest.boundary),
         total_params=total,
+        head=_linear_head(manifest),
     )
     return OpenBundle(directory, manifest, prepared, directory / manifest.tokenizer.file)
 
@@ -71,6 +73,16 @@ def check_arena(bundle: OpenBundle, arena: _core.Arena) -> None:
     if len(arena) != bundle.manifest.arena.count:
         raise ModelError(f"{where}: key 'arena.count' is {bundle.manifest.arena.count}; this edgetune's arena "
                          f"holds {len(arena)} floats: bundle the model again")
+
+
+def _linear_head(manifest: Manifest) -> LinearHead | None:
+    """The head an exact-head bundle's suffix outputs the gradient of (``head_grad_W``/``_b`` in the weight's and
+    the bias's layout); its shapes are the arena's. None: the bundle tunes the head by ZO."""
+    if manifest.head != "exact":
+        return None
+    shapes = {t.name: tuple(t.shape) for t in manifest.arena.tensors}
+    weight, bias = manifest.head_tensors["weight"], manifest.head_tensors["bias"]
+    return LinearHead("", weight, shapes[weight], bias, shapes[bias] if bias else None)
 
 
 def _param(name: str, shape: list[int], group: int, index: int) -> Param:

@@ -30,6 +30,9 @@ class _BundleFlags:
     gemm_to_matmul: bool = option(True, "keep trainable Gemm nodes as they are (by default they become "
                                   "MatMul + Add, which accelerators take with a non-constant weight)")
     force: bool = option(False, "replace the bundle --output already holds")
+    head: str = option("auto", "how devices tune the classifier's head: exact (its gradient computed in the graph, "
+                       "an Adam step), zo, or auto: exact where tune's defaults tune it exactly (a linear head in "
+                       "the slice; zo with --provider qnn)", choices=("auto", "exact", "zo"))
 
     def validate(self) -> None:
         if not self.output:
@@ -60,13 +63,15 @@ def run(args: argparse.Namespace) -> int:
                             "blocks it chose (edgetune tune prints them)")
     start = time.perf_counter()
     result = bundle(BundleOptions(args.onnx, trainable, Path(flags.output), model, flags.batch_size,
-                                  flags.gemm_to_matmul, flags.provider, flags.force))
+                                  flags.gemm_to_matmul, flags.provider, flags.force, flags.head))
     seconds = time.perf_counter() - start
     manifest = result.manifest
     size = sum(entry["bytes"] for entry in manifest.files.values())
     console.print(f"bundle {flags.output}: {len(manifest.files) + 1} files, {size / 2**20:.1f} MB, "
                   f"{manifest.arena.count:,} trainable floats ({manifest.trainable}) in {seconds:.1f} s",
                   markup=False)
+    for line in result.notes:
+        console.print(line, markup=False)
     for name in result.rewritten:
         console.print(f"Gemm -> MatMul + Add: {name}", markup=False)
     for line in describe(result.placement or []):

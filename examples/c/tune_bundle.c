@@ -11,6 +11,7 @@
  * curve), the run's notes as `edgetune tune` prints them (the calibrated lr, the guard's rollbacks, the best
  * state kept), the evaluation before and after, and saves DIR/model.onnx + DIR/trainable.safetensors.
  * Exit status: 0 done, 1 an error (one "tune_bundle: error: ..." line on stderr), 2 bad arguments. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,8 +40,9 @@ static int32_t on_step(const et_step_record *r, void *user) {
         ctx->cpu += cpu - ctx->cpu0;
         ++ctx->timed;
     }
+    /* a step of the exact head alone (queries 0) has no projected gradient: g nan */
     printf("step %llu loss %.9g lr %.9g g %.9g\n", (unsigned long long)r->step, (double)r->loss, (double)r->lr,
-           (double)r->grads[0]);
+           r->queries ? (double)r->grads[0] : NAN);
     fflush(stdout);
     ctx->wall0 = seconds(CLOCK_MONOTONIC);
     ctx->cpu0 = seconds(CLOCK_PROCESS_CPUTIME_ID);
@@ -130,9 +132,9 @@ int main(int argc, char **argv) {
     et_run_summary sum;
     sum.struct_size = sizeof sum;
     if (et_runtime_summary(rt, &sum) == ET_OK)
-        printf("summary lr %.17g eps %.17g calibrated %d probe forwards %llu rollbacks %u kept %s\n", sum.lr, sum.eps,
-               sum.calibrated, (unsigned long long)sum.calibration_forwards, sum.rollbacks,
-               sum.kept_best ? "best" : "final");
+        printf("summary lr %.17g eps %.17g calibrated %d probe forwards %llu rollbacks %u kept %s head %s\n", sum.lr,
+               sum.eps, sum.calibrated, (unsigned long long)sum.calibration_forwards, sum.rollbacks,
+               sum.kept_best ? "best" : "final", et_runtime_head(rt));
     if (ctx.timed)
         printf("step time %.6f s wall %.6f s cpu (mean of %llu steps after the first)\n", ctx.wall / ctx.timed,
                ctx.cpu / ctx.timed, (unsigned long long)ctx.timed);
