@@ -9,7 +9,7 @@ bench_peers.py's data, batch (8), token ids, batch order, threads (2) and seed (
 - edgetune as ``edgetune tune`` runs with no flags (``peers_edgetune.EdgetuneDefaultsPeer``: --trainable auto,
   which is ``head`` for these fresh heads, --head auto, which tunes that head exactly (first-order from its
   in-graph gradient), --lr auto, the guard, the activation cache auto, which covers the head slice);
-  --trainable/--head/--lr/--head-lr change it (a lever: its name then says which; ``--head zo`` is the
+  --trainable/--head/--lr/--head-lr/--head-l2 change it (a lever: its name then says which; ``--head zo`` is the
   defaults before --head auto, "edgetune ZO head");
 - with ``--peers`` naming it, the race's first edgetune peer, run before --trainable auto landed: the same
   defaults on ``last:2 + --head exact`` (the best recipe bench_exact_head.py measured);
@@ -84,14 +84,16 @@ TASKS = {
 ORT = "ORT training (all, AdamW)"
 EDGETUNE = "edgetune defaults"
 RECIPE_OPTIONS = {"trainable": "last:2", "head": "exact"}  # the first race's edgetune (no default slice then)
+LEVERS = ("trainable", "head", "lr", "head_lr", "head_l2")  # the flags an edgetune peer may be given
 
 
 def edgetune_name(trainable: str = "auto", head: str = "auto", lr: float | None = None,
-                  head_lr: float | None = None) -> str:
+                  head_lr: float | None = None, head_l2: float | None = None) -> str:
     """An edgetune peer's name: "edgetune defaults", or the flags it was given instead of tune's defaults."""
     heads = {"exact": ["exact head"], "zo": ["ZO head"]}  # auto: exact for these heads, but tune's own choice
     slice_ = " + ".join(([] if trainable == "auto" else [trainable]) + heads.get(head, []))
-    levers = "".join(f", {flag} {value:g}" for flag, value in (("lr", lr), ("head lr", head_lr)) if value)
+    given = (("lr", lr), ("head lr", head_lr), ("head L2", head_l2))  # a head L2 of 0 is a lever too
+    levers = "".join(f", {flag} {value:g}" for flag, value in given if value is not None)
     return f"edgetune {slice_ or 'defaults'}{levers}"
 
 
@@ -111,7 +113,8 @@ def peers(args) -> list[PeerConfig]:
     """The peers --peers names: ORT, edgetune (tune's defaults unless --trainable/--head/--lr/--head-lr) and
     the first race's recipe."""
     levers = {"trainable": None if args.trainable == "auto" else args.trainable,
-              "head": None if args.head == "auto" else args.head, "lr": args.lr, "head_lr": args.head_lr}
+              "head": None if args.head == "auto" else args.head, "lr": args.lr, "head_lr": args.head_lr,
+              "head_l2": args.head_l2}
     chosen = {ORT: PeerConfig(ORT, "peers_ort_training.py", "1 forward + 1 backward (3 forward-equivalents)",
                               {"lr": ORT_LR}, venv=True),
               EDGETUNE: _edgetune_peer(levers), RECIPE: _edgetune_peer(RECIPE_OPTIONS)}
@@ -275,6 +278,7 @@ def parse_args(argv):
     parser.add_argument("--head", default="auto", choices=["auto", "exact", "zo"],
                         help="edgetune's --head (default: auto, as tune's)")
     parser.add_argument("--head-lr", type=float, help="edgetune's --head-lr (a lever; default: edgetune's)")
+    parser.add_argument("--head-l2", type=float, help="edgetune's --head-l2 (a lever; default: edgetune's)")
     parser.add_argument("--lr", type=float, help="edgetune's --lr (a lever; default: auto)")
     parser.add_argument("--peers", nargs="+", choices=[ORT, EDGETUNE, RECIPE], default=[ORT, EDGETUNE],
                         help=f"run these ({EDGETUNE!r}: with the levers above if given; a lever run: edgetune "
@@ -313,8 +317,7 @@ def combine(paths: list[Path]) -> dict:
     datasets: dict[str, dict] = {}
     for path, payload in zip(paths, payloads):
         # a run from before the names said the flags called its edgetune peer "edgetune defaults" whatever they were
-        rename = {EDGETUNE: edgetune_name(**{k: payload[k] for k in ("trainable", "head", "lr", "head_lr")
-                                             if payload.get(k) is not None})}
+        rename = {EDGETUNE: edgetune_name(**{k: payload[k] for k in LEVERS if payload.get(k) is not None})}
         for key, task in payload["datasets"].items():
             kept = datasets.setdefault(key, {**task, "peers": {}})
             finished = {rename.get(name, name): {**r, "run": path.name} for name, r in task["peers"].items()
@@ -322,7 +325,7 @@ def combine(paths: list[Path]) -> dict:
             kept["peers"] = {**kept["peers"], **finished}
     for task in datasets.values():
         task["summary"] = _summary(task["peers"], budget, f"{first['budget_clock']}_s")
-    settings = {k: v for k, v in first.items() if k not in ("trainable", "head", "lr", "head_lr")}
+    settings = {k: v for k, v in first.items() if k not in LEVERS}
     return {**settings, "budget_s": budget, "combined_from": [p.name for p in paths], "datasets": datasets}
 
 
@@ -345,7 +348,8 @@ def main(argv=None) -> None:
         datasets[key] = race_task(TASKS[key], args, ordered if i % 2 == 0 else ordered[::-1])
     payload = {"machine": machine(), "batch_size": args.batch_size, "tokens": args.tokens, "threads": args.threads,
                "seed": SEED, "budget_s": args.budget_s, "budget_clock": args.budget_clock, "every_s": args.every_s,
-               "trainable": args.trainable, "head": args.head, "head_lr": args.head_lr, "lr": args.lr, "ort_lr": ORT_LR,
+               "trainable": args.trainable, "head": args.head, "head_lr": args.head_lr, "head_l2": args.head_l2,
+               "lr": args.lr, "ort_lr": ORT_LR,
                "reference": str(args.reference) if args.reference else None, "target_at_s": TARGET_AT_S,
                "goal_s": GOAL_S, "goal_peak": GOAL_PEAK, "datasets": datasets}
     write(args.name, payload)

@@ -60,7 +60,7 @@ class EdgetuneDefaultsPeer:
     """edgetune as ``edgetune tune`` runs it: :class:`edgetune.loop.TrainingRun` with the default TrainConfig
     (--lr auto calibrated in the first step, the guard on, the activation cache auto) on the slice and head the
     config names; trainable "auto" and head "auto" are tune's defaults, the slice resolved by ``Tuner.from_onnx``
-    as tune's is (:attr:`Tuner.auto_slice`). Config keys: onnx, train_path, trainable, head, head_lr and lr
+    as tune's is (:attr:`Tuner.auto_slice`). Config keys: onnx, train_path, trainable, head, head_lr, head_l2, lr
     (optional), batch_size, seed, threads, tokens, max_steps.
 
     The run draws its batches from the training file with its own BatchStream, which is bench_peers'
@@ -74,7 +74,8 @@ class EdgetuneDefaultsPeer:
 
         self.tuner = Tuner.from_onnx(config["onnx"], trainable=config["trainable"], max_length=config["tokens"],
                                      threads=config["threads"], head=config["head"])
-        levers = {k: config[k] for k in ("head_lr", "lr") if config.get(k)}  # what bench_race may try instead
+        # what bench_race may try instead (a head L2 of 0 too)
+        levers = {k: config[k] for k in ("head_lr", "lr", "head_l2") if config.get(k) is not None}
         train_config = TrainConfig(batch_size=config["batch_size"], seed=config["seed"], head=config["head"],
                                    steps=config["max_steps"], **levers)
         self.run = TrainingRun(self.tuner, train_config, config["train_path"])

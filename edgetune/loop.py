@@ -209,7 +209,7 @@ class TrainingRun:
         lower = None if below.empty else self._with_step_size(build_optimizer(config, tuner.arena.buffer(),
                                                                               subsets=below))
         optimizer = ExactHead(HeadGrads.bind(tuner.engine, tuner.weights, tuner.head), lower, config.head_lr,
-                              config.head_method, noise=config.noise)
+                              config.head_method, noise=config.noise, l2=config.head_l2)
         if lower is None:
             optimizer.lr = self.step_size = StepSize(optimizer.lr)
         return optimizer

@@ -22,6 +22,7 @@ from edgetune.graph.loss import LABELS_INPUT, LOGITS_OUTPUT
 from edgetune.graph.trainable import TrainableSpec
 from edgetune.zo import ZOSGD, Schedule
 from edgetune.zo.exact_head import ExactHead, HeadGrads, WithoutHead
+from edgetune.zo.options import HEAD_L2
 from models.tiny import build_classifier
 from notes import Notes
 
@@ -213,7 +214,9 @@ def test_the_zo_step_never_perturbs_the_head_and_the_head_gets_the_mean_gradient
     assert record.forwards == 2 and len(seen) == 2
     assert all(np.array_equal(w, before) for w in seen)  # the ZO forwards ran at the head's θ
     mean = (grads[0] + grads[1]) / 2
-    np.testing.assert_allclose((before - tuner.weights[head.weight]) / 0.5, mean, rtol=1e-3, atol=1e-6)
+    # SGD at lr 0.5 along the mean gradient plus the L2 term λ·W (λ = HEAD_L2, the default)
+    np.testing.assert_allclose((before - tuner.weights[head.weight]) / 0.5, mean + HEAD_L2 * before, rtol=1e-3,
+                               atol=1e-6)
     # θ ± εz each move the gradient by O(ε); their mean only by O(ε²)
     first_order = np.abs(grads[0] - at_theta).max()
     assert first_order > 0 and np.abs(mean - at_theta).max() < 0.1 * first_order

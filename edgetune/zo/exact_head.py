@@ -9,7 +9,9 @@ it is, and the mean of their head gradients is the gradient at θ up to O(ε²) 
 parts cancel). With nothing below the head in the slice, a step is one forward at θ.
 
 After the ZO step has updated the layers below, the head takes one step from the same θ_t: Adam by
-default (2·(C·H + C) floats of moments; chosen over SGD in benchmarks/bench_exact_head.py), or SGD.
+default (2·(C·H + C) floats of moments; chosen over SGD in benchmarks/bench_exact_head.py), or SGD, along
+the gradient of the mean loss + λ/2·‖W‖² (``l2``, default :data:`edgetune.zo.options.HEAD_L2` = 0.01: the weight's
+gradient plus λ·W, the bias's as it is), which keeps a head that runs for hundreds of epochs from over-fitting.
 
 Replay: the head's update is a function of the features, not of seeds and scalars, and the layers below
 replay from their seeds whatever the head holds. So the log carries the head's float32 values (C·H + C
@@ -36,7 +38,7 @@ import numpy as np
 from edgetune.errors import EdgetuneError, NonFiniteLoss, TrainingError
 from edgetune.graph.head_grad import HEAD_GRAD_B, HEAD_GRAD_W, LinearHead
 from edgetune.zo import build_optimizer
-from edgetune.zo.options import HEAD_METHODS
+from edgetune.zo.options import HEAD_L2, HEAD_METHODS
 from edgetune.zo.schedules import Schedule
 from edgetune.zo.subset import Span
 from edgetune.zo.zosgd import StepRecord
@@ -138,13 +140,16 @@ class ExactHead:
 
     def __init__(self, grads: HeadGrads, lower=None, lr: Schedule | float | None = None,
                  method: str = DEFAULT_METHOD, betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
-                 noise: str = "rademacher"):
+                 noise: str = "rademacher", l2: float = HEAD_L2):
         """``lower``: a ZO optimizer built with ``subsets=WithoutHead(...)``, or None when the slice is the
         head alone; ``lr``: the head's own (None: :data:`DEFAULT_LR` of ``method``); ``noise``: the run's
-        noise kind, which a head-only step's record names (a trajectory holds one kind) though it draws none."""
+        noise kind, which a head-only step's record names (a trajectory holds one kind) though it draws none;
+        ``l2``: the penalty λ on the weight (λ·W joins its gradient)."""
         if method not in HEAD_METHODS:
             raise EdgetuneError(f"head method '{method}': choose {' or '.join(HEAD_METHODS)}")
-        self.grads, self.lower, self.method = grads, lower, method
+        if not l2 >= 0.0:
+            raise EdgetuneError(f"head L2 penalty {l2}: it must be 0 or more")
+        self.grads, self.lower, self.method, self.l2 = grads, lower, method, np.float32(l2)
         self.lr = lr if isinstance(lr, Schedule) else Schedule(DEFAULT_LR[method] if lr is None else float(lr))
         self.betas, self.adam_eps, self.noise = betas, adam_eps, noise
         self._sums = [np.zeros_like(g) for _, g in grads.pairs()]
@@ -159,7 +164,8 @@ class ExactHead:
         """The optimizer ``edgetune replay`` redoes an exact-head run's records with (``config``: the run's)."""
         below = WithoutHead(arena, head)
         lower = None if below.empty else build_optimizer(config, arena.buffer(), subsets=below)
-        return cls(HeadGrads.unbound(weights, head), lower, config.head_lr, config.head_method, noise=config.noise)
+        return cls(HeadGrads.unbound(weights, head), lower, config.head_lr, config.head_method, noise=config.noise,
+                   l2=config.head_l2)
 
     def step(self, t: int, loss_fn: Callable[[], float], chain: bool = False) -> StepRecord:
         """One ZO step of the layers below (or one forward at θ), then the head's step from the mean gradient."""
@@ -189,7 +195,9 @@ class ExactHead:
         return record
 
     def _update(self, t: int, means: list[np.ndarray]) -> None:
-        """The head's step from the mean gradients."""
+        """The head's step from the mean gradients, the weight's (``means[0]``) with the L2 term λ·W added."""
+        if self.l2:
+            means[0] += self.l2 * self.grads.weight
         lr = np.float32(self.lr(t))
         self._updates += 1
         if self.method == "sgd":

@@ -19,6 +19,16 @@ from typing import Any
 OPTIMIZER_NAMES = ("zo-sgd", "dizo", "zo-momentum", "zo-adam", "zo-microadam", "lozo", "hizoo")
 ROTATE_MODES = ("cyclic", "random")
 HEAD_METHODS = ("adam", "sgd")  # the exact head's first-order update (edgetune.zo.exact_head)
+# The exact head's L2 penalty λ: its step follows the gradient of the batch's mean loss + λ/2·‖W‖² (the weight,
+# not the bias). Without it a head alone on frozen features is unregularised logistic regression: a time budget
+# that lets it see its rows hundreds of times (the race: ~1,700 cached head steps a CPU-second) drives ‖W‖ up
+# and the training loss to 0 and loses the accuracy it had after a few epochs. With it the head converges to
+# the one minimiser of a strongly convex objective, however long it runs. 0.01 is the customary weight decay
+# (PyTorch AdamW's default), here coupled as torch.optim.Adam's weight_decay is: decoupled (AdamW), its pull
+# lr·0.01·W at lr 3e-3 is too weak to stop the growth in 1e5 steps. Measured on MiniLM's cached features (batch 8,
+# Adam 3e-3, dev accuracy over steps 3e4-1e5, 2 batch orders): debates 0.591 (0) → 0.639 (0.01), Rotten Tomatoes
+# 0.766 → 0.788; 1e-3 holds less (0.628 / 0.771), 3e-2 as well as 0.01 on debates, less on RT (0.640 / 0.783).
+HEAD_L2 = 0.01
 
 
 @dataclass(frozen=True)
@@ -150,3 +160,6 @@ class HeadOptions:
     head_method: str = option("adam", "--head exact: the head's update", choices=HEAD_METHODS, trajectory=True)
     head_lr: float | None = option(None, "--head exact: the head's learning rate (default: 3e-3 with adam, 0.1 with "
                                    "sgd)", bound=Bound(positive=True), trajectory=True)
+    head_l2: float = option(HEAD_L2, "--head exact: the L2 penalty λ on the head's weight (its step follows the "
+                            "gradient of the mean loss + λ/2·‖W‖²), which keeps a long head-only run from over-fitting; "
+                            "0: none", bound=Bound(low=0.0), trajectory=True)
