@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 from safetensors.numpy import load_file
 
+from edgetune.artifacts.checkpoint import load_checkpoint
 from models.tiny import LM_PHRASES, make_classifier_bundle, make_lm_bundle, make_sentiment_task, write_jsonl
 from tests.conftest import run_cli
 
@@ -406,7 +407,8 @@ def test_the_exact_head_reproduces_python(runtime_build, tiny, exact, tmp_path, 
                  *(("--eval-data", exact["flipped"]) if evaluated else ()))
     assert py.returncode == 0, py.stderr
     c = tune_c(runtime_build, exact[which], tiny["train_ids"], "--steps", steps, "--guard", "on", *flags,
-               *(("--eval", exact["flipped_ids"]) if evaluated else ()), "--out", tmp_path / "c")
+               *(("--eval", exact["flipped_ids"]) if evaluated else ()), "--out", tmp_path / "c",
+               "--checkpoint", tmp_path / "ck")
     assert c.returncode == 0, c.stderr
     records = [json.loads(line) for line in (tmp_path / "py" / "steps.jsonl").read_text().splitlines()]
     assert losses(c.stdout) == [(r["step"], float(np.float32(r["loss"])), float(np.float32(r["lr"])))
@@ -418,6 +420,11 @@ def test_the_exact_head_reproduces_python(runtime_build, tiny, exact, tmp_path, 
     assert [n for n in notes if n.startswith("guard:")] == result["guard"]
     assert (not expect or any(n.startswith(expect) for n in notes)) and "head exact" in c.stdout
     assert f", {result['forward_passes']} forwards" in c.stdout
+    # the guard's state (its rule's EMA and spread) and the head's Adam state at the end: Python's, to the bit
+    ours, theirs = load_checkpoint(tmp_path / "ck")[1], load_checkpoint(tmp_path / "py" / "checkpoint.safetensors")[1]
+    assert ours["guard"] == theirs["guard"]
+    head = theirs["optimizer"]["head"]
+    assert ours["head"]["updates"] == head["updates"] and ours["head"]["m"] == [x for m, _ in head["moments"] for x in m]
 
 
 def test_an_exact_head_run_resumes_bit_identically(runtime_build, tiny, exact, tmp_path):

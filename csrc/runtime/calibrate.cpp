@@ -16,7 +16,8 @@ namespace {
 constexpr double CONFIDENCE = 0.25, LR_LOW = 1e-7, LR_HIGH = 1.0, FALLBACK_FRACTION = 0.04, ROUNDING = 1.0 / 8388608.0;  // 2^-23
 // guard.py
 constexpr double ALPHA = 0.1, SPIKE = 5.0, SIGMAS = 4.0, RELATIVE = 0.02;
-constexpr uint64_t PATIENCE = 10;
+constexpr uint64_t PATIENCE = 10, FAR_STEPS = 4;
+const double EMA_SD = std::sqrt(ALPHA / (2 - ALPHA));  // the EMA's standard deviation in those of one loss
 
 // Python's x ** 2 calls libm pow (never folded to x*x, which can differ in the last bit)
 double square(double x) {
@@ -189,20 +190,37 @@ Calibration calibrate(float *buf, size_t n, const std::vector<std::pair<size_t, 
     return choose(curvatures, grads, base, eps_auto, eps, batches + 2 * done);
 }
 
-Guard::Guard(double loss_noise, double loss)
-    : has_ema(true), has_start(true), ema(loss), deviation(loss_noise * std::sqrt(2 / M_PI)), start(loss) {}
+Guard::Guard(double loss_noise, double loss, GuardRule rule)
+    : rule(rule), has_ema(true), has_start(true), ema(loss), deviation(loss_noise * std::sqrt(2 / M_PI)), start(loss) {}
+
+double Guard::spread() const {
+    const double sigma = deviation * std::sqrt(M_PI / 2);  // a mean absolute deviation of a normal is 0.8σ
+    return std::max(SIGMAS * sigma * EMA_SD, RELATIVE * std::fabs(best));
+}
 
 double Guard::threshold() const {
-    const double sigma = deviation * std::sqrt(M_PI / 2);  // a mean absolute deviation of a normal is 0.8σ
-    return std::max(SIGMAS * sigma * std::sqrt(ALPHA / (2 - ALPHA)), RELATIVE * std::fabs(best));
+    if (rule != GuardRule::BELOW_HEAD) return spread();
+    // the best, the lowest of n EMAs, lies about √(2 ln(αn)) of their standard deviations below the loss
+    const double lowest = std::sqrt(2 * std::log(std::max(ALPHA * (double)observed, 1.0)));
+    return spread() + lowest * deviation * std::sqrt(M_PI / 2) * EMA_SD;
+}
+
+void Guard::fold_robust(double loss) {
+    const double bound = spread() / EMA_SD;
+    above = loss > best + SPIKE * threshold() / EMA_SD ? above + 1 : 0;
+    deviation = (1 - ALPHA) * deviation + ALPHA * std::min(std::fabs(loss - ema), bound);
+    ema = (1 - ALPHA) * ema + ALPHA * std::min(loss, ema + bound);
 }
 
 bool Guard::observe(uint64_t step, double loss) {
+    ++observed;
     if (!has_ema) {
         ema = start = loss;
         has_ema = has_start = true;
+    } else if (rule == GuardRule::BELOW_HEAD) {
+        fold_robust(loss);
     } else {
-        if (std::fabs(loss - ema) <= threshold() / std::sqrt(ALPHA / (2 - ALPHA)))  // within the batches' spread
+        if (std::fabs(loss - ema) <= spread() / EMA_SD)  // within the batches' spread (SIGMAS σ of one loss)
             deviation = (1 - ALPHA) * deviation + ALPHA * std::fabs(loss - ema);
         ema = (1 - ALPHA) * ema + ALPHA * loss;
     }
@@ -214,13 +232,15 @@ bool Guard::observe(uint64_t step, double loss) {
     }
     const double rise = ema - best;
     rising = rise > threshold() ? rising + 1 : 0;
-    const bool far = rise > SPIKE * threshold() && rising >= 2;
-    return (rising >= PATIENCE || far) && rollbacks < GUARD_MAX_ROLLBACKS;
+    const bool far = rule == GuardRule::BELOW_HEAD ? above >= FAR_STEPS : rise > SPIKE * threshold() && rising >= 2;
+    // the head alone: a convex first-order fit whose rise is its batches' noise (non-finite losses still roll back)
+    return (rising >= PATIENCE || far) && rollbacks < GUARD_MAX_ROLLBACKS && rule != GuardRule::HEAD_ALONE;
 }
 
 void Guard::rolled_back() {
     ema = best;
     rising = 0;
+    above = 0;
     ++rollbacks;
 }
 

@@ -43,19 +43,27 @@ Calibration calibrate(float *buf, size_t n, const std::vector<std::pair<size_t, 
 constexpr uint32_t GUARD_MAX_ROLLBACKS = 8;
 constexpr double GUARD_SHRINK = 0.5;
 
+// guard.py's rules, by what tunes the slice: ZO all of it; ZO below the exact head (a rise test robust to a
+// fitted head's heavy-tailed losses); the exact head alone (no rollback for a rise, only for a non-finite loss)
+enum class GuardRule { ZO, BELOW_HEAD, HEAD_ALONE };
+
 struct Guard {
+    GuardRule rule = GuardRule::ZO;  // the run's (a checkpoint's state does not hold it)
     bool has_ema = false, has_start = false;
     double ema = 0, deviation = 0, best = INFINITY, start = 0;
     uint64_t best_step = 0, rising = 0, rollbacks = 0;
+    uint64_t observed = 0, above = 0;  // BELOW_HEAD: the steps folded in; losses in a row far above the best
 
-    Guard() = default;
+    explicit Guard(GuardRule rule = GuardRule::ZO) : rule(rule) {}
     // seeded by the calibration: its spread sets the first threshold, its mean loss the EMA and the start (one
     // batch's loss would: a lucky first batch below the mean reads a falling mean loss as a rise)
-    Guard(double loss_noise, double loss);
-    double threshold() const;
+    Guard(double loss_noise, double loss, GuardRule rule);
+    double spread() const;     // SIGMAS σ of the EMA, at least RELATIVE of the best
+    double threshold() const;  // the spread; under BELOW_HEAD raised by where the lowest of n EMAs lies
     bool observe(uint64_t step, double loss);  // true: roll back now
     void rolled_back();
     bool worse_than_start() const;
+    void fold_robust(double loss);  // BELOW_HEAD's Huber EMA and deviation
     std::string line(uint64_t done, double lr_before, double lr_after, bool rolled) const;
     std::string nonfinite_line(uint64_t failed, double lr_before, double lr_after) const;
 };

@@ -101,18 +101,21 @@ void ExactHead::accumulate() {
 
 void ExactHead::update(double lr_double) {
     // ExactHead._update, each numpy float32 operation rounded as numpy rounds it (this file compiles without
-    // FMA contraction): m = β1·m + (1−β1)·g, v = β2·v + (1−β2)·g·g, θ −= (lr/c1)·m / (√(v/c2) + ε)
+    // FMA contraction): g = mean + λ·W (the weight's), m = β1·m + (1−β1)·g, v = β2·v + (1−β2)·g·g,
+    // θ −= (lr/c1)·m / (√(v/c2) + ε)
     const float lr = (float)lr_double;
     ++updates_;
     const double correction1 = 1.0 - power(BETA1, updates_), correction2 = 1.0 - power(BETA2, updates_);
     const float b1 = (float)BETA1, one_b1 = (float)(1.0 - BETA1), b2 = (float)BETA2, one_b2 = (float)(1.0 - BETA2);
     const float c2 = (float)correction2, eps = (float)ADAM_EPS, step = lr / (float)correction1;
-    const float count = (float)forwards_;
+    const float count = (float)forwards_, l2 = (float)HEAD_L2;
     size_t at = 0;
     for (const auto &[w, n] : views_) {
+        const bool weight = at == 0;  // views_ holds the weight first: the L2 term is its alone
         for (size_t i = 0; i < n; ++i) {
             const size_t k = at + i;
-            const float g = sums_[k] / count;
+            float g = sums_[k] / count;
+            if (weight && l2 != 0.0f) g += l2 * w[i];
             m_[k] *= b1;
             m_[k] += one_b1 * g;
             v_[k] *= b2;

@@ -20,6 +20,7 @@ using Span = std::pair<size_t, size_t>;  // [start, end) floats of the arena
 
 constexpr uint64_t HEAD_WARM_STEPS = 50;  // loop.WARM_STEPS: under lr auto the head learns alone first
 constexpr double HEAD_LR = 3e-3;          // exact_head.DEFAULT_LR["adam"]
+constexpr double HEAD_L2 = 0.01;          // options.HEAD_L2: λ/2·‖W‖² joins the weight's loss (not the bias's)
 
 struct HeadState {  // exact_head.HeadState: the head before step `step`
     uint64_t step = 0;

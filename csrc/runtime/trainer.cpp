@@ -89,7 +89,7 @@ void Trainer::configure(const et_train_params &p) {
     if (!stream_ || !configured_ || stream_->batch_size() != batch || p.seed != p_.seed)
         stream_.reset(new BatchStream(train_.rows.size(), batch, p.seed));
     if (!configured_ || done_ == 0) {  // a new run: measured and watched afresh
-        guard_ = Guard();
+        guard_ = Guard(guard_rule());
         calibrated_ = false;
         start_ = done_;
     }
@@ -280,7 +280,7 @@ void Trainer::calibrate_now() {
     cal_ = probe(p_.seed, p_.eps_auto != 0, p_.eps);
     calibrated_ = true;
     scale_ = 1.0;  // the optimizer is built again with the measured lr: a fresh step size
-    if (p_.guard) guard_ = Guard(cal_.loss_noise, cal_.loss);
+    if (p_.guard) guard_ = Guard(cal_.loss_noise, cal_.loss, guard_rule());
     say(cal_.line());
 }
 
@@ -404,7 +404,7 @@ json Trainer::state() const {
     auto maybe = [](bool has, double v) { return has && std::isfinite(v) ? json(v) : json(nullptr); };
     json guard = {{"ema", maybe(g.has_ema, g.ema)}, {"deviation", g.deviation}, {"best", maybe(true, g.best)},
                   {"best_step", g.best_step}, {"rising", g.rising}, {"rollbacks", g.rollbacks},
-                  {"start", maybe(g.has_start, g.start)}};
+                  {"start", maybe(g.has_start, g.start)}, {"observed", g.observed}, {"above", g.above}};
     json cal = nullptr;
     if (calibrated_)
         cal = {{"lr", cal_.lr}, {"eps", cal_.eps}, {"curvature", cal_.curvature},
@@ -430,7 +430,7 @@ void Trainer::load_state(const json &st) {
     before_ = st.contains("before") && !st["before"].is_null() ? st["before"].get<double>() : NAN;
     if (st.contains("guard")) {
         const json &g = st["guard"];
-        guard_ = Guard();
+        guard_ = Guard(guard_rule());
         guard_.has_ema = !g["ema"].is_null();
         guard_.ema = guard_.has_ema ? g["ema"].get<double>() : 0.0;
         guard_.deviation = g.at("deviation").get<double>();
@@ -440,6 +440,8 @@ void Trainer::load_state(const json &st) {
         guard_.rollbacks = g.at("rollbacks").get<uint64_t>();
         guard_.has_start = !g["start"].is_null();
         guard_.start = guard_.has_start ? g["start"].get<double>() : 0.0;
+        guard_.observed = g.value("observed", (uint64_t)0);
+        guard_.above = g.value("above", (uint64_t)0);
     }
     calibrated_ = st.contains("calibration") && !st["calibration"].is_null();
     if (calibrated_) {

@@ -62,6 +62,11 @@ private:
     // --head exact under lr auto: the head learns alone until step HEAD_WARM_STEPS, then the layers below calibrate
     bool warming() const { return head_ && lower_ && (p_.lr_auto || p_.eps_auto) && !calibrated_; }
     bool zeroth_order() const { return !head_ || lower_; }
+    // TrainingRun.guard_rule: under the exact head the guard allows for a fitted head's noise; with nothing tuned
+    // by ZO it rolls back for a non-finite loss only
+    GuardRule guard_rule() const {
+        return !head_ ? GuardRule::ZO : lower_ ? GuardRule::BELOW_HEAD : GuardRule::HEAD_ALONE;
+    }
     void calibrate_now();
     [[noreturn]] void nonfinite(uint64_t t, const std::string &what);
     void perturb(uint64_t seed, float scale);
