@@ -258,7 +258,7 @@ JNIEXPORT jint JNICALL JNI_OnLoad(JavaVM *vm, void *) {
         return JNI_ERR;
     ids.exception_ctor = env->GetMethodID(ids.exception, "<init>", "(ILjava/lang/String;)V");
     ids.step_record_ctor = env->GetMethodID(ids.step_record, "<init>", "(JFFF[F[JJ)V");
-    ids.train_result_ctor = env->GetMethodID(ids.train_result, "<init>", "(JJFZDDIZJLjava/lang/String;)V");
+    ids.train_result_ctor = env->GetMethodID(ids.train_result, "<init>", "(JJFZDDIZJLjava/lang/String;Ljava/lang/String;)V");
     ids.metrics_ctor = env->GetMethodID(ids.metrics, "<init>", "(JDD)V");
     ids.train_params_ctor = env->GetMethodID(ids.train_params, "<init>", "(JJIIDDDIIIZZZ)V");
     ids.on_step = env->GetMethodID(listener, "onStep", "(Lai/edgetune/EdgeTune$StepRecord;)Z");
@@ -429,10 +429,12 @@ JNIEXPORT jobject JNICALL Java_ai_edgetune_EdgeTune_nativeTrain(JNIEnv *env, jcl
     et_runtime_summary(handle->rt, &sum);
     jstring notes = env->NewStringUTF(et_runtime_notes(handle->rt));
     if (!notes) return nullptr;
+    jstring head = env->NewStringUTF(et_runtime_head(handle->rt));
+    if (!head) return nullptr;
     return env->NewObject(ids.train_result, ids.train_result_ctor, static_cast<jlong>(r.steps_done),
                           static_cast<jlong>(r.forwards), r.last_loss, static_cast<jboolean>(r.cancelled != 0), sum.lr,
                           sum.eps, static_cast<jint>(sum.rollbacks), static_cast<jboolean>(sum.kept_best != 0),
-                          static_cast<jlong>(sum.best_step), notes);
+                          static_cast<jlong>(sum.best_step), notes, head);
 }
 
 JNIEXPORT jlong JNICALL Java_ai_edgetune_EdgeTune_nativeStepsDone(JNIEnv *env, jclass, jlong h) {

@@ -159,9 +159,12 @@ public final class EdgeTune implements AutoCloseable {
         public final long bestStep;
         /** Every line the run said so far ("lr auto: ...", "guard: ...", "kept best: ..."), as the Python CLI. */
         public final String[] notes;
+        /** How the classifier's head was tuned: "exact" (first-order from its in-graph gradient, the bundle's
+         *  manifest says so) or "zo" (et_runtime_head). */
+        public final String head;
 
         TrainResult(long stepsDone, long forwards, float lastLoss, boolean cancelled, double lr, double eps,
-                    int rollbacks, boolean keptBest, long bestStep, String notes) {
+                    int rollbacks, boolean keptBest, long bestStep, String notes, String head) {
             this.stepsDone = stepsDone;
             this.forwards = forwards;
             this.lastLoss = lastLoss;
@@ -172,6 +175,7 @@ public final class EdgeTune implements AutoCloseable {
             this.keptBest = keptBest;
             this.bestStep = bestStep;
             this.notes = notes.isEmpty() ? new String[0] : notes.split("\n");
+            this.head = head;
         }
     }
 
