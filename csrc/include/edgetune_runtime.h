@@ -5,6 +5,8 @@
  * et_runtime_options.ort_library), draws batches, takes ZO-SGD steps with the core's kernels
  * (edgetune.h), evaluates, checkpoints and saves a plain model.onnx. Same bundle, data, seed and
  * flags as `edgetune tune --bundle` give the same per-step losses and a bit-identical tuned slice.
+ * A bundle prepared for the exact head (manifest "head": "exact") tunes the classifier's last linear layer
+ * first-order from the gradient its graph outputs, the rest of the slice by ZO (et_runtime_head).
  *
  * Usage:
  *
@@ -120,10 +122,12 @@ typedef struct et_runtime_options {
 typedef struct et_step_record {
     uint32_t struct_size;        /* = sizeof(et_step_record); the runtime sets it */
     uint64_t step;               /* 0-based */
-    float loss;                  /* mean of the step's 2q batch losses (L+ and L- of each query) */
-    float lr;                    /* the lr and eps the step used (after the schedule) */
+    float loss;                  /* mean of the step's 2q batch losses (L+ and L- of each query); a step of the
+                                    exact head alone: the loss of its one forward at θ */
+    float lr;                    /* the lr and eps the step used (after the schedule); a step of the exact head
+                                    alone: the head's lr, eps 0 */
     float eps;
-    uint32_t queries;            /* q: grads[0..q-1] are the projected gradients */
+    uint32_t queries;            /* q: grads[0..q-1] are the projected gradients (0: the exact head alone) */
     float grads[ET_RUNTIME_MAX_QUERIES];
     uint64_t seeds[ET_RUNTIME_MAX_QUERIES];  /* et_derive_seed(seed, step, i): replay needs these */
     uint64_t forwards;           /* suffix forwards so far in the run (2q per step) */
