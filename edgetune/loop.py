@@ -47,7 +47,7 @@ from edgetune.artifacts.trajectory import MAX_QUERIES
 from edgetune.zo import Anchors, StepRecord, build_optimizer
 from edgetune.zo.calibrate import BATCHES, Calibration, calibrate, probe_cap
 from edgetune.zo.exact_head import ExactHead, HeadGrads, WithoutHead
-from edgetune.zo.guard import MAX_ROLLBACKS, SHRINK, AppliedTerms, Guard, undo_record
+from edgetune.zo.guard import BELOW_HEAD, HEAD_ALONE, MAX_ROLLBACKS, SHRINK, ZO, AppliedTerms, Guard, undo_record
 from edgetune.zo.prge import ParallelZO, parallel_strategy
 from edgetune.zo.schedules import StepSize
 from edgetune.zo.subset import block_subsets
@@ -151,7 +151,7 @@ class TrainingRun:
         self.subsets = subsets
         self.calibration: Calibration | None = None  # --lr/--eps auto: measured at bind, or restored
         self.optimizer = self._build_optimizer()
-        self.guard = Guard() if config.guard == "on" else None
+        self.guard = Guard(rule=self.guard_rule) if config.guard == "on" else None
         self.guard_lines: list[str] = []
         self.kept_best: int | None = None  # the step whose θ the end of the run kept (its best)
         self.note: Any = lambda line: None  # where the run's one-liners go (fit: the progress's on_note)
@@ -219,6 +219,14 @@ class TrainingRun:
         """Whether any of the slice is tuned by ZO (not so under --head exact with the head alone)."""
         return not (isinstance(self.optimizer, ExactHead) and self.optimizer.lower is None)
 
+    @property
+    def guard_rule(self) -> str:
+        """What the guard takes for a divergence (its rule, ``edgetune.zo.guard``): under the exact head it allows for a fitted
+        head's noise, and with nothing tuned by ZO it rolls back for a non-finite loss only."""
+        if not isinstance(self.optimizer, ExactHead):
+            return ZO
+        return BELOW_HEAD if self.zeroth_order else HEAD_ALONE
+
     def _with_step_size(self, optimizer):
         """``optimizer`` reading its lr through a :class:`StepSize` (the guard's scale, MEAZO's factor)."""
         reference = self.calibration.grad_rms if self.calibration else None
@@ -261,7 +269,7 @@ class TrainingRun:
             self._announce_calibration(quiet=True)
         self.step_size.load_state_dict(state.get("step_size", {}))
         if self.guard is not None and state.get("guard"):
-            self.guard = Guard(state=state["guard"])
+            self.guard = Guard(state=state["guard"], rule=self.guard_rule)
         self._saved_optimizer = state.get("optimizer", {})
         self.optimizer.load_state_dict(self._saved_optimizer)
         self.trajectory = self.trajectory.continued(self.out / TRAJECTORY, step)
@@ -348,7 +356,7 @@ class TrainingRun:
         if state is not None:
             self.optimizer.load_state_dict(state)
         if self.guard is not None:
-            self.guard = Guard(self.calibration.loss_noise, loss=self.calibration.loss)
+            self.guard = Guard(self.calibration.loss_noise, loss=self.calibration.loss, rule=self.guard_rule)
         self._announce_calibration()
 
     def _zo_spans(self) -> list[tuple[int, int]] | None:

@@ -22,6 +22,19 @@ far below the step itself.
 
 Under ``--head exact`` the layers below roll back this way; the head, first-order and a few thousand floats,
 comes back from a copy kept at the best state (``ExactHead.mark_best``), written into the last undo record.
+
+The rule above is for a slice ZO tunes whole (:data:`ZO`). A head fitted first-order breaks two of its
+assumptions: its batch losses are heavy-tailed (a batch holding one misclassified row is 30x the others), and it
+runs hundreds of thousands of steps on a plateau, where the best, the lowest EMA of the run, is an extreme low of
+the noise (the MiniLM race: 8 rollbacks for noise, the head's lr cut 256x). So (:attr:`Guard.rule`):
+
+- :data:`HEAD_ALONE` (nothing tuned by ZO): a first-order fit of a linear layer under a softmax loss is convex
+  and Adam's step is bounded by its lr, so a rise is noise: no rollback for it. A non-finite loss still rolls
+  back, and keep-best still applies at the end.
+- :data:`BELOW_HEAD` (ZO below the exact head): each loss enters the EMA and the deviation clipped at SIGMAS σ of
+  one loss above the EMA (a Huber mean and spread: all losses feed the deviation, clipped); the threshold gains
+  √(2 ln(α·n)) σ of the EMA after n steps (where the lowest of n EMAs lies); and the fast test is
+  :data:`FAR_STEPS` losses in a row above best + SPIKE·threshold/√(α/(2−α)) (the clipped EMA cannot jump).
 """
 
 from __future__ import annotations
@@ -36,13 +49,20 @@ import numpy as np
 from edgetune.zo.zosgd import StepRecord
 
 ALPHA = 0.1  # EMA weight of a step's loss: about 10 steps of memory
+EMA_SD = math.sqrt(ALPHA / (2 - ALPHA))  # the EMA's standard deviation in those of one loss
 PATIENCE = 10  # steps the EMA must stay above the threshold before the guard acts
 SPIKE = 5.0  # or 2 steps when it is this many thresholds above: a divergence does not wait (the tiny classifier at
 # 6x its lr reached a loss of 2000 in the 10 steps of patience)
+FAR_STEPS = 4  # BELOW_HEAD: or this many step losses in a row SPIKE thresholds of one loss above the best
 SIGMAS = 4.0  # threshold in standard deviations of the EMA itself
 RELATIVE = 0.02  # and never below this fraction of the best loss
 SHRINK = 0.5
 MAX_ROLLBACKS = 8  # past these the run keeps going at its last lr (a loss that only rises is reported at the end)
+
+# The rule a run's guard follows, by what tunes its slice (``--head``):
+ZO = "zo"  # ZO tunes all of it: the rule above (the C runtime ports it bit for bit)
+BELOW_HEAD = "zo-below-exact-head"  # ZO below a head fitted first-order: the rise test robust to a fitted head's noise
+HEAD_ALONE = "exact-head-alone"  # the head alone, first-order: no rollback for a rise
 
 
 @dataclass
@@ -54,33 +74,53 @@ class GuardState:
     rising: int = 0  # consecutive steps above the threshold
     rollbacks: int = 0
     start: float | None = None  # the first loss: what "worse than the start" compares with
+    observed: int = 0  # the steps folded in: the best is the lowest EMA of as many (BELOW_HEAD's allowance)
+    above: int = 0  # consecutive step losses SPIKE single-loss thresholds above the best (BELOW_HEAD's far test)
 
 
 class Guard:
     """Watches step losses; :meth:`observe` says when to roll back."""
 
-    def __init__(self, loss_noise: float = 0.0, state: dict | None = None, loss: float | None = None):
+    def __init__(self, loss_noise: float = 0.0, state: dict | None = None, loss: float | None = None,
+                 rule: str = ZO):
         """``loss_noise``, ``loss``: the calibration's spread and mean of L(θ) over its batches. The mean seeds the
         EMA and the start: one batch's loss would (seed 0 of MiniLM-RT opens on a batch 2.5 % below the mean, and
-        the guard took 96 steps of a falling mean loss for a rise above it and rolled back to step 0)."""
+        the guard took 96 steps of a falling mean loss for a rise above it and rolled back to step 0).
+        ``rule``: :data:`ZO`, :data:`BELOW_HEAD` or :data:`HEAD_ALONE`, the run's (a checkpoint's state does not hold it)."""
+        self.rule = rule
         if state:  # a checkpoint's: JSON has no infinity, a best not yet seen is null there
             self.state = GuardState(**{**state, "best": math.inf if state["best"] is None else state["best"]})
         else:
             self.state = GuardState(deviation=loss_noise * math.sqrt(2 / math.pi), ema=loss, start=loss)
 
     @property
-    def threshold(self) -> float:
+    def spread(self) -> float:
+        """The rise the batches' spread explains: SIGMAS standard deviations of the EMA, at least RELATIVE of the best."""
         s = self.state
         sigma = s.deviation * math.sqrt(math.pi / 2)  # a mean absolute deviation of a normal is 0.8σ
-        return max(SIGMAS * sigma * math.sqrt(ALPHA / (2 - ALPHA)), RELATIVE * abs(s.best))
+        return max(SIGMAS * sigma * EMA_SD, RELATIVE * abs(s.best))
+
+    @property
+    def threshold(self) -> float:
+        """The rise above the best the guard takes for a divergence. Under BELOW_HEAD the best, the lowest of n
+        EMAs, sits about √(2 ln(αn)) of their standard deviations below where the loss is (the EMA decorrelates
+        in 1/α steps): over a long plateau a fixed bar above it is crossed by noise alone, so it moves up by that."""
+        if self.rule != BELOW_HEAD:
+            return self.spread
+        s = self.state
+        lowest = math.sqrt(2 * math.log(max(ALPHA * s.observed, 1.0)))
+        return self.spread + lowest * s.deviation * math.sqrt(math.pi / 2) * EMA_SD
 
     def observe(self, record: StepRecord) -> bool:
         """Fold step ``record.step``'s loss (measured at θ before its update) in; True: roll back now."""
         s, loss = self.state, record.loss
+        s.observed += 1
         if s.ema is None:
             s.ema = s.start = loss
+        elif self.rule == BELOW_HEAD:
+            self._fold_robust(loss)
         else:
-            if abs(loss - s.ema) <= self.threshold / math.sqrt(ALPHA / (2 - ALPHA)):  # within the batches' spread
+            if abs(loss - s.ema) <= self.spread / EMA_SD:  # within the batches' spread (SIGMAS σ of one loss)
                 s.deviation = (1 - ALPHA) * s.deviation + ALPHA * abs(loss - s.ema)
             s.ema = (1 - ALPHA) * s.ema + ALPHA * loss
         if s.ema < s.best:
@@ -88,13 +128,29 @@ class Guard:
             return False
         rise = s.ema - s.best
         s.rising = s.rising + 1 if rise > self.threshold else 0
-        far = rise > SPIKE * self.threshold and s.rising >= 2
-        return (s.rising >= PATIENCE or far) and s.rollbacks < MAX_ROLLBACKS
+        if self.rule == BELOW_HEAD:  # the clipped EMA climbs too slowly to tell a divergence early: the losses can
+            far = s.above >= FAR_STEPS
+        else:
+            far = rise > SPIKE * self.threshold and s.rising >= 2
+        # the head alone is a convex fit by a first-order step that does not diverge at its lr: a rise is its
+        # batches' noise (a non-finite loss and keep-best at the end still apply)
+        return (s.rising >= PATIENCE or far) and s.rollbacks < MAX_ROLLBACKS and self.rule != HEAD_ALONE
+
+    def _fold_robust(self, loss: float) -> None:
+        """BELOW_HEAD: a fitted head's batch losses are heavy-tailed (most ~0.01, one misclassified row ~3). Each
+        moves the EMA and the deviation by no more than SIGMAS σ of one loss (a Huber mean and spread), so only a
+        rise most batches share moves them; a sustained rise r lifts the threshold to about r/2 at most, so it is
+        still seen. A loss far above the best counts towards the far test (outliers come one or two at a time)."""
+        s = self.state
+        bound = self.spread / EMA_SD
+        s.above = s.above + 1 if loss > s.best + SPIKE * self.threshold / EMA_SD else 0
+        s.deviation = (1 - ALPHA) * s.deviation + ALPHA * min(abs(loss - s.ema), bound)
+        s.ema = (1 - ALPHA) * s.ema + ALPHA * min(loss, s.ema + bound)
 
     def rolled_back(self) -> None:
         """After a rollback: the EMA restarts at the best, the rise is forgotten."""
         s = self.state
-        s.ema, s.rising, s.rollbacks = s.best, 0, s.rollbacks + 1
+        s.ema, s.rising, s.above, s.rollbacks = s.best, 0, 0, s.rollbacks + 1
 
     def worse_than_start(self) -> bool:
         """The smoothed loss at the end is above the first loss by more than the threshold."""
