@@ -132,9 +132,9 @@ int main(int argc, char **argv) {
     et_run_summary sum;
     sum.struct_size = sizeof sum;
     if (et_runtime_summary(rt, &sum) == ET_OK)
-        printf("summary lr %.17g eps %.17g calibrated %d probe forwards %llu rollbacks %u kept %s head %s\n", sum.lr,
+        printf("summary lr %.17g eps %.17g calibrated %d probe forwards %llu rollbacks %u head %s kept %s\n", sum.lr,
                sum.eps, sum.calibrated, (unsigned long long)sum.calibration_forwards, sum.rollbacks,
-               sum.kept_best ? "best" : "final", et_runtime_head(rt));
+               et_runtime_head(rt), sum.kept_best ? "best" : "final");
     if (ctx.timed)
         printf("step time %.6f s wall %.6f s cpu (mean of %llu steps after the first)\n", ctx.wall / ctx.timed,
                ctx.cpu / ctx.timed, (unsigned long long)ctx.timed);
