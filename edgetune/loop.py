@@ -47,7 +47,8 @@ from edgetune.artifacts.trajectory import MAX_QUERIES
 from edgetune.zo import Anchors, StepRecord, build_optimizer
 from edgetune.zo.calibrate import BATCHES, Calibration, calibrate, probe_cap
 from edgetune.zo.exact_head import ExactHead, HeadGrads, WithoutHead
-from edgetune.zo.guard import BELOW_HEAD, HEAD_ALONE, MAX_ROLLBACKS, SHRINK, ZO, AppliedTerms, Guard, undo_record
+from edgetune.zo.guard import MAX_ROLLBACKS, SHRINK, AppliedTerms, Guard, undo_record
+from edgetune.zo.head_strategy import ZOSlice, head_strategy
 from edgetune.zo.prge import ParallelZO, parallel_strategy
 from edgetune.zo.schedules import StepSize
 from edgetune.zo.subset import block_subsets
@@ -137,6 +138,8 @@ class TrainingRun:
     at the first step (:meth:`bind`). :meth:`close` when done: it leaves θ settled, never mid-perturbation.
     """
 
+    strategy: ZOSlice  # what the loop asks of the head (the exact head's, or nothing): set with every optimizer
+
     def __init__(self, tuner: TunedModel, config: TrainConfig, data: str | Path, output_dir: str | Path | None = None,
                  resume: bool = False):
         config = replace(config, head=config.resolved_head(tuner.head is not None))  # the log records exact or zo
@@ -151,7 +154,7 @@ class TrainingRun:
         self.subsets = subsets
         self.calibration: Calibration | None = None  # --lr/--eps auto: measured at bind, or restored
         self.optimizer = self._build_optimizer()
-        self.guard = Guard(rule=self.guard_rule) if config.guard == "on" else None
+        self.guard = Guard(rule=self.strategy.guard_rule) if config.guard == "on" else None
         self.guard_lines: list[str] = []
         self.kept_best: int | None = None  # the step whose θ the end of the run kept (its best)
         self.note: Any = lambda line: None  # where the run's one-liners go (fit: the progress's on_note)
@@ -186,9 +189,7 @@ class TrainingRun:
     def can_roll_back(self) -> bool:
         """A guarded ZO-SGD step is undone from its record: θ ← θ + c·z has the inverse −c. Weight decay
         (θ scaled), rotated blocks and the other optimizers' state have none: the guard halves lr only."""
-        config = self.config
-        # under --head exact the layers below roll back by their undo, the head from its kept copy
-        zo = self.optimizer.lower if isinstance(self.optimizer, ExactHead) else self.optimizer
+        config, zo = self.config, self.strategy.zo  # under --head exact the head rolls back from its kept copy
         return (self.guard is not None and (zo is None or zo.name == "zo-sgd") and not config.weight_decay
                 and not config.rotate)
 
@@ -215,17 +216,18 @@ class TrainingRun:
         return optimizer
 
     @property
-    def zeroth_order(self) -> bool:
-        """Whether any of the slice is tuned by ZO (not so under --head exact with the head alone)."""
-        return not (isinstance(self.optimizer, ExactHead) and self.optimizer.lower is None)
+    def optimizer(self):
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer) -> None:
+        """Every optimizer the run takes (built, calibrated, batched) comes with what the loop asks of its head."""
+        self._optimizer, self.strategy = optimizer, head_strategy(optimizer)
 
     @property
-    def guard_rule(self) -> str:
-        """What the guard takes for a divergence (its rule, ``edgetune.zo.guard``): under the exact head it allows for a fitted
-        head's noise, and with nothing tuned by ZO it rolls back for a non-finite loss only."""
-        if not isinstance(self.optimizer, ExactHead):
-            return ZO
-        return BELOW_HEAD if self.zeroth_order else HEAD_ALONE
+    def zeroth_order(self) -> bool:
+        """Whether any of the slice is tuned by ZO (not so under --head exact with the head alone)."""
+        return self.strategy.zo is not None
 
     def _with_step_size(self, optimizer):
         """``optimizer`` reading its lr through a :class:`StepSize` (the guard's scale, MEAZO's factor)."""
@@ -269,7 +271,7 @@ class TrainingRun:
             self._announce_calibration(quiet=True)
         self.step_size.load_state_dict(state.get("step_size", {}))
         if self.guard is not None and state.get("guard"):
-            self.guard = Guard(state=state["guard"], rule=self.guard_rule)
+            self.guard = Guard(state=state["guard"], rule=self.strategy.guard_rule)
         self._saved_optimizer = state.get("optimizer", {})
         self.optimizer.load_state_dict(self._saved_optimizer)
         self.trajectory = self.trajectory.continued(self.out / TRAJECTORY, step)
@@ -291,9 +293,7 @@ class TrainingRun:
         check_engine(tuner.engine, tuner.arena.buffer())
         self._engine = tuner.engine
         if self.calibration is None and "auto" in (config.lr, config.eps) and self.zeroth_order:
-            if isinstance(self.optimizer, ExactHead):  # the head learns alone first; step() calibrates after
-                self.optimizer.warm_until = WARM_STEPS
-            else:
+            if not self.strategy.warm_up(WARM_STEPS):  # else the head learns alone first; step() calibrates after
                 self._calibrate()
         if config.parallel != "off":
             self._engine, optimizer, self.batching = parallel_strategy(
@@ -311,8 +311,7 @@ class TrainingRun:
         """Step ``done`` on its batch, logged. ``chain`` promises that another step follows with nothing reading
         θ in between (evaluation, checkpoint): the next perturbation is then fused into this step's last pass."""
         engine, t = self.bind(), self.done
-        if isinstance(self.optimizer, ExactHead) and self.optimizer.warm_until and t >= self.optimizer.warm_until \
-                and self.calibration is None:
+        if self.calibration is None and self.strategy.warmed_up(t):
             self._calibrate()  # the head has warmed up: the layers below have the curvature they will train at
         batch = self._batch(t)
         engine.set_batch(batch)
@@ -350,20 +349,13 @@ class TrainingRun:
         then rebuild the optimizer with the measured values; the forwards count in the budget."""
         config = self.config
         self.calibration = self._probe(config.seed, eps=None if config.eps == "auto" else config.eps)
-        # the exact head's moments and kept copies after its warm-up go on into the rebuilt optimizer
-        state = self.optimizer.state_dict() if isinstance(self.optimizer, ExactHead) else None
+        state = self.strategy.carried_state()
         self.optimizer = self._build_optimizer()
         if state is not None:
             self.optimizer.load_state_dict(state)
         if self.guard is not None:
-            self.guard = Guard(self.calibration.loss_noise, loss=self.calibration.loss, rule=self.guard_rule)
+            self.guard = Guard(self.calibration.loss_noise, loss=self.calibration.loss, rule=self.strategy.guard_rule)
         self._announce_calibration()
-
-    def _zo_spans(self) -> list[tuple[int, int]] | None:
-        """The arena ranges ZO perturbs: all but the head's under the exact head (None: the whole arena)."""
-        if isinstance(self.optimizer, ExactHead) and self.optimizer.lower is not None:
-            return self.optimizer.lower.spans(self.done)
-        return None
 
     def _probe(self, seed: int, eps: float | None) -> Calibration:
         """The calibration's probes at the arena's θ (left as it was) on its batches, a stream of the run's seed
@@ -375,7 +367,7 @@ class TrainingRun:
         # a fifth of what is left of the budget: a rollback's re-measure takes less than the first calibration
         measured = calibrate(tuner.arena.buffer(), seed, config.noise, binders, tuner.engine.mean_loss, eps=eps,
                              max_probes=probe_cap(config.forward_budget and max(config.forward_budget - self.spent, 1)),
-                             spans=self._zo_spans())
+                             spans=self.strategy.zo_spans(self.done))  # under the exact head: all but the head
         self.spent += measured.forwards
         return measured
 
@@ -403,8 +395,8 @@ class TrainingRun:
         """The guard reads step ``record``'s loss; True: roll back now. Where θ before the step is the new best,
         the exact head keeps its copy of the head then (the layers below roll back by their undo records)."""
         act = self.guard.observe(record)
-        if isinstance(self.optimizer, ExactHead) and self.guard.state.best_step == record.step:
-            self.optimizer.mark_best(record.step)
+        if self.guard.state.best_step == record.step:
+            self.strategy.mark_best(record.step)
         return act
 
     def guard_acts(self) -> None:
@@ -447,20 +439,17 @@ class TrainingRun:
         MAX_QUERIES terms each) applied by the optimizer's own replay, so a replay lands on the same bits."""
         terms = self._applied.take_since(to_step)
         loss = self.trajectory.last_loss
-        zo = self.optimizer.lower if isinstance(self.optimizer, ExactHead) else self.optimizer
+        zo, head = self.strategy.zo, self.strategy.roll_back(to_step)
         eps = float(zo.eps(self.done)) if zo is not None else 0.0
-        head = self.optimizer.state_at(to_step) if isinstance(self.optimizer, ExactHead) else None
         chunks = [terms[max(end - MAX_QUERIES, 0):end] for end in range(len(terms), 0, -MAX_QUERIES)]  # latest first
         if head is not None and not chunks:
             chunks = [[]]  # the head alone: one record that restores it
         for i, chunk in enumerate(chunks):
             record = undo_record(self.done, [chunk], to_step, eps, self.optimizer.noise, loss)
-            if head is not None and i == len(chunks) - 1:  # the head's kept values, set by the last record
-                record.head_values = head.values.astype("<f4").tobytes()
+            if i == len(chunks) - 1:  # the head's kept values (if any), set by the last record
+                record.head_values = head
             self.optimizer.replay(record)
             self._append(record)
-        if head is not None:
-            self.optimizer.restore(head)  # its Adam moments and count, as they were then
 
     def save_checkpoint(self) -> None:
         """The step log, the trajectory and the checkpoint at step ``done``, in the order a resume reads them."""
@@ -470,8 +459,9 @@ class TrainingRun:
                  "step_size": self.step_size.state_dict(), "guard": self.guard.state_dict() if self.guard else None,
                  "kept_best": self.kept_best}
         self._log().sync()
-        if isinstance(self.optimizer, ExactHead):  # replay sets the head from the last record's values
-            self.trajectory.set_head(self.optimizer.values())
+        values = self.strategy.head_values()
+        if values is not None:  # replay sets the head from the last record's values
+            self.trajectory.set_head(values)
         self.trajectory.write(self.out / TRAJECTORY)  # before the checkpoint: a resume finds the steps it needs
         save_checkpoint(self.checkpoint, self.tuner.weights, state)
 

@@ -437,7 +437,8 @@ def _heavy_tailed(steps: int, seed: int = 0) -> list[float]:
     """A fitted classifier's batch losses (batch 8): rows near 0.01, one in 100 misclassified near 3."""
     rng = np.random.default_rng(seed)
     shape = (steps, 8)
-    rows = np.where(rng.random(shape) < 0.01, rng.lognormal(np.log(3), 0.5, shape), rng.lognormal(np.log(0.01), 1, shape))
+    misclassified = rng.lognormal(np.log(3), 0.5, shape)
+    rows = np.where(rng.random(shape) < 0.01, misclassified, rng.lognormal(np.log(0.01), 1, shape))
     return rows.mean(axis=1).tolist()
 
 

@@ -86,7 +86,8 @@ class Guard:
         """``loss_noise``, ``loss``: the calibration's spread and mean of L(θ) over its batches. The mean seeds the
         EMA and the start: one batch's loss would (seed 0 of MiniLM-RT opens on a batch 2.5 % below the mean, and
         the guard took 96 steps of a falling mean loss for a rise above it and rolled back to step 0).
-        ``rule``: :data:`ZO`, :data:`BELOW_HEAD` or :data:`HEAD_ALONE`, the run's (a checkpoint's state does not hold it)."""
+        ``rule``: :data:`ZO`, :data:`BELOW_HEAD` or :data:`HEAD_ALONE`, the run's (a checkpoint's state does not
+        hold it)."""
         self.rule = rule
         if state:  # a checkpoint's: JSON has no infinity, a best not yet seen is null there
             self.state = GuardState(**{**state, "best": math.inf if state["best"] is None else state["best"]})
@@ -95,7 +96,7 @@ class Guard:
 
     @property
     def spread(self) -> float:
-        """The rise the batches' spread explains: SIGMAS standard deviations of the EMA, at least RELATIVE of the best."""
+        """The rise the batches' spread explains: SIGMAS standard deviations of the EMA, ≥ RELATIVE of the best."""
         s = self.state
         sigma = s.deviation * math.sqrt(math.pi / 2)  # a mean absolute deviation of a normal is 0.8σ
         return max(SIGMAS * sigma * EMA_SD, RELATIVE * abs(s.best))
