@@ -291,6 +291,8 @@ def parse_args(argv):
     parser.add_argument("--quick", action="store_true", help="a 20-s budget scored every 5 s: a smoke run")
     parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
                         help="run nothing: write --name from these runs' results (a data set each)")
+    parser.add_argument("--renamed", nargs="+", default=[], metavar="OLD=NEW",
+                        help="with --combine: rename these peers of the first file (keeps an old row beside a rerun)")
     args = parser.parse_args(argv)
     if args.quick:
         args.budget_s, args.every_s = 20.0, 5.0
@@ -301,11 +303,12 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def combine(paths: list[Path]) -> dict:
+def combine(paths: list[Path], renamed: dict[str, str] | None = None) -> dict:
     """One payload of runs made apart (a data set or a peer each, e.g. at once on a CPU-second clock): the
     first file's settings; per data set, the peers that finished in any file (a later file's wins), the
     summary computed again from them. The settings that decide every curve must agree; edgetune's flags are
-    per peer (its name says them)."""
+    per peer (its name says them). ``renamed`` (old name: new name) renames peers of the first file, so that a
+    rerun of one under the same name (the defaults, after they changed) keeps the old row beside the new."""
     payloads = [json.loads(p.read_text()) for p in paths]
     first = payloads[0]
     for path, other in zip(paths[1:], payloads[1:]):
@@ -318,15 +321,20 @@ def combine(paths: list[Path]) -> dict:
     for path, payload in zip(paths, payloads):
         # a run from before the names said the flags called its edgetune peer "edgetune defaults" whatever they were
         rename = {EDGETUNE: edgetune_name(**{k: payload[k] for k in LEVERS if payload.get(k) is not None})}
+        if payload is first and renamed:
+            rename = {old: renamed.get(new, new) for old, new in rename.items()} | {
+                old: new for old, new in renamed.items() if old not in rename}
         for key, task in payload["datasets"].items():
             kept = datasets.setdefault(key, {**task, "peers": {}})
-            finished = {rename.get(name, name): {**r, "run": path.name} for name, r in task["peers"].items()
-                        if "curve" in r}
+            finished = {rename.get(name, name): {**r, "run": r.get("run", path.name) if "combined_from" in payload
+                                                 else path.name} for name, r in task["peers"].items() if "curve" in r}
             kept["peers"] = {**kept["peers"], **finished}
     for task in datasets.values():
         task["summary"] = _summary(task["peers"], budget, f"{first['budget_clock']}_s")
     settings = {k: v for k, v in first.items() if k not in LEVERS}
-    return {**settings, "budget_s": budget, "combined_from": [p.name for p in paths], "datasets": datasets}
+    # a combined file among them lists the runs it came from
+    runs = [name for path, p in zip(paths, payloads) for name in p.get("combined_from", [path.name])]
+    return {**settings, "budget_s": budget, "combined_from": runs, "datasets": datasets}
 
 
 def write(name: str, payload: dict) -> None:
@@ -339,7 +347,7 @@ def write(name: str, payload: dict) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.combine:
-        write(args.name, combine(args.combine))
+        write(args.name, combine(args.combine, dict(pair.split("=", 1) for pair in args.renamed)))
         return
     ordered = peers(args)
     datasets = {}

@@ -125,6 +125,23 @@ def test_combine_takes_every_data_set_and_refuses_other_settings(tmp_path):
     assert set(four["summary"]["goals"]) == {RECIPE, "edgetune ZO head", EDGETUNE}
 
 
+def test_combine_can_keep_a_renamed_old_row_beside_its_rerun(tmp_path):
+    settings = {"batch_size": 8, "tokens": 128, "threads": 2, "seed": 0, "budget_s": 300, "budget_clock": "cpu",
+                "every_s": 20, "ort_lr": 5e-5}
+    ort, old, new = ({"curve": ORT_CURVE, "peak_rss_mb": 1000.0}, {"curve": OURS, "peak_rss_mb": 300.0},
+                     {"curve": OURS, "peak_rss_mb": 250.0, "run": "ignored"})
+    (tmp_path / "race.json").write_text(json.dumps({**settings, "combined_from": ["r1.json", "r2.json"], "datasets": {
+        "rt": {"peers": {ORT: {**ort, "run": "r1.json"}, EDGETUNE: {**old, "run": "r2.json"}}}}}))
+    (tmp_path / "new.json").write_text(json.dumps({**settings, "trainable": "auto", "head": "auto",
+                                                   "datasets": {"rt": {"peers": {EDGETUNE: new}}}}))
+    both = combine([tmp_path / "race.json", tmp_path / "new.json"], {EDGETUNE: "edgetune defaults (before)"})
+    peers = both["datasets"]["rt"]["peers"]
+    assert {n: (r["run"], r["peak_rss_mb"]) for n, r in peers.items()} == {
+        ORT: ("r1.json", 1000.0), "edgetune defaults (before)": ("r2.json", 300.0), EDGETUNE: ("new.json", 250.0)}
+    assert both["combined_from"] == ["r1.json", "r2.json", "new.json"]
+    assert set(both["datasets"]["rt"]["summary"]["goals"]) == {"edgetune defaults (before)", EDGETUNE}
+
+
 def test_marks_dense_up_to_the_goal_then_sparser():
     assert marks(300, 20) == [20, 40, 60, 80, 100, 120, 160, 200, 240, 280, 300]
     assert marks(20, 5) == [5, 10, 15, 20]
