@@ -210,7 +210,7 @@ def race(data: dict) -> Figure:
     are forward-equivalents, 3 a step; log-scaled past 100), ORT's 60-s accuracy on the budget's clock dashed,
     the 120-s goal dotted."""
     tasks = data["datasets"]
-    figure = Figure(figsize=(8.4, 2.3 * len(tasks)), dpi=DPI, layout="constrained")  # four peers: < 150 KB
+    figure = Figure(figsize=(8.4, 2.3 * len(tasks) + 0.5), dpi=DPI, layout="constrained")  # four peers: < 150 KB
     unit = "s" if data["budget_clock"] == "wall" else "CPU-s"
     grid = figure.subplots(len(tasks), 3, squeeze=False)
     for row, task in zip(grid, tasks.values()):
@@ -224,13 +224,13 @@ def race(data: dict) -> Figure:
                 axes.set_xscale("symlog", linthresh=100)
             if target is not None:
                 axes.axhline(target, color="black", linestyle="--", linewidth=1, label=f"ORT's 60-{unit} accuracy")
-        goal, other = (row[1], row[0]) if unit == "CPU-s" else (row[0], row[1])
+        goal = row[1] if unit == "CPU-s" else row[0]
         if target is not None:
             goal.axvline(data["goal_s"], color="grey", linestyle=":", linewidth=1,
                          label=f"{data['goal_s']:g}-{unit} goal")
         row[0].set_title(task["title"], fontsize=9, loc="left")
-        # on the other clock's panel, whose lower right the budget's clock leaves empty: the curves stay visible
-        other.legend(*goal.get_legend_handles_labels(), fontsize=7, loc="lower right")
+    # one legend under the panels: five peers and two marks would cover a panel's curves
+    figure.legend(*grid[-1][1].get_legend_handles_labels(), fontsize=7, loc="outside lower center", ncols=4)
     figure.suptitle(f"edgetune vs ORT training (AdamW), batch {data['batch_size']}, {data['threads']} threads, "
                     f"{data['budget_s']:g} s {data['budget_clock']} budget", fontsize=10)
     return figure
