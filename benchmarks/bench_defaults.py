@@ -13,7 +13,8 @@ the same budget):
 
 Arms: ``defaults`` (no --lr/--eps/--trainable: the slice chosen by the model's kind, lr and ε calibrated, the
 guard on), the grid (a slice × a constant lr, guard off as a hand-tuned run is; ε as the project's recipes use
-it), and ``SLICE auto`` arms (lr and ε auto on a chosen slice: the measurement the default slices come from).
+it; on MiniLM also the exact head, the defaults' recipe, at a chosen head lr or with ZO below at a constant lr),
+and ``SLICE auto`` arms (lr and ε auto on a chosen slice: the measurement the default slices come from).
 Every run is a child process (a fresh interpreter: no arena or cache shared between arms). ``--rows`` appends
 each finished run to a JSON-lines file, so several processes can split the arms; ``--write`` writes
 benchmarks/results/defaults.{json,md} from all the rows there: per task, the defaults' mean dev accuracy over
@@ -53,6 +54,10 @@ GRID = {
     "smollm2": [("lora:r=8,targets=q,v", 3e-4), ("lora:r=8,targets=q,v", 1e-3),
                 ("lora:r=4,targets=o,down,layers=22-29,fa", 0.1), ("lora:r=4,targets=o,down,layers=22-29,fa", 0.3)],
 }
+# the hand-tuned grid of the exact head (the recipe MiniLM's defaults use, so theirs is judged against it too):
+# slice, the ZO lr of the layers below it (none: the slice is the head alone), the head's Adam lr (none: 3e-3)
+MINILM_EXACT_GRID = [("head", None, 1e-3), ("head", None, 1e-2), ("last:1", 3e-4, None), ("last:1", 1e-3, None)]
+EXACT_GRID = {"rt": MINILM_EXACT_GRID, "debates": MINILM_EXACT_GRID}
 # the slices whose auto lr the default-slice choice compares
 CANDIDATES = {
     "rt": ["head", "last:1", "last:2"],
@@ -77,8 +82,18 @@ def arms(task: str) -> dict[str, dict]:
     table |= {f"{s} auto": {"trainable": s, "head": "zo"} for s in CANDIDATES[task]}
     if task != "smollm2":  # the first-order head, alone and with ZO below it: what --head auto chooses from
         table |= {f"{s}, --head exact": {"trainable": s, "head": "exact"} for s in CANDIDATES[task]}
-    table |= {f"{s} lr {lr:g}": {"trainable": s, "lr": lr, "eps": TASKS[task]["eps"], "guard": "off", "head": "zo"}
-              for s, lr in GRID[task]}
+    return table | grid_arms(task)
+
+
+def grid_arms(task: str) -> dict[str, dict]:
+    """The hand-tuned arms of ``task`` by name: a slice at constant lr (ε as the recipes use it), the guard off as
+    a hand-tuned run has it; the head by ZO, or (``SLICE, --head exact ...``) first-order at a chosen head lr."""
+    fixed = {"eps": TASKS[task]["eps"], "guard": "off"}
+    table = {f"{s} lr {lr:g}": {"trainable": s, "lr": lr, "head": "zo", **fixed} for s, lr in GRID[task]}
+    for s, lr, head_lr in EXACT_GRID.get(task, []):
+        name = f"{s}, --head exact" + (f" --lr {lr:g}" if lr else "") + (f" --head-lr {head_lr:g}" if head_lr else "")
+        table[name] = {"trainable": s, "head": "exact", **fixed, **({"lr": lr} if lr else {}),
+                       **({"head_lr": head_lr} if head_lr else {})}
     return table
 
 
@@ -207,7 +222,7 @@ def write(rows_file: Path) -> None:
             accs = [r.get("accuracy") for r in by_arm.get(arm, [])]
             return sum(accs) / len(accs) if accs and None not in accs else None
 
-        grid = [a for a in by_arm if " lr " in a and mean(a) is not None]
+        grid = [a for a in by_arm if a in grid_arms(task) and mean(a) is not None]
         best = max(grid, key=mean, default=None)
         defaults = mean("defaults")
         summary.append({"task": task, "defaults": defaults, "best_grid_arm": best,
