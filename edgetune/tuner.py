@@ -92,6 +92,7 @@ class Tuner:
         self.trainable_spec: TrainableSpec | None = None  # save() writes adapter files when it has a lora: term
         self.auto_slice: AutoSlice | None = None  # what --trainable auto chose, and why (from_onnx sets it)
         self.explicit_task: str | None = None  # --task as the user gave it (from_onnx sets it)
+        self.bundle: Path | None = None  # the bundle's folder (from_bundle sets it): its graphs decide the head
 
     @classmethod
     def from_onnx(
@@ -176,6 +177,7 @@ class Tuner:
         tuner.trainable_spec = TrainableSpec.parse(bundle.manifest.trainable)
         static = bundle.manifest.static_shapes
         tuner.static_shapes = (static["batch_size"], static["max_length"]) if static else None
+        tuner.bundle = Path(directory)
         return tuner
 
     @classmethod
@@ -416,6 +418,9 @@ class Tuner:
             raise EdgetuneError(f"--parallel {config.parallel}: P-RGE runs the queries as copies along the batch, "
                                 "which a static-shape bundle's graphs cannot take; use --parallel off")
         if config.head == "exact" and self.head is None:  # the graph decides it: preparing again would start over
+            if self.bundle is not None:
+                raise EdgetuneError(f"--head exact: the bundle {self.bundle} was prepared to tune its head by ZO "
+                                    "(manifest.json \"head\": \"zo\"); bundle the model with --head exact")
             raise EdgetuneError("head='exact' needs the head's gradient in the graph: create the tuner with "
                                 "Tuner.from_onnx(..., head='exact')")
 

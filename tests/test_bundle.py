@@ -278,6 +278,8 @@ def test_the_manifest_says_how_the_head_is_tuned(classifier, clf_bundle, tmp_pat
     assert weight in {t.name for t in manifest.arena.tensors} and Tuner.from_bundle(out).head.weight == weight
     zo = bundle_here(classifier["model"], tmp_path / "zo", "last:1", head="zo").manifest
     assert zo.head == "zo" and zo.head_tensors is None and Tuner.from_bundle(tmp_path / "zo").head is None
+    assert_rejected(run_cli("tune", "--bundle", tmp_path / "zo", "--data", classifier["train"], "--head", "exact",
+                            "--steps", 1), "--head exact: the bundle", "bundle the model with --head exact")
     body = manifest.to_json()
     del body["head"], body["head_tensors"]
     assert parse_manifest(body, out / MANIFEST).head == "zo"
