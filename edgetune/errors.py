@@ -29,4 +29,11 @@ class TrainingError(EdgetuneError):
 
 
 class NonFiniteLoss(TrainingError):
-    """A step's loss came out NaN or infinite (θ is back where the step began): the guard may recover it."""
+    """A step's loss came out NaN or infinite (θ is back where the step began): the guard may recover it.
+
+    ``forwards``: the passes the failed step ran (no record carries them, and they count in the budget); 0 in
+    an error rebuilt from a child process's report, which names only the class and the message."""
+
+    def __init__(self, message: str, forwards: int = 0):
+        super().__init__(message)
+        self.forwards = forwards

@@ -321,7 +321,8 @@ class TrainingRun:
             lines = ", ".join(sorted({self.train.where[int(i)] for i in batch.examples}))
             kept = f"; last checkpoint kept in {self.checkpoint}" if self.checkpoint and self.checkpoint.exists() else ""
             if isinstance(exc, NonFiniteLoss):
-                self.spent += 2  # at least the ± pair that overflowed; no record carries them
+                self.spent += exc.forwards
+                raise NonFiniteLoss(f"{exc} on examples {lines}{kept}", exc.forwards) from None
             raise type(exc)(f"{exc} on examples {lines}{kept}") from None
         self._append(record)
         self.spent += record.forwards

@@ -7,7 +7,7 @@ import pytest
 
 from edgetune import Tuner, _core
 from edgetune.config import TrainConfig
-from edgetune.errors import EdgetuneError
+from edgetune.errors import EdgetuneError, NonFiniteLoss
 from edgetune.zo import ZOSGD, Schedule
 from edgetune.zo.queries import FixedQueries, GrowingQueries, VarianceQueries, build_query_policy
 
@@ -155,3 +155,24 @@ def test_cli_rejects_an_unknown_query_schedule_in_one_line(classifier, cli):
     result = cli("tune", "--onnx", classifier["model"], "--data", classifier["train"], "--query-schedule", "adaptive")
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0 and "--query-schedule" in result.stderr
+
+
+@pytest.mark.parametrize("failing_pass, forwards", [(1, 2), (2, 2), (3, 4), (6, 6)])
+def test_a_non_finite_step_reports_the_passes_it_ran(failing_pass, forwards):
+    """A step that meets a NaN at its k-th pass ran every ± pair up to that one: the budget counts them (the C
+    runtime counts the same). Failing in its first query, it leaves θ as it found it (a later query's failure
+    leaves the earlier queries' share of the update, fused into the passes already run)."""
+    arena = np.linspace(-1, 1, N, dtype=np.float32)
+    before = arena.copy()
+    passes = 0
+
+    def loss() -> np.float32:
+        nonlocal passes
+        passes += 1
+        return np.float32(np.nan) if passes == failing_pass else quadratic(arena, np.zeros(N, np.float32))
+
+    with pytest.raises(NonFiniteLoss) as failed:
+        sgd(arena, FixedQueries(4)).step(0, loss)
+    assert failed.value.forwards == forwards == passes + passes % 2
+    if failing_pass <= 2:
+        np.testing.assert_allclose(arena, before, atol=1e-6)  # back at θ up to the ± passes' rounding

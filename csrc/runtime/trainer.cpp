@@ -138,10 +138,7 @@ void Trainer::head_step(et_step_record &record) {
     const double loss = engine_.mean_loss_exact();
     head_->accumulate();
     forwards_ += 1;
-    if (!std::isfinite(loss)) {  // θ as the step found it: the guard may roll back and go on
-        forwards_ += 1;  // TrainingRun.step counts a failed step as the ± pair it is for ZO: 2 forwards
-        nonfinite(t, fmt_g(loss, 17));
-    }
+    if (!std::isfinite(loss)) nonfinite(t, fmt_g(loss, 17));  // θ as found: the guard may roll back, go on
     const double lr = head_lr(t);
     head_->update(lr);
     done_ = t + 1;

@@ -187,7 +187,7 @@ class ExactHead:
         if self.lower is None or t < self.warm_until:
             loss = measured()
             if not np.isfinite(loss):  # θ is as the step found it: the guard may roll back and go on
-                raise NonFiniteLoss(f"non-finite loss at step {t} ({loss})")
+                raise NonFiniteLoss(f"non-finite loss at step {t} ({loss})", forwards=1)
             record = StepRecord(t, [], [], float(self.lr(t)), 0.0, 0.0, self.noise, float(loss), forwards=1)
         else:
             record = self.lower.step(t, measured, chain=chain)

@@ -125,7 +125,8 @@ class ZOSGD(ZOBase):
             loss_minus = f32(loss_fn())
             if not (np.isfinite(loss_plus) and np.isfinite(loss_minus)):
                 self._perturb(spans, seed, float(eps))  # back to θ before raising
-                raise NonFiniteLoss(f"non-finite loss at step {t} (L+={loss_plus}, L-={loss_minus})")
+                raise NonFiniteLoss(f"non-finite loss at step {t} (L+={loss_plus}, L-={loss_minus})",
+                                    forwards=2 * (len(grads) + 1))
             grads.append(float((loss_plus - loss_minus) / (f32(2) * eps)))
             losses += [float(loss_plus), float(loss_minus)]
             last = len(grads) == limit or not self.query_policy.more(grads)
