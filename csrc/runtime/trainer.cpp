@@ -176,7 +176,16 @@ void Trainer::raw_step(et_step_record &record) {
         if (head_) head_->accumulate();
         forwards_ += 2;
         if (!std::isfinite(plus) || !std::isfinite(minus)) {
-            perturb(seeds[i], eps);  // back to θ before stopping, as ZOSGD.step does
+            // back to θ_t before stopping, as ZOSGD._restore_after_failure: the +εz_i pass, with the share of the
+            // update the earlier queries' fused passes applied, −(lr/q)·g_j, taken back in the same pass
+            if (i == 0) {
+                perturb(seeds[0], eps);
+            } else {
+                float back[ET_RUNTIME_MAX_QUERIES];
+                for (uint32_t j = 0; j < i; ++j) back[j] = (lr / (float)q) * grads[j];
+                back[i] = eps;
+                combine(1.0f, seeds, back, i + 1);
+            }
             nonfinite(t, "L+=" + fmt(plus) + ", L-=" + fmt(minus));
         }
         grads[i] = (plus - minus) / (2.0f * eps);

@@ -124,7 +124,7 @@ class ZOSGD(ZOBase):
             self._perturb(spans, seed, float(f32(-2) * eps))
             loss_minus = f32(loss_fn())
             if not (np.isfinite(loss_plus) and np.isfinite(loss_minus)):
-                self._perturb(spans, seed, float(eps))  # back to θ before raising
+                self._restore_after_failure(spans, seeds, grads, lr, eps, limit)
                 raise NonFiniteLoss(f"non-finite loss at step {t} (L+={loss_plus}, L-={loss_minus})",
                                     forwards=2 * (len(grads) + 1))
             grads.append(float((loss_plus - loss_minus) / (f32(2) * eps)))
@@ -143,6 +143,17 @@ class ZOSGD(ZOBase):
             if last:
                 return StepRecord(t, seeds, grads, float(lr), float(eps), float(wd), self.noise,
                                   float(np.mean(losses)), divisor=limit, blocks=self._blocks(t))
+
+    def _restore_after_failure(self, spans: list[Span], seeds: list[int], grads: list[float], lr: np.float32,
+                               eps: np.float32, limit: int) -> None:
+        """Back to θ_t before a non-finite query's error: its +εz pass, with the share of the update the queries
+        before it applied in their fused passes (−(lr/limit)·g each) taken back in the same pass; a rollback
+        undoes only logged steps, so a share left in θ would be in no log, and replay would miss it."""
+        if not grads:
+            self._perturb(spans, seeds[-1], float(eps))
+            return
+        taken_back = [float((lr / np.float32(limit)) * np.float32(g)) for g in grads]
+        self._combine(spans, 1.0, seeds[:len(grads)] + [seeds[-1]], taken_back + [float(eps)])
 
     def _combine_chained(self, spans: list[Span], decay: float, seeds: list[int], coefs: list[float]) -> None:
         """The step's last pass over ``spans`` with the pending perturbation of the next step added: fused
