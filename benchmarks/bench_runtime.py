@@ -155,7 +155,8 @@ def main() -> None:
             shutil.rmtree(build, ignore_errors=True)
     payload = {
         "machine": machine(), "model": "all-MiniLM-L6-v2 + fresh head, Rotten Tomatoes", "trainable": args.trainable,
-        "trainable_params": manifest["arena"]["count"], "steps": args.steps, "threads": args.threads,
+        "trainable_params": manifest["arena"]["count"], "head": manifest.get("head", "zo"),  # exact: bundle's default
+        "steps": args.steps, "threads": args.threads,
         "input": "Rotten Tomatoes text JSONL (C: csrc/runtime/tokenizer)",
         "flags": "--lr 1e-3 --eps 1e-3 --guard off --schedule constant --batch-size 8 --seed 0",
         "curve_bit_identical": identical_curve, "slice_bit_identical": identical_slice,
@@ -179,7 +180,8 @@ def main() -> None:
          f"{payload['peak_ratio_tune_over_inference']:.3f}x"],
     ]
     name = "runtime" if args.trainable == "head" else "runtime_" + args.trainable.replace(":", "")
-    write_results(name, payload, ["MiniLM " + args.trainable + f", {args.steps} steps, {args.threads} threads",
+    write_results(name, payload, [f"MiniLM {args.trainable} ({payload['head']} head), {args.steps} steps, "
+                                  f"{args.threads} threads",
                                        "Python / peer", "C runtime", "C ÷ other"], rows)
 
 
